@@ -1,0 +1,131 @@
+"""A dev host that runs ``function_app.py`` as the Azure Functions host would, with no Core Tools:
+HTTP triggers, queue triggers and output bindings against Storage (Azurite), timers, and the admin
+endpoint. Everything comes from the app's own registrations and ``host.json``."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import json
+import logging
+import re
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+from werkzeug.serving import make_server
+
+from local.host.functions import FunctionSpec, index, invoke
+from local.host.http import WsgiApp, build_routes
+from local.host.queues import QueueOptions, QueuePoller, send_outputs
+from local.host.timers import TimerRunner
+
+log = logging.getLogger("host")
+
+
+def load_app(target: str) -> Any:
+    """``module:attribute``, e.g. ``function_app:app``."""
+    module_name, _, attribute = target.partition(":")
+    return getattr(importlib.import_module(module_name), attribute or "app")
+
+
+def read_host_json(path: Path) -> tuple[str, QueueOptions]:
+    config = json.loads(path.read_text()) if path.exists() else {}
+    extensions = config.get("extensions", {})
+    prefix = extensions.get("http", {}).get("routePrefix", "api")
+    queues = extensions.get("queues", {})
+    defaults = QueueOptions()
+    options = QueueOptions(
+        batch_size=int(queues.get("batchSize", defaults.batch_size)),
+        max_dequeue_count=int(queues.get("maxDequeueCount", defaults.max_dequeue_count)),
+        visibility_timeout=_timespan(queues.get("visibilityTimeout"), defaults.visibility_timeout),
+        max_polling_interval=_timespan(queues.get("maxPollingInterval"), defaults.max_polling_interval),
+    )
+    return prefix, options
+
+
+def _timespan(value: str | None, default: float) -> float:
+    """host.json TimeSpans: ``hh:mm:ss[.fff]`` (or milliseconds as a number)."""
+    if value is None:
+        return default
+    if isinstance(value, int | float):
+        return value / 1000
+    found = re.fullmatch(r"(\d+):(\d{2}):(\d{2}(?:\.\d+)?)", value)
+    if not found:
+        raise ValueError(f"host.json: {value!r} is not a TimeSpan like 00:00:30")
+    hours, minutes, seconds = found.groups()
+    return int(hours) * 3600 + int(minutes) * 60 + float(seconds)
+
+
+class DevHost:
+    def __init__(self, app: Any, host_json: Path, *, port: int = 7071, bind: str = "127.0.0.1") -> None:
+        self.specs = index(app)
+        prefix, self.queue_options = read_host_json(host_json)
+        self.by_name = {spec.name.lower(): spec for spec in self.specs}
+        self.stopping = threading.Event()
+        self.timers = [TimerRunner(s, self.stopping) for s in self.specs if s.trigger_type == "timerTrigger"]
+        self.pollers = [
+            QueuePoller(s, self.queue_options, self.stopping)
+            for s in self.specs
+            if s.trigger_type == "queueTrigger"
+        ]
+        self.server = make_server(
+            bind, port, WsgiApp(build_routes(self.specs, prefix), self.run_now), threaded=True
+        )
+        self.port = self.server.server_port
+        self.prefix = prefix
+
+    def start(self) -> None:
+        for thread in [*self.timers, *self.pollers]:
+            thread.start()
+        threading.Thread(target=self.server.serve_forever, name="http", daemon=True).start()
+        for spec in self.specs:
+            log.info("Function %s: %s", spec.name, describe(spec, self.prefix, self.port))
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.server.shutdown()
+        for thread in [*self.timers, *self.pollers]:
+            thread.join(timeout=30)
+
+    def run_now(self, name: str, payload: str) -> bool:
+        """Core Tools' admin endpoint: run a non-HTTP function now, in the background."""
+        spec = self.by_name.get(name.lower())
+        if spec is None or spec.trigger_type == "httpTrigger":
+            return False
+        if spec.trigger_type == "timerTrigger":
+            timer = next(t for t in self.timers if t.spec is spec)
+            threading.Thread(target=timer.fire, kwargs={"past_due": False}, daemon=True).start()
+            return True
+        threading.Thread(target=self._run_with_input, args=(spec, payload), daemon=True).start()
+        return True
+
+    def _run_with_input(self, spec: FunctionSpec, payload: str) -> None:
+        import azure.functions as func
+
+        trigger = (
+            func.QueueMessage(body=payload.encode(), dequeue_count=1)
+            if spec.trigger_type == "queueTrigger"
+            else payload
+        )
+        with contextlib.suppress(Exception):  # logged by invoke
+            _, outputs = invoke(spec, trigger)
+            send_outputs(outputs)
+
+
+def describe(spec: FunctionSpec, prefix: str, port: int) -> str:
+    trigger = spec.trigger
+    if spec.trigger_type == "httpTrigger":
+        methods = ",".join(str(getattr(m, "value", m)) for m in trigger.get("methods") or ["*"])
+        return f"[{methods}] http://127.0.0.1:{port}/{prefix}/{trigger.get('route') or spec.name}"
+    if spec.trigger_type == "queueTrigger":
+        return f"queueTrigger on {trigger['queueName']}"
+    if spec.trigger_type == "timerTrigger":
+        return f"timerTrigger '{trigger['schedule']}'"
+    return spec.trigger_type
+
+
+def fail(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    raise SystemExit(2)
