@@ -102,10 +102,10 @@ class DevHost:
         return True
 
     def _run_with_input(self, spec: FunctionSpec, payload: str) -> None:
-        import azure.functions as func
+        from azure.functions.queue import QueueMessage
 
         trigger = (
-            func.QueueMessage(body=payload.encode(), dequeue_count=1)
+            QueueMessage(body=payload.encode(), dequeue_count=1)
             if spec.trigger_type == "queueTrigger"
             else payload
         )

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
-import azure.functions as func
+from azure.functions.queue import QueueMessage
 
 from local.host.functions import FunctionSpec, invoke
 from shared.settings import storage_settings
@@ -68,7 +68,7 @@ class QueuePoller(threading.Thread):
             try:
                 found = self.poll_once()
             except Exception as error:  # noqa: BLE001 - storage hiccups must not kill the poller
-                log.warning("Polling %s failed: %s", self.queue_name, type(error).__name__)
+                log.warning("Polling %s failed: %s: %s", self.queue_name, type(error).__name__, error)
                 found = 0
             pause = 0.0 if found else min(max(pause * 2, 0.1), self.options.max_polling_interval)
             if pause:
@@ -90,7 +90,7 @@ class QueuePoller(threading.Thread):
             self.poison(message)
             return
         body = message.content
-        trigger = func.QueueMessage(
+        trigger = QueueMessage(
             id=message.id,
             body=body,
             dequeue_count=message.dequeue_count,

@@ -1,0 +1,86 @@
+"""Settings are read once, and any missing or malformed one is named in a single clear message."""
+
+import base64
+
+import pytest
+
+from shared.settings import SettingsError, load
+
+KEY = base64.b64encode(bytes(32)).decode()
+VALID = {
+    "AzureWebJobsStorage": "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey=x;",
+    "MS_CLIENT_ID": "client",
+    "MS_CLIENT_SECRET": "secret",
+    "PUBLIC_BASE_URL": "https://sync.example.com/",
+    "CRM_SHARED_SECRET": "s1, s2",
+    "CRM_CALLBACK_URL": "https://crm.example.com/hooks/calendar",
+    "CRM_RETURN_ORIGINS": "https://crm.example.com,https://App.Example.com:8443",
+    "TOKEN_ENCRYPTION_KEYS": f"new:{KEY},old:{base64.b64encode(b'1' * 32).decode()}",
+}
+
+
+def test_valid_settings_with_defaults() -> None:
+    settings = load(VALID)
+
+    assert settings.storage.connection_string == VALID["AzureWebJobsStorage"]
+    assert settings.ms_tenant == "common"
+    assert settings.authority == "https://login.microsoftonline.com/common"
+    assert settings.authority_is_microsoft
+    assert settings.graph_api_base == "https://graph.microsoft.com/v1.0"
+    assert settings.redirect_uri == "https://sync.example.com/api/auth/callback"
+    assert settings.crm_shared_secrets == ("s1", "s2")
+    assert settings.crm_return_origins == {"https://crm.example.com", "https://app.example.com:8443"}
+    assert [kid for kid, _ in settings.token_encryption_keys] == ["new", "old"]
+    assert settings.sync_window_past_days == 30
+    assert settings.completed_activities == "keep"
+
+
+def test_identity_based_storage_needs_no_key() -> None:
+    env = {k: v for k, v in VALID.items() if k != "AzureWebJobsStorage"}
+    env |= {
+        "AzureWebJobsStorage__accountName": "stsync",
+        "AzureWebJobsStorage__clientId": "uami-client-id",
+        "AzureWebJobsStorage__credential": "managedidentity",
+    }
+    storage = load(env).storage
+
+    assert storage.connection_string is None
+    assert storage.queue_url == "https://stsync.queue.core.windows.net"
+    assert storage.table_url == "https://stsync.table.core.windows.net"
+    assert storage.managed_identity_client_id == "uami-client-id"
+
+
+def test_an_emulator_authority_turns_instance_discovery_off() -> None:
+    settings = load(VALID | {"MS_AUTHORITY_HOST": "https://127.0.0.1:8443", "MS_TENANT": "contoso"})
+    assert settings.authority == "https://127.0.0.1:8443/contoso"
+    assert not settings.authority_is_microsoft
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "says"),
+    [
+        ("MS_CLIENT_ID", None, "MS_CLIENT_ID is missing"),
+        ("CRM_SHARED_SECRET", " ", "CRM_SHARED_SECRET is missing"),
+        ("AzureWebJobsStorage", None, "AzureWebJobsStorage is missing"),
+        ("AzureWebJobsStorage", "nonsense", "AzureWebJobsStorage is malformed"),
+        ("PUBLIC_BASE_URL", "sync.example.com", "PUBLIC_BASE_URL is malformed"),
+        ("PUBLIC_BASE_URL", "http://sync.example.com", "must use https"),
+        ("MS_AUTHORITY_HOST", "http://127.0.0.1:1", "MS_AUTHORITY_HOST is malformed"),
+        ("CRM_RETURN_ORIGINS", "https://crm.example.com/path", "CRM_RETURN_ORIGINS is malformed"),
+        ("TOKEN_ENCRYPTION_KEYS", "k1:c2hvcnQ=", "TOKEN_ENCRYPTION_KEYS is malformed"),
+        ("TOKEN_ENCRYPTION_KEYS", f"k1:{KEY},k1:{KEY}", "unique key ids"),
+        ("TOKEN_ENCRYPTION_KEYS", "not base64!", "TOKEN_ENCRYPTION_KEYS is malformed"),
+        ("SYNC_WINDOW_PAST_DAYS", "thirty", "SYNC_WINDOW_PAST_DAYS is malformed"),
+        ("SYNC_WINDOW_PAST_DAYS", "-1", "outside 0..1825"),
+        ("COMPLETED_ACTIVITIES", "archive", "COMPLETED_ACTIVITIES is malformed"),
+    ],
+)
+def test_each_bad_setting_is_named(name: str, value: str | None, says: str) -> None:
+    env = dict(VALID)
+    if value is None:
+        env.pop(name)
+    else:
+        env[name] = value
+
+    with pytest.raises(SettingsError, match=says):
+        load(env)
