@@ -6,14 +6,22 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PY_STAMP := $(VENV)/.installed
 NPM_STAMP := node_modules/.installed
+# checkov pins its own dependency tree, so it lives in a venv of its own (infra tests call it).
+INFRA_VENV := .venv-infra
+INFRA_STAMP := $(INFRA_VENV)/.installed
 
 .PHONY: setup run test lint bench clean
 
-setup: $(PY_STAMP) $(NPM_STAMP)
+setup: $(PY_STAMP) $(NPM_STAMP) $(INFRA_STAMP)
 
 $(PY_STAMP): requirements.txt requirements-dev.txt local/emulator/requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	touch $@
+
+$(INFRA_STAMP): infra/requirements.txt
+	test -x $(INFRA_VENV)/bin/python || $(PYTHON) -m venv $(INFRA_VENV)
+	$(INFRA_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r infra/requirements.txt
 	touch $@
 
 $(NPM_STAMP): package.json package-lock.json
@@ -33,4 +41,4 @@ bench: setup
 	$(PY) -m bench
 
 clean:
-	rm -rf $(VENV) node_modules .local .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) $(INFRA_VENV) node_modules .local .pytest_cache .ruff_cache .hypothesis
