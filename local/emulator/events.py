@@ -1,0 +1,371 @@
+"""Event model rules: create/update validation, time zones, all-day, transactionId, extended properties,
+rendering ($select, $expand, Prefer: outlook.timezone / outlook.body-content-type) and $filter."""
+
+from __future__ import annotations
+
+import hashlib
+import html
+import json
+import re
+from datetime import datetime
+
+from . import schema, timezones
+from .state import Event, Mailbox, Store, change_key, ical_uid, outlook_id
+from .web import HttpError
+
+READ_ONLY = {
+    "id", "changeKey", "createdDateTime", "lastModifiedDateTime", "iCalUId", "webLink", "type", "seriesMasterId",
+    "isOrganizer", "hasAttachments", "bodyPreview", "onlineMeeting", "onlineMeetingUrl", "organizer",
+    "responseStatus", "originalStart", "originalStartTimeZone", "originalEndTimeZone", "cancelledOccurrences",
+    "isCancelled", "isDraft",
+}
+# Ordered as Graph writes an event.
+EVENT_FIELDS = [
+    "id", "createdDateTime", "lastModifiedDateTime", "changeKey", "categories", "transactionId",
+    "originalStartTimeZone", "originalEndTimeZone", "iCalUId", "reminderMinutesBeforeStart", "isReminderOn",
+    "hasAttachments", "subject", "bodyPreview", "importance", "sensitivity", "isAllDay", "isCancelled",
+    "isOrganizer", "responseRequested", "seriesMasterId", "showAs", "type", "webLink", "onlineMeetingUrl",
+    "isOnlineMeeting", "onlineMeetingProvider", "allowNewTimeProposals", "isDraft", "hideAttendees",
+    "responseStatus", "body", "start", "end", "location", "locations", "recurrence", "attendees", "organizer",
+    "onlineMeeting",
+]
+SELECTABLE = {f.lower(): f for f in list(schema.properties("event")) + ["id"]}
+
+_EXT_ID = re.compile(
+    r"^\s*(?P<type>[A-Za-z]+)\s+(?:(?P<guid>\{[0-9a-fA-F-]{36}\})\s+(?P<kind>Name|Id)\s+(?P<name>.+?)|"
+    r"(?P<tag>0x[0-9a-fA-F]{1,4}))\s*$"
+)
+
+
+def ext_key(prop_id: str) -> tuple:
+    """Extended-property identity: type and GUID case-insensitive, the name case-sensitive."""
+    m = _EXT_ID.match(prop_id or "")
+    if not m:
+        raise HttpError(400, "ErrorInvalidProperty", f"The extended property id '{prop_id}' is not valid.")
+    if m.group("tag"):
+        return (m.group("type").lower(), int(m.group("tag"), 16))
+    kind = m.group("kind").lower()
+    name = m.group("name") if kind == "name" else m.group("name").lower()
+    return (m.group("type").lower(), m.group("guid").lower(), kind, name)
+
+
+def _bad(code: str, message: str, status: int = 400) -> HttpError:
+    return HttpError(status, code, message)
+
+
+def _parse_side(spec, label: str) -> tuple[datetime, str]:
+    if not isinstance(spec, dict) or spec.get("dateTime") is None:
+        raise _bad("ErrorInvalidRequest", f"The '{label}' property must include dateTime and timeZone.")
+    tz = spec.get("timeZone") or "UTC"
+    try:
+        timezones.resolve(tz)
+    except timezones.TimeZoneNotSupported as exc:
+        raise _bad("TimeZoneNotSupportedException", str(exc)) from exc
+    try:
+        wall = timezones.parse_wall_clock(spec["dateTime"])
+    except timezones.BadDateTime as exc:
+        raise _bad("RequestBodyRead", str(exc)) from exc
+    return wall, tz
+
+
+def apply_times(ev: Event, start_spec, end_spec, is_all_day: bool) -> None:
+    (s_wall, s_tz), (e_wall, e_tz) = _parse_side(start_spec, "start"), _parse_side(end_spec, "end")
+    if is_all_day:
+        if any((w.hour, w.minute, w.second, w.microsecond) != (0, 0, 0, 0) for w in (s_wall, e_wall)):
+            raise _bad("ErrorInvalidRequest", "If the event is an all-day event (isAllDay true), its start and "
+                                              "end time must be set to midnight.")
+        if s_tz.lower() != e_tz.lower():
+            raise _bad("ErrorInvalidRequest", "If the event is an all-day event (isAllDay true), its start and "
+                                              "end must be in the same time zone.")
+        if e_wall.date() <= s_wall.date():
+            raise _bad("ErrorInvalidRequest", "The duration of an event marked as All day must be at least 24 "
+                                              "hours.")
+        ev.start_date, ev.end_date, ev.start, ev.end = s_wall.date(), e_wall.date(), None, None
+    else:
+        start = timezones.to_utc(s_wall, timezones.resolve(s_tz))
+        end = timezones.to_utc(e_wall, timezones.resolve(e_tz))
+        if end < start:
+            raise _bad("ErrorCalendarEndDateIsEarlierThanStartDate", "The end date is earlier than the start "
+                                                                     "date.")
+        ev.start, ev.end, ev.start_date, ev.end_date = start, end, None, None
+    ev.is_all_day = is_all_day
+    ev.start_tz, ev.end_tz = s_tz, e_tz
+
+
+def current_spec(ev: Event, side: str) -> dict:
+    tz = ev.start_tz if side == "start" else ev.end_tz
+    if ev.is_all_day:
+        d = ev.start_date if side == "start" else ev.end_date
+        return {"dateTime": d.isoformat() + "T00:00:00", "timeZone": tz}
+    inst = ev.start if side == "start" else ev.end
+    return timezones.render(inst, tz)
+
+
+def _validated(body) -> dict:
+    try:
+        return schema.validate_entity(body, "event")
+    except schema.SchemaError as exc:
+        raise _bad("RequestBodyRead", exc.message) from exc
+
+
+def _ext_list(value) -> list[tuple[str, str]]:
+    out = []
+    for item in value or []:
+        if not isinstance(item, dict) or "id" not in item:
+            raise _bad("ErrorInvalidProperty", "Each extended property needs an id and a value.")
+        ext_key(item["id"])
+        out.append((item["id"], "" if item.get("value") is None else str(item["value"])))
+    return out
+
+
+def _set_ext(ev: Event, pairs: list[tuple[str, str]]) -> None:
+    for pid, value in pairs:
+        key = ext_key(pid)
+        for existing in list(ev.ext):
+            if ext_key(existing) == key:
+                del ev.ext[existing]
+        ev.ext[pid] = value
+
+
+def _apply_props(ev: Event, body: dict) -> None:
+    for k, v in body.items():
+        if k in READ_ONLY or k in ("start", "end", "isAllDay", "transactionId", "singleValueExtendedProperties",
+                                   "multiValueExtendedProperties", "extensions", "attachments"):
+            continue
+        ev.props[k] = v
+        if k == "location":
+            ev.props["locations"] = [v] if v and v.get("displayName") else []
+
+
+def fingerprint(body: dict) -> str:
+    return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def create(store: Store, mb: Mailbox, calendar_id: str, raw_body) -> tuple[Event, bool]:
+    """Returns (event, created). created=False when a repeated transactionId returned the existing event."""
+    body = _validated(raw_body)
+    if "start" not in body or "end" not in body or body["start"] is None or body["end"] is None:
+        raise _bad("ErrorInvalidRequest", "An event must have both start and end.")
+    tx = body.get("transactionId")
+    fp = fingerprint(body)
+    if tx and store.settings.transaction_id_mode == "dedupe":
+        for other in mb.events.values():
+            if not other.deleted and other.transaction_id == tx:
+                if other.creation_fingerprint == fp:
+                    return other, False
+                raise _bad("ErrorDuplicateTransactionId", "Your request can't be completed. The TransactionId "
+                                                          "specified in the request has already been used to "
+                                                          "create a different event.")
+    now = store.clock.now()
+    mb.seq += 1
+    ev = Event(id=outlook_id(), mailbox_id=mb.oid, calendar_id=calendar_id, ical_uid=ical_uid(), created=now,
+               modified=now, change_key=change_key(), seq=mb.seq, props={}, start_tz="UTC", end_tz="UTC",
+               is_all_day=False, transaction_id=tx, creation_fingerprint=fp)
+    apply_times(ev, body["start"], body["end"], bool(body.get("isAllDay")))
+    _apply_props(ev, body)
+    _set_ext(ev, _ext_list(body.get("singleValueExtendedProperties")))
+    mb.events[ev.id] = ev
+    return ev, True
+
+
+def update(store: Store, mb: Mailbox, ev: Event, raw_body) -> Event:
+    body = _validated(raw_body)
+    if "transactionId" in body and body["transactionId"] != ev.transaction_id:
+        raise _bad("ErrorInvalidRequest", "The transactionId of an event cannot be changed after it is created.")
+    if {"start", "end", "isAllDay"} & body.keys():
+        is_all_day = bool(body["isAllDay"]) if body.get("isAllDay") is not None else ev.is_all_day
+        start = body.get("start") or current_spec(ev, "start")
+        end = body.get("end") or current_spec(ev, "end")
+        apply_times(ev, start, end, is_all_day)
+    _apply_props(ev, body)
+    _set_ext(ev, _ext_list(body.get("singleValueExtendedProperties")))
+    touch(store, mb, ev)
+    return ev
+
+
+def touch(store: Store, mb: Mailbox, ev: Event) -> None:
+    mb.seq += 1
+    ev.seq = mb.seq
+    ev.modified = store.clock.now()
+    ev.change_key = change_key()
+
+
+def delete(store: Store, mb: Mailbox, ev: Event) -> None:
+    touch(store, mb, ev)
+    ev.deleted = True
+
+
+# --- rendering ------------------------------------------------------------------------------------------
+def _text_of(body: dict) -> str:
+    content = body.get("content") or ""
+    if (body.get("contentType") or "text").lower() == "html":
+        content = re.sub(r"<[^>]+>", " ", content)
+        content = html.unescape(re.sub(r"\s+", " ", content)).strip()
+    return content
+
+
+def _body_as(body: dict, wanted: str) -> dict:
+    ctype = (body.get("contentType") or "text").lower()
+    if wanted == "text":
+        return {"contentType": "text", "content": _text_of(body)}
+    if ctype == "html":
+        return {"contentType": "html", "content": body.get("content") or ""}
+    escaped = html.escape(body.get("content") or "").replace("\n", "<br>\r\n")
+    return {"contentType": "html", "content": "<html>\r\n<head>\r\n<meta http-equiv=\"Content-Type\" "
+            "content=\"text/html; charset=utf-8\">\r\n</head>\r\n<body>\r\n" + escaped + "\r\n</body>\r\n</html>\r\n"}
+
+
+def render(ev: Event, mb: Mailbox, *, tz: str = "UTC", body_type: str = "html", select: list[str] | None = None,
+           expand_ext: list[str] | None = None, base: str = "") -> dict:
+    p = ev.props
+    body = p.get("body") or {"contentType": "text", "content": ""}
+    if ev.is_all_day:
+        start, end = timezones.render_date(ev.start_date, tz), timezones.render_date(ev.end_date, tz)
+    else:
+        start, end = timezones.render(ev.start, tz), timezones.render(ev.end, tz)
+    location = p.get("location") or {"displayName": "", "locationType": "default", "uniqueIdType": "unknown",
+                                     "address": {}, "coordinates": {}}
+    full = {
+        "id": ev.id,
+        "createdDateTime": timezones.format_utc_z(ev.created),
+        "lastModifiedDateTime": timezones.format_utc_z(ev.modified),
+        "changeKey": ev.change_key,
+        "categories": p.get("categories") or [],
+        "transactionId": ev.transaction_id,
+        "originalStartTimeZone": ev.start_tz,
+        "originalEndTimeZone": ev.end_tz,
+        "iCalUId": ev.ical_uid,
+        "reminderMinutesBeforeStart": p.get("reminderMinutesBeforeStart", 15),
+        "isReminderOn": p.get("isReminderOn", True),
+        "hasAttachments": False,
+        "subject": p.get("subject") or "",
+        "bodyPreview": _text_of(body)[:255],
+        "importance": p.get("importance") or "normal",
+        "sensitivity": p.get("sensitivity") or "normal",
+        "isAllDay": ev.is_all_day,
+        "isCancelled": False,
+        "isOrganizer": True,
+        "responseRequested": p.get("responseRequested", True),
+        "seriesMasterId": None,
+        "showAs": p.get("showAs") or "busy",
+        "type": "singleInstance",
+        "webLink": f"https://outlook.office365.com/owa/?itemid={ev.id}&exvsurl=1&path=/calendar/item",
+        "onlineMeetingUrl": None,
+        "isOnlineMeeting": p.get("isOnlineMeeting", False),
+        "onlineMeetingProvider": p.get("onlineMeetingProvider") or "unknown",
+        "allowNewTimeProposals": p.get("allowNewTimeProposals", True),
+        "isDraft": False,
+        "hideAttendees": p.get("hideAttendees", False),
+        "responseStatus": {"response": "organizer", "time": "0001-01-01T00:00:00Z"},
+        "body": _body_as(body, body_type),
+        "start": start,
+        "end": end,
+        "location": location,
+        "locations": p.get("locations") or [],
+        "recurrence": p.get("recurrence"),
+        "attendees": p.get("attendees") or [],
+        "organizer": {"emailAddress": {"name": mb.display_name, "address": mb.upn}},
+        "onlineMeeting": None,
+    }
+    if ev.transaction_id is None:
+        del full["transactionId"]  # "only returned in a response payload if an app has set it"
+    out = {"@odata.etag": f'W/"{ev.change_key}"'}
+    if select:
+        out["id"] = ev.id
+        for name in select:
+            if name in full:
+                out[name] = full[name]
+            elif name == "transactionId":
+                pass
+            else:
+                out[name] = p.get(name)
+    else:
+        out.update(full)
+    if expand_ext is not None:
+        wanted = {ext_key(i) for i in expand_ext}
+        matched = [{"id": pid, "value": v} for pid, v in ev.ext.items() if ext_key(pid) in wanted]
+        if matched:
+            out["singleValueExtendedProperties@odata.context"] = (
+                f"{base}/$metadata#users('{mb.oid}')/events('{ev.id}')/singleValueExtendedProperties")
+            out["singleValueExtendedProperties"] = matched
+    return out
+
+
+def parse_select(raw: str | None) -> list[str] | None:
+    if not raw:
+        return None
+    out = []
+    for name in (n.strip() for n in raw.split(",")):
+        if not name:
+            continue
+        canon = SELECTABLE.get(name.lower())
+        if canon is None:
+            raise _bad("RequestBroker--ParseUri", f"Could not find a property named '{name}' on type "
+                                                  "'microsoft.graph.event'.")
+        out.append(canon)
+    return out
+
+
+_EXPAND = re.compile(r"^singleValueExtendedProperties\s*\(\s*\$filter\s*=\s*(?P<f>.+)\)\s*$", re.I)
+_ID_EQ = re.compile(r"id\s+eq\s+'((?:[^']|'')*)'", re.I)
+
+
+def parse_expand(raw: str | None) -> list[str] | None:
+    """Only `singleValueExtendedProperties($filter=id eq '...' [or id eq '...'])` is accepted: Graph documents
+    no way to read all extended properties of an item in one call."""
+    if not raw:
+        return None
+    m = _EXPAND.match(raw.strip())
+    if not m:
+        raise _bad("ErrorInvalidRequest", "Only $expand=singleValueExtendedProperties($filter=id eq '...') is "
+                                          "supported on events by this emulator.")
+    ids = [v.replace("''", "'") for v in _ID_EQ.findall(m.group("f"))]
+    if not ids:
+        raise _bad("ErrorInvalidUrlQueryFilter", "The $filter inside $expand must compare id.")
+    return ids
+
+
+_ANY = re.compile(
+    r"^\s*singleValueExtendedProperties/any\(\s*(?P<v>\w+)\s*:\s*(?P<body>.+)\)\s*$", re.I | re.S)
+
+
+def parse_filter(raw: str | None):
+    """Returns a predicate over events. Supports the documented extended-property forms:
+    `singleValueExtendedProperties/Any(ep: ep/id eq '{id}' and ep/value eq|ne '{v}')` and the
+    `contains(ep/value, '..')` / `startswith(ep/value, '..')` variants (value comparison case-insensitive)."""
+    if not raw:
+        return None
+    m = _ANY.match(raw)
+    if not m:
+        raise _bad("ErrorInvalidUrlQueryFilter", f"The $filter '{raw}' is not supported by this emulator.")
+    v = re.escape(m.group("v"))
+    body = m.group("body")
+    id_m = re.search(rf"{v}/id\s+eq\s+'((?:[^']|'')*)'", body, re.I)
+    if not id_m:
+        raise _bad("ErrorInvalidUrlQueryFilter", "The extended-property filter must compare the id.")
+    key = ext_key(id_m.group(1).replace("''", "'"))
+    val_m = re.search(rf"{v}/value\s+(eq|ne)\s+'((?:[^']|'')*)'", body, re.I)
+    fn_m = re.search(rf"(contains|startswith)\(\s*{v}/value\s*,\s*'((?:[^']|'')*)'\s*\)", body, re.I)
+    op, operand = None, None
+    if val_m:
+        op, operand = val_m.group(1).lower(), val_m.group(2).replace("''", "'").lower()
+    elif fn_m:
+        op, operand = fn_m.group(1).lower(), fn_m.group(2).replace("''", "'").lower()
+
+    def pred(ev: Event) -> bool:
+        for pid, value in ev.ext.items():
+            if ext_key(pid) != key:
+                continue
+            val = value.lower()
+            if op is None:
+                return True
+            if op == "eq":
+                return val == operand
+            if op == "ne":
+                return val != operand
+            if op == "contains":
+                return operand in val
+            return val.startswith(operand)
+        return False
+
+    return pred

@@ -1,0 +1,434 @@
+"""Microsoft identity platform (v2.0 endpoints) as MSAL for Python uses them.
+
+OpenID configuration, instance discovery, JWKS, /authorize (auto-consent or a consent page) and /token
+(authorization_code with PKCE, refresh_token with rotation, client_credentials)."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import html
+import json
+import re
+import secrets
+import uuid
+from datetime import timedelta
+from urllib.parse import urlencode, urlsplit, urlunsplit
+
+import jwt
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from .state import AccessToken, AuthCode, RefreshToken, Store
+from .timezones import format_utc_z
+from .web import Request, Response
+
+GRAPH_RESOURCE_APP_ID = "00000003-0000-0000-c000-000000000000"
+GRAPH_PREFIX = "https://graph.microsoft.com/"
+RESERVED_SCOPES = {"openid", "profile", "offline_access", "email"}
+META_TENANTS = {"common", "organizations", "consumers"}
+
+_IDENTITY_PATH = re.compile(r"^/([^/]+)/(v2\.0/\.well-known/openid-configuration|discovery/v2\.0/keys|"
+                            r"discovery/keys|discovery/instance|oauth2/v2\.0/authorize|oauth2/v2\.0/token)$")
+
+
+def is_identity_path(path: str) -> bool:
+    return bool(_IDENTITY_PATH.match(path))
+
+
+def normalize_scope(scope: str) -> str:
+    """`https://graph.microsoft.com/Calendars.ReadWrite` and `Calendars.ReadWrite` are the same permission."""
+    if scope.lower().startswith(GRAPH_PREFIX):
+        return scope[len(GRAPH_PREFIX):]
+    return scope
+
+
+class Identity:
+    def __init__(self, store: Store, base_url: str) -> None:
+        self.store = store
+        self.base_url = base_url
+        self.key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        self.kid = secrets.token_hex(8)
+
+    # ------------------------------------------------------------------------------------------------
+    def handle(self, req: Request) -> Response:
+        m = _IDENTITY_PATH.match(req.path)
+        if not m:
+            return _oauth_error(404, "invalid_request", "AADSTS900561: The endpoint only accepts POST requests.")
+        tenant, what = m.group(1), m.group(2)
+        if what == "discovery/instance":
+            return self.instance_discovery(req)
+        known = self._tenant_known(tenant)
+        if not known:
+            return _oauth_error(
+                400, "invalid_tenant",
+                f"AADSTS90002: Tenant '{tenant}' not found. Check to make sure you have the correct tenant ID "
+                "and are signing into the correct cloud.", codes=[90002])
+        if what.endswith("openid-configuration"):
+            return Response.plain_json(self.openid_configuration(tenant))
+        if what.endswith("keys"):
+            return Response.plain_json(self.jwks())
+        if what.endswith("authorize"):
+            return self.authorize(req, tenant)
+        if req.method != "POST":
+            return _oauth_error(405, "invalid_request", "AADSTS900561: The endpoint only accepts POST requests.")
+        return self.token(req, tenant)
+
+    def _tenant_known(self, tenant: str) -> bool:
+        return tenant.lower() in META_TENANTS or tenant in self.store.tenants()
+
+    # --- metadata ------------------------------------------------------------------------------------
+    def issuer(self, tenant_id: str) -> str:
+        return f"{self.base_url}/{tenant_id}/v2.0"
+
+    def openid_configuration(self, tenant: str) -> dict:
+        b = self.base_url
+        issuer_tenant = "{tenantid}" if tenant.lower() in META_TENANTS else tenant
+        return {
+            "token_endpoint": f"{b}/{tenant}/oauth2/v2.0/token",
+            "token_endpoint_auth_methods_supported": ["client_secret_post", "private_key_jwt", "client_secret_basic"],
+            "jwks_uri": f"{b}/{tenant}/discovery/v2.0/keys",
+            "response_modes_supported": ["query", "fragment", "form_post"],
+            "subject_types_supported": ["pairwise"],
+            "id_token_signing_alg_values_supported": ["RS256"],
+            "response_types_supported": ["code", "id_token", "code id_token", "id_token token"],
+            "scopes_supported": ["openid", "profile", "email", "offline_access"],
+            "issuer": f"{b}/{issuer_tenant}/v2.0",
+            "request_uri_parameter_supported": False,
+            "userinfo_endpoint": f"{b}/oidc/userinfo",
+            "authorization_endpoint": f"{b}/{tenant}/oauth2/v2.0/authorize",
+            "device_authorization_endpoint": f"{b}/{tenant}/oauth2/v2.0/devicecode",
+            "http_logout_supported": True,
+            "frontchannel_logout_supported": True,
+            "end_session_endpoint": f"{b}/{tenant}/oauth2/v2.0/logout",
+            "claims_supported": ["sub", "iss", "aud", "exp", "iat", "auth_time", "acr", "nonce",
+                                 "preferred_username", "name", "tid", "ver", "at_hash", "c_hash", "email", "oid"],
+            "tenant_region_scope": "EU",
+            "cloud_instance_name": "microsoftonline.com",
+            "cloud_graph_host_name": "graph.windows.net",
+            "msgraph_host": "graph.microsoft.com",
+        }
+
+    def instance_discovery(self, req: Request) -> Response:
+        """What MSAL asks `{host}/common/discovery/instance?api-version=1.0&authorization_endpoint=...` for."""
+        endpoint = req.query.get("authorization_endpoint", "")
+        parts = urlsplit(endpoint)
+        tenant = parts.path.strip("/").split("/")[0] if parts.path.strip("/") else "common"
+        host = urlsplit(self.base_url).netloc
+        return Response.plain_json({
+            "tenant_discovery_endpoint": f"{self.base_url}/{tenant}/v2.0/.well-known/openid-configuration",
+            "api-version": "1.1",
+            "metadata": [{"preferred_network": host, "preferred_cache": host, "aliases": [host]}],
+        })
+
+    def jwks(self) -> dict:
+        from jwt.algorithms import RSAAlgorithm
+
+        jwk = json.loads(RSAAlgorithm.to_jwk(self.key.public_key()))
+        jwk.update({"kid": self.kid, "use": "sig", "alg": "RS256"})
+        return {"keys": [jwk]}
+
+    # --- authorize -----------------------------------------------------------------------------------
+    def authorize(self, req: Request, tenant: str) -> Response:
+        params = dict(req.query)
+        if req.method == "POST":
+            params.update(req.form())
+        client_id = params.get("client_id", "")
+        app = self.store.apps.get(client_id)
+        if app is None:
+            return _error_page(
+                f"AADSTS700016: Application with identifier '{client_id}' was not found in the directory.")
+        redirect_uri = params.get("redirect_uri", "")
+        if redirect_uri not in app.redirect_uris:
+            return _error_page(
+                f"AADSTS50011: The redirect URI '{redirect_uri}' specified in the request does not match the "
+                f"redirect URIs configured for the application '{client_id}'.")
+        state = params.get("state")
+        mode = params.get("response_mode") or "query"
+
+        def fail(error: str, description: str) -> Response:
+            return _auth_response(redirect_uri, mode, {"error": error, "error_description": description,
+                                                       "state": state})
+
+        if params.get("response_type") != "code":
+            return fail("unsupported_response_type",
+                        "AADSTS700054: response_type 'id_token' is not enabled for the application.")
+        method = params.get("code_challenge_method")
+        if params.get("code_challenge") and (method or "plain") not in ("S256", "plain"):
+            return fail("invalid_request", "AADSTS501491: Invalid code_challenge_method.")
+        scopes = (params.get("scope") or "").split()
+        if not scopes:
+            return fail("invalid_request", "AADSTS900144: The request body must contain the following "
+                                           "parameter: 'scope'.")
+
+        with self.store.lock:
+            settings = self.store.settings
+            decided = req.method == "POST" and params.get("consent") in ("accept", "refuse")
+            user = None
+            if decided:
+                user = self.store.find_user(params.get("user_id", ""))
+            else:
+                hint = params.get("login_hint")
+                if hint:
+                    user = self.store.find_user(hint)
+                if user is None and settings.next_user:
+                    user = self.store.find_user(settings.next_user)
+                    settings.next_user = None
+                if user is None and settings.default_user:
+                    user = self.store.find_user(settings.default_user)
+                candidates = self._candidates(tenant)
+                if user is None and len(candidates) == 1:
+                    user = candidates[0]
+            if user is not None and tenant.lower() not in META_TENANTS and user.tenant_id != tenant:
+                return fail("invalid_request", f"AADSTS50020: User account '{user.upn}' does not exist in "
+                                               f"tenant '{tenant}'.")
+            if not decided and (settings.consent_mode == "interactive" or user is None):
+                return self._consent_page(req, tenant, params, app, user, scopes)
+            if user is None:
+                return fail("invalid_request", "AADSTS50058: A silent sign-in request was sent but no user is "
+                                               "signed in.")
+            refused = (params.get("consent") == "refuse") if decided else (user.consent == "refuse")
+            if refused:
+                return fail("access_denied", "AADSTS65004: User declined to consent to access the app.")
+            code = "1.A" + secrets.token_urlsafe(48)
+            self.store.codes[code] = AuthCode(
+                code=code, client_id=client_id, redirect_uri=redirect_uri, scopes=scopes,
+                nonce=params.get("nonce"), code_challenge=params.get("code_challenge"),
+                code_challenge_method=method or ("plain" if params.get("code_challenge") else None),
+                oid=user.oid, tenant_id=user.tenant_id,
+                expires_at=self.store.clock.now() + timedelta(minutes=10))
+        return _auth_response(redirect_uri, mode, {"code": code, "state": state,
+                                                   "session_state": str(uuid.uuid4())})
+
+    def _candidates(self, tenant: str):
+        users = list(self.store.mailboxes.values())
+        if tenant.lower() not in META_TENANTS:
+            users = [u for u in users if u.tenant_id == tenant]
+        return users
+
+    def _consent_page(self, req, tenant, params, app, user, scopes) -> Response:
+        lang = (params.get("ui_locales") or req.headers.get("Accept-Language") or "en").lower()
+        if user is not None and not params.get("ui_locales"):
+            lang = user.locale.lower()
+        es = lang.startswith("es")
+        t = {
+            "title": "Permisos solicitados" if es else "Permissions requested",
+            "who": "Cuenta" if es else "Account",
+            "asks": "solicita permiso para:" if es else "wants permission to:",
+            "yes": "Sí" if es else "Yes",
+            "no": "Cancelar" if es else "Cancel",
+        }
+        hidden = "".join(
+            f'<input type="hidden" name="{html.escape(k)}" value="{html.escape(v or "")}">'
+            for k, v in params.items() if k not in ("consent", "user_id"))
+        options = "".join(
+            f'<option value="{html.escape(u.oid)}"{" selected" if user and u.oid == user.oid else ""}>'
+            f"{html.escape(u.display_name)} &lt;{html.escape(u.upn)}&gt;</option>"
+            for u in self._candidates(tenant))
+        scope_items = "".join(f"<li>{html.escape(s)}</li>" for s in scopes if s not in RESERVED_SCOPES)
+        action = html.escape(f"{self.base_url}{req.path}")
+        page = f"""<!doctype html><html lang="{'es' if es else 'en'}"><head><meta charset="utf-8">
+<title>{t['title']}</title></head><body>
+<h1>{t['title']}</h1>
+<p><b>{html.escape(app.display_name)}</b> {t['asks']}</p><ul>{scope_items}</ul>
+<form method="post" action="{action}">{hidden}
+<label>{t['who']} <select name="user_id">{options}</select></label>
+<button type="submit" name="consent" value="accept">{t['yes']}</button>
+<button type="submit" name="consent" value="refuse">{t['no']}</button>
+</form></body></html>"""
+        return Response.html(page)
+
+    # --- token ---------------------------------------------------------------------------------------
+    def token(self, req: Request, tenant: str) -> Response:
+        form = req.form()
+        client_id, secret = form.get("client_id"), form.get("client_secret")
+        auth = req.headers.get("Authorization") or ""
+        if auth.lower().startswith("basic "):
+            try:
+                cid, _, sec = base64.b64decode(auth[6:]).decode("utf-8").partition(":")
+            except ValueError:
+                cid, sec = "", ""
+            client_id, secret = client_id or cid, sec
+        with self.store.lock:
+            app = self.store.apps.get(client_id or "")
+            if app is None:
+                return _oauth_error(400, "unauthorized_client",
+                                    f"AADSTS700016: Application with identifier '{client_id}' was not found in "
+                                    "the directory.", codes=[700016])
+            if not secret:
+                return _oauth_error(401, "invalid_client",
+                                    "AADSTS7000218: The request body must contain the following parameter: "
+                                    "'client_assertion' or 'client_secret'.", codes=[7000218])
+            if not secrets.compare_digest(secret, app.client_secret):
+                return _oauth_error(401, "invalid_client",
+                                    "AADSTS7000215: Invalid client secret provided. Ensure the secret being "
+                                    "sent in the request is the client secret value, not the client secret ID, "
+                                    f"for a secret added to app '{client_id}'.", codes=[7000215])
+            grant = form.get("grant_type")
+            if grant == "authorization_code":
+                return self._grant_code(form, app)
+            if grant == "refresh_token":
+                return self._grant_refresh(form, app)
+            if grant == "client_credentials":
+                return self._grant_client_credentials(form, app, tenant)
+            return _oauth_error(400, "unsupported_grant_type",
+                                f"AADSTS70003: The app requested an unsupported grant type '{grant}'.")
+
+    def _grant_code(self, form: dict, app) -> Response:
+        now = self.store.clock.now()
+        code = self.store.codes.get(form.get("code") or "")
+        if code is None or code.client_id != app.client_id:
+            return _oauth_error(400, "invalid_grant", "AADSTS9002313: Invalid request. Request is malformed or "
+                                                      "invalid.", codes=[9002313])
+        if code.used:
+            return _oauth_error(400, "invalid_grant", "AADSTS54005: OAuth2 Authorization code was already "
+                                                      "redeemed, please retry with a new valid code.",
+                                codes=[54005])
+        if now > code.expires_at:
+            return _oauth_error(400, "invalid_grant", "AADSTS70008: The provided authorization code or refresh "
+                                                      "token has expired due to inactivity.", codes=[70008])
+        if form.get("redirect_uri") != code.redirect_uri:
+            return _oauth_error(400, "invalid_grant", "AADSTS500117: The reply uri specified in the request "
+                                                      "isn't expected.", codes=[500117])
+        if code.code_challenge:
+            verifier = form.get("code_verifier") or ""
+            if code.code_challenge_method == "S256":
+                computed = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode("ascii")).digest())
+                computed = computed.decode("ascii").rstrip("=")
+            else:
+                computed = verifier
+            if not verifier or not secrets.compare_digest(computed, code.code_challenge):
+                return _oauth_error(400, "invalid_grant", "AADSTS501481: The Code_Verifier does not match the "
+                                                          "code_challenge supplied in the authorization request.",
+                                    codes=[501481])
+        code.used = True
+        scopes = (form.get("scope") or " ".join(code.scopes)).split()
+        return self._issue(app, code.oid, code.tenant_id, scopes, nonce=code.nonce,
+                           want_client_info=form.get("client_info") == "1")
+
+    def _grant_refresh(self, form: dict, app) -> Response:
+        now = self.store.clock.now()
+        rt = self.store.refresh_tokens.get(form.get("refresh_token") or "")
+        if rt is None or rt.client_id != app.client_id:
+            return _oauth_error(400, "invalid_grant", "AADSTS9002313: Invalid request. Request is malformed or "
+                                                      "invalid.", codes=[9002313])
+        inactive_limit = timedelta(days=self.store.settings.refresh_token_inactivity_days)
+        if rt.expired or now - rt.issued_at > inactive_limit:
+            days = self.store.settings.refresh_token_inactivity_days
+            return _oauth_error(
+                400, "invalid_grant",
+                f"AADSTS700082: The refresh token has expired due to inactivity. The token was issued on "
+                f"{format_utc_z(rt.issued_at)} and was inactive for {days}.00:00:00.", codes=[700082],
+                suberror="bad_token")
+        if self.store.mailboxes.get(rt.oid) is None:
+            return _oauth_error(400, "invalid_grant", "AADSTS50034: The user account does not exist in the "
+                                                      "directory.", codes=[50034])
+        requested = (form.get("scope") or " ".join(rt.scopes)).split()
+        granted = {normalize_scope(s).lower() for s in rt.scopes}
+        extra = [s for s in requested if s not in RESERVED_SCOPES and normalize_scope(s).lower() not in granted]
+        if extra:
+            return _oauth_error(400, "invalid_grant", "AADSTS65001: The user or administrator has not consented "
+                                                      f"to use the application. Scopes: {' '.join(extra)}",
+                                codes=[65001], suberror="consent_required")
+        return self._issue(app, rt.oid, rt.tenant_id, requested, nonce=None,
+                           want_client_info=form.get("client_info") == "1")
+
+    def _grant_client_credentials(self, form: dict, app, tenant: str) -> Response:
+        tenant_id = app.tenant_id if tenant.lower() in META_TENANTS else tenant
+        if not tenant_id or tenant_id.lower() in META_TENANTS:
+            return _oauth_error(400, "invalid_request", "AADSTS50059: No tenant-identifying information found in "
+                                                        "either the request or implied by any provided "
+                                                        "credentials.", codes=[50059])
+        now = self.store.clock.now()
+        life = self.store.settings.access_token_lifetime
+        token = self._jwt({
+            "aud": "https://graph.microsoft.com", "iss": f"https://sts.windows.net/{tenant_id}/",
+            "iat": int(now.timestamp()), "nbf": int(now.timestamp()), "exp": int(now.timestamp()) + life,
+            "appid": app.client_id, "idtyp": "app", "roles": ["Calendars.ReadWrite", "User.Read.All",
+                                                              "MailboxSettings.Read"],
+            "tid": tenant_id, "ver": "1.0", "uti": secrets.token_urlsafe(16)})
+        self.store.access_tokens[token] = AccessToken(token, app.client_id, tenant_id, None, [".default"],
+                                                      now + timedelta(seconds=life))
+        return Response.plain_json({"token_type": "Bearer", "expires_in": life, "ext_expires_in": life,
+                                    "access_token": token})
+
+    def _issue(self, app, oid: str, tenant_id: str, scopes: list[str], nonce: str | None,
+               want_client_info: bool) -> Response:
+        now = self.store.clock.now()
+        user = self.store.mailboxes[oid]
+        life = self.store.settings.access_token_lifetime
+        resource_scopes = [s for s in scopes if s not in RESERVED_SCOPES]
+        iat = int(now.timestamp())
+        access = self._jwt({
+            "aud": "https://graph.microsoft.com", "iss": f"https://sts.windows.net/{tenant_id}/",
+            "iat": iat, "nbf": iat, "exp": iat + life, "app_displayname": app.display_name,
+            "appid": app.client_id, "idtyp": "user", "name": user.display_name, "oid": oid,
+            "scp": " ".join(normalize_scope(s) for s in resource_scopes), "tid": tenant_id,
+            "upn": user.upn, "unique_name": user.upn, "ver": "1.0", "uti": secrets.token_urlsafe(16)})
+        self.store.access_tokens[access] = AccessToken(access, app.client_id, tenant_id, oid, resource_scopes,
+                                                       now + timedelta(seconds=life))
+        body = {"token_type": "Bearer", "scope": " ".join(resource_scopes), "expires_in": life,
+                "ext_expires_in": life, "access_token": access}
+        if "offline_access" in scopes:
+            rt = "1.A" + secrets.token_urlsafe(96)
+            self.store.refresh_tokens[rt] = RefreshToken(rt, app.client_id, oid, tenant_id, scopes, now)
+            body["refresh_token"] = rt
+        if "openid" in scopes:
+            claims = {
+                "aud": app.client_id, "iss": self.issuer(tenant_id), "iat": iat, "nbf": iat, "exp": iat + life,
+                "name": user.display_name, "oid": oid, "preferred_username": user.upn,
+                "sub": base64.urlsafe_b64encode(hashlib.sha256(f"{oid}:{app.client_id}".encode()).digest())
+                .decode().rstrip("="),
+                "tid": tenant_id, "uti": secrets.token_urlsafe(16), "ver": "2.0",
+            }
+            if nonce:
+                claims["nonce"] = nonce
+            body["id_token"] = self._jwt(claims)
+        if want_client_info:
+            info = json.dumps({"uid": oid, "utid": tenant_id}).encode()
+            body["client_info"] = base64.urlsafe_b64encode(info).decode().rstrip("=")
+        return Response.plain_json(body, headers={"Cache-Control": "no-store, no-cache", "Pragma": "no-cache"})
+
+    def _jwt(self, claims: dict) -> str:
+        return jwt.encode(claims, self.key, algorithm="RS256", headers={"kid": self.kid, "typ": "JWT"})
+
+
+def _oauth_error(status: int, error: str, description: str, codes: list[int] | None = None,
+                 suberror: str | None = None) -> Response:
+    trace = str(uuid.uuid4())
+    corr = str(uuid.uuid4())
+    from datetime import UTC, datetime
+
+    ts = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+    body = {
+        "error": error,
+        "error_description": f"{description} Trace ID: {trace} Correlation ID: {corr} Timestamp: {ts}",
+        "error_codes": codes or [],
+        "timestamp": ts,
+        "trace_id": trace,
+        "correlation_id": corr,
+    }
+    if codes:
+        body["error_uri"] = f"https://login.microsoftonline.com/error?code={codes[0]}"
+    if suberror:
+        body["suberror"] = suberror
+    return Response.plain_json(body, status)
+
+
+def _error_page(message: str) -> Response:
+    return Response.html(f"<!doctype html><html><body><h1>Sign in error</h1><p>{html.escape(message)}</p>"
+                         "</body></html>", status=400)
+
+
+def _auth_response(redirect_uri: str, mode: str, params: dict) -> Response:
+    params = {k: v for k, v in params.items() if v is not None}
+    if mode == "form_post":
+        fields = "".join(f'<input type="hidden" name="{html.escape(k)}" value="{html.escape(v)}">'
+                         for k, v in params.items())
+        return Response.html(
+            f'<html><body onload="document.forms[0].submit()"><form method="POST" '
+            f'action="{html.escape(redirect_uri)}">{fields}</form></body></html>')
+    parts = urlsplit(redirect_uri)
+    if mode == "fragment":
+        return Response.redirect(urlunsplit(parts._replace(fragment=urlencode(params))))
+    query = (parts.query + "&" if parts.query else "") + urlencode(params)
+    return Response.redirect(urlunsplit(parts._replace(query=query)))

@@ -1,0 +1,367 @@
+"""In-memory state of the emulator: clock, apps, users/mailboxes, events, tokens, subscriptions, settings."""
+
+from __future__ import annotations
+
+import base64
+import secrets
+import threading
+import uuid
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+
+from . import timezones
+
+
+class Clock:
+    """Emulator clock: real UTC time plus an offset that the control API can advance (no sleeping)."""
+
+    def __init__(self) -> None:
+        self._offset = timedelta(0)
+        self._lock = threading.Lock()
+        self.listeners: list = []  # callables run after each advance (the notifier wakes up)
+
+    def now(self) -> datetime:
+        with self._lock:
+            return datetime.now(UTC) + self._offset
+
+    def timestamp(self) -> float:
+        return self.now().timestamp()
+
+    def advance(self, seconds: float) -> datetime:
+        with self._lock:
+            self._offset += timedelta(seconds=seconds)
+        for fn in list(self.listeners):
+            fn()
+        return self.now()
+
+    def reset(self) -> None:
+        with self._lock:
+            self._offset = timedelta(0)
+
+    @property
+    def offset_seconds(self) -> float:
+        return self._offset.total_seconds()
+
+
+def outlook_id(prefix: bytes = b"\x00\x00\x00\x00") -> str:
+    """An Outlook-looking id (URL-safe base64 with `=` padding, e.g. `AAMkAG...AAA=`). Case-sensitive."""
+    raw = b"\x00\x03\x24\x00" + prefix + secrets.token_bytes(60)
+    return base64.urlsafe_b64encode(raw).decode("ascii")
+
+
+def change_key() -> str:
+    return base64.b64encode(b"\x00" + secrets.token_bytes(20)).decode("ascii")
+
+
+def ical_uid() -> str:
+    return "040000008200E00074C5B7101A82E00800000000" + secrets.token_hex(28).upper()
+
+
+@dataclass
+class App:
+    client_id: str
+    client_secret: str
+    redirect_uris: list[str]
+    display_name: str = "CRM calendar sync"
+    tenant_id: str | None = None
+
+    def public(self) -> dict:
+        return {
+            "client_id": self.client_id,
+            "client_secret": self.client_secret,
+            "redirect_uris": self.redirect_uris,
+            "display_name": self.display_name,
+            "tenant_id": self.tenant_id,
+        }
+
+
+@dataclass
+class Calendar:
+    id: str
+    name: str
+    is_default: bool = False
+    change_key: str = field(default_factory=change_key)
+
+
+@dataclass
+class Event:
+    id: str
+    mailbox_id: str
+    calendar_id: str
+    ical_uid: str
+    created: datetime
+    modified: datetime
+    change_key: str
+    seq: int
+    props: dict  # Graph properties other than those kept below
+    start_tz: str
+    end_tz: str
+    is_all_day: bool
+    start: datetime | None = None  # aware UTC instants (timed events)
+    end: datetime | None = None
+    start_date: date | None = None  # floating dates (all-day events)
+    end_date: date | None = None
+    transaction_id: str | None = None
+    creation_fingerprint: str | None = None
+    ext: dict[str, str] = field(default_factory=dict)  # singleValueExtendedProperties id -> value
+    deleted: bool = False
+
+    def instants(self, mailbox_zone) -> tuple[datetime, datetime]:
+        """Start/end instants; all-day events are placed in the mailbox's own zone."""
+        if self.is_all_day:
+            return (
+                timezones.midnight_utc(self.start_date, mailbox_zone),
+                timezones.midnight_utc(self.end_date, mailbox_zone),
+            )
+        return self.start, self.end
+
+
+@dataclass
+class Mailbox:
+    oid: str
+    tenant_id: str
+    upn: str
+    display_name: str
+    time_zone: str  # Windows name, as mailboxSettings reports it
+    consent: str = "accept"  # or "refuse"
+    locale: str = "en-US"
+    calendars: dict[str, Calendar] = field(default_factory=dict)
+    events: dict[str, Event] = field(default_factory=dict)  # includes tombstones (deleted=True)
+    seq: int = 0
+    delta_generation: int = 0
+
+    def default_calendar(self) -> Calendar:
+        return next(c for c in self.calendars.values() if c.is_default)
+
+    def zone(self):
+        return timezones.resolve(self.time_zone)
+
+    def public(self) -> dict:
+        return {
+            "id": self.oid,
+            "oid": self.oid,
+            "tenant_id": self.tenant_id,
+            "upn": self.upn,
+            "display_name": self.display_name,
+            "time_zone": self.time_zone,
+            "consent": self.consent,
+            "locale": self.locale,
+            "calendars": [{"id": c.id, "name": c.name, "is_default": c.is_default} for c in self.calendars.values()],
+        }
+
+
+@dataclass
+class AuthCode:
+    code: str
+    client_id: str
+    redirect_uri: str
+    scopes: list[str]
+    nonce: str | None
+    code_challenge: str | None
+    code_challenge_method: str | None
+    oid: str
+    tenant_id: str
+    expires_at: datetime
+    used: bool = False
+
+
+@dataclass
+class AccessToken:
+    token: str
+    client_id: str
+    tenant_id: str
+    oid: str | None  # None for app-only tokens
+    scopes: list[str]
+    expires_at: datetime
+
+
+@dataclass
+class RefreshToken:
+    token: str
+    client_id: str
+    oid: str
+    tenant_id: str
+    scopes: list[str]
+    issued_at: datetime
+    expired: bool = False  # forced through the control API
+
+
+@dataclass
+class Subscription:
+    id: str
+    client_id: str
+    tenant_id: str
+    mailbox_id: str
+    creator_id: str | None
+    resource: str
+    calendar_id: str | None
+    change_types: list[str]
+    notification_url: str
+    lifecycle_url: str | None
+    client_state: str | None
+    expires_at: datetime
+    latest_tls: str = "v1_2"
+
+    def public(self) -> dict:
+        return {
+            "@odata.context": "https://graph.microsoft.com/v1.0/$metadata#subscriptions/$entity",
+            "id": self.id,
+            "resource": self.resource,
+            "applicationId": self.client_id,
+            "changeType": ",".join(self.change_types),
+            "clientState": self.client_state,
+            "notificationUrl": self.notification_url,
+            "notificationQueryOptions": None,
+            "lifecycleNotificationUrl": self.lifecycle_url,
+            "expirationDateTime": timezones.format_utc_z(self.expires_at),
+            "creatorId": self.creator_id,
+            "includeResourceData": False,
+            "latestSupportedTlsVersion": self.latest_tls,
+            "encryptionCertificate": None,
+            "encryptionCertificateId": None,
+            "notificationUrlAppId": None,
+        }
+
+
+@dataclass
+class Settings:
+    # identity
+    consent_mode: str = "auto"  # "auto" or "interactive"
+    next_user: str | None = None  # one-shot: who signs in next
+    default_user: str | None = None
+    access_token_lifetime: int = 3600
+    refresh_token_inactivity_days: int = 90
+    # throttling (Outlook: per app+mailbox 10,000 / 10 min; 4 concurrent)
+    rate_limit: int = 10_000
+    rate_window_seconds: float = 600.0
+    concurrency_limit: int = 4
+    concurrency_scope: str = "mailbox"  # "mailbox" or "app_mailbox"
+    concurrency_retry_after: int = 1
+    # events
+    transaction_id_mode: str = "dedupe"  # "dedupe" or "duplicate"
+    list_page_size: int = 10
+    delta_page_size: int = 10
+    # subscriptions / notifications
+    validation_timeout: float = 10.0
+    notification_timeout: float = 3.0
+    notification_retry_seconds: float = 10.0  # emulator-clock seconds before a retry (doubles, max 600)
+    notification_retry_window: float = 4 * 3600.0
+    notifications_paused: bool = False
+    drop_notifications_next: int = 0
+    drop_notifications_probability: float = 0.0
+    # batch
+    shuffle_batch_responses: bool = True
+
+    def public(self) -> dict:
+        return dict(self.__dict__)
+
+
+@dataclass
+class FaultRule:
+    kind: str  # "503", "500", "429", "drop", "latency", "lost_response", "hold"
+    count: int | None = None  # next N matching requests (None = unlimited, subject to probability)
+    probability: float = 1.0
+    seed: int | None = None
+    retry_after: float | None = None
+    latency_ms: int = 0
+    method: str | None = None
+    path_contains: str | None = None
+    mailbox: str | None = None
+    area: str = "graph"  # "graph", "identity" or "any"
+    inner: bool = True  # also applies to $batch items (status faults only)
+    id: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
+    hits: int = 0
+
+    def __post_init__(self) -> None:
+        import random
+
+        self._rng = random.Random(self.seed)  # noqa: S311 - test fault injection
+
+    def public(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if not k.startswith("_")}
+
+
+class Store:
+    """All mutable state; guarded by one re-entrant lock (handlers are short)."""
+
+    def __init__(self, clock: Clock) -> None:
+        self.lock = threading.RLock()
+        self.clock = clock
+        self.reset()
+
+    def reset(self) -> None:
+        with self.lock:
+            self.apps: dict[str, App] = {}
+            self.mailboxes: dict[str, Mailbox] = {}
+            self.codes: dict[str, AuthCode] = {}
+            self.access_tokens: dict[str, AccessToken] = {}
+            self.refresh_tokens: dict[str, RefreshToken] = {}
+            self.subscriptions: dict[str, Subscription] = {}
+            self.deliveries: list[dict] = []
+            self.delta_states: dict[str, dict] = {}
+            self.settings = Settings()
+            self.faults: list[FaultRule] = []
+            self.windows: dict[tuple[str, str], deque] = {}
+            self.counters: dict[str, dict[str, Counter]] = {}
+            self.totals: Counter = Counter()
+            self.clock.reset()
+            self.delivery_cond = threading.Condition(self.lock)
+
+    # --- users -------------------------------------------------------------------------------------
+    def add_user(
+        self,
+        upn: str,
+        display_name: str | None = None,
+        time_zone: str = "UTC",
+        oid: str | None = None,
+        tenant_id: str | None = None,
+        consent: str = "accept",
+        locale: str = "en-US",
+    ) -> Mailbox:
+        with self.lock:
+            oid = oid or str(uuid.uuid4())
+            mb = Mailbox(
+                oid=oid,
+                tenant_id=tenant_id or "9188040d-6c67-4c5b-b112-36a304b66dad",
+                upn=upn,
+                display_name=display_name or upn.split("@")[0].title(),
+                time_zone=timezones.windows_name(time_zone),
+                consent=consent,
+                locale=locale,
+            )
+            cal = Calendar(id=outlook_id(b"\x00\x00\x00\x01"), name="Calendar", is_default=True)
+            mb.calendars[cal.id] = cal
+            self.mailboxes[oid] = mb
+            return mb
+
+    def find_user(self, key: str) -> Mailbox | None:
+        """By object id or UPN (case-insensitive), as /users/{id | userPrincipalName} does."""
+        with self.lock:
+            if key in self.mailboxes:
+                return self.mailboxes[key]
+            low = key.lower()
+            for mb in self.mailboxes.values():
+                if mb.oid.lower() == low or mb.upn.lower() == low:
+                    return mb
+            return None
+
+    def tenants(self) -> set[str]:
+        with self.lock:
+            return {m.tenant_id for m in self.mailboxes.values()} | {
+                a.tenant_id for a in self.apps.values() if a.tenant_id
+            }
+
+    # --- counters ----------------------------------------------------------------------------------
+    def count(self, mailbox: str | None, kind: str, endpoint: str) -> None:
+        with self.lock:
+            key = mailbox or "-"
+            per = self.counters.setdefault(key, {"requests": Counter(), "batch_inner": Counter(), "throttled": Counter()})
+            per[kind][endpoint] += 1
+            self.totals[kind] += 1
+
+    def record_delivery(self, entry: dict) -> None:
+        with self.lock:
+            entry["seq"] = len(self.deliveries) + 1
+            self.deliveries.append(entry)
+            self.delivery_cond.notify_all()
