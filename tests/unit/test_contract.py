@@ -238,7 +238,7 @@ def test_activity_errors_are_prefixed_with_data_and_envelope_errors_come_too() -
                               tenant_id=None, occurred_at="2025-03-01T10:00:00"), event=True)
     assert list(errs) == ["tenant_id", "occurred_at", "data.type.id", "data.type.name",
                           "data.type.show_in_calendar", "data.start"]
-    assert errs["occurred_at"] == "must include a UTC offset"
+    assert errs["occurred_at"] == "must be an RFC 3339 date-time with a UTC offset"
 
 
 @pytest.mark.parametrize(("kind", "data", "expected"), [
@@ -258,5 +258,8 @@ def test_envelope_errors() -> None:
     errs = errors_of({"id": "", "type": "activity.created", "tenant_id": "t", "occurred_at": "now",
                       "data": []}, event=True)
     assert list(errs) == ["id", "type", "occurred_at", "data"]
+    assert errors_of(envelope("user.updated", {"user_id": "u", "time_zone": "UTC", "locale": "en"},
+                              occurred_at="2025-03-01"), event=True) == {
+        "occurred_at": "must be an RFC 3339 date-time with a UTC offset"}
     assert errors_of({"id": "e", "type": "user.updated", "tenant_id": "t",
                       "occurred_at": "2025-01-01T00:00:00Z"}, event=True) == {"data": "is required"}
