@@ -250,6 +250,17 @@ def after(decision: Decision, *, event_id: str | None = None, change_key: str | 
     return replace(link, change_key=change_key)
 
 
+def adopt(decision: Decision, event_id: str) -> Decision:
+    """A ``Create`` whose lookup by our property found ``event_id`` (a create that crashed before its
+    link was stored): PATCH that event instead of creating a duplicate."""
+    create = decision.action
+    if not isinstance(create, Create) or decision.link is None:
+        raise ValueError("only a planned Create can adopt an existing event")
+    patch = patch_body(create.event)
+    return Decision(Update(event_id, patch, create.content_hash),
+                    replace(decision.link, outlook_event_id=event_id), decision.notes)
+
+
 BackfillCategory = Literal["create", "update", "unchanged", "ineligible"]
 
 

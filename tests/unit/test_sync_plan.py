@@ -29,6 +29,7 @@ from shared.sync_plan import (
     Replay,
     Update,
     UserContext,
+    adopt,
     after,
     backfill_category,
     check_mass_deletion,
@@ -153,6 +154,17 @@ def test_a_retried_create_plans_the_same_transaction_id() -> None:
     first = plan_upsert(activity(version=1), None, USER)
     again = plan_upsert(activity(version=1), None, USER)
     assert first == again
+
+
+def test_a_create_found_by_its_property_is_adopted_not_duplicated() -> None:
+    created = plan_upsert(activity(version=1), None, USER)
+    adopted = adopt(created, "evt-found")
+    assert isinstance(adopted.action, Update) and adopted.action.event_id == "evt-found"
+    assert "transactionId" not in adopted.action.patch and adopted.action.patch["subject"]
+    assert adopted.link is not None and adopted.link.outlook_event_id == "evt-found"
+    assert adopted.link.generation == 1 and adopted.link.content_hash == adopted.action.content_hash
+    with pytest.raises(ValueError):
+        adopt(plan_upsert(activity(version=1, status="cancelled"), None, USER), "evt-found")
 
 
 def test_cancelled_before_planned_arrives_late_never_creates() -> None:
