@@ -9,9 +9,9 @@ bp = func.Blueprint()
 
 @bp.route(route="health", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
 def health(req: func.HttpRequest) -> func.HttpResponse:
-    from shared import storage
+    from shared import services
 
-    checks = storage.get().check()
+    checks = services.get().storage.check()
     healthy = all(state == "ok" for state in checks.values())
     body = {"status": "ok" if healthy else "degraded", "storage": checks}
     return func.HttpResponse(

@@ -10,7 +10,6 @@ Queue messages are base64-encoded, as the Functions host's queue trigger expects
 from __future__ import annotations
 
 import threading
-from functools import cache
 from typing import TYPE_CHECKING
 
 from shared.settings import StorageSettings
@@ -109,10 +108,3 @@ def _credential(config: StorageSettings):
 
     return ManagedIdentityCredential(client_id=config.managed_identity_client_id)
 
-
-@cache
-def get() -> Storage:
-    """The process-wide storage clients."""
-    from shared import settings
-
-    return Storage(settings.get().storage)

@@ -98,9 +98,11 @@ class WsgiApp:
         return Response(status=202 if started else 404)
 
     def call(self, route: Route, request: Request, params: dict[str, str]) -> Response:
+        # The URL exactly as sent (RAW_URI keeps percent-encoding, which signatures cover).
+        raw_target = request.environ.get("RAW_URI") or request.full_path
         http_request = func.HttpRequest(
             method=request.method,
-            url=request.url,
+            url=request.host_url.rstrip("/") + raw_target,
             headers=dict(request.headers),
             params=dict(request.args),
             route_params=params,

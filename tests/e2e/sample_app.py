@@ -5,7 +5,7 @@ import json
 
 import azure.functions as func
 
-from shared import storage
+from shared import services
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.ANONYMOUS)
 
@@ -28,7 +28,7 @@ def crash(req: func.HttpRequest) -> func.HttpResponse:
 @app.queue_trigger(arg_name="msg", queue_name="sample-orders", connection="AzureWebJobsStorage")
 def store_order(msg: func.QueueMessage) -> None:
     order = json.loads(msg.get_body())
-    storage.get().table("SampleOrders").upsert_entity(
+    services.get().storage.table("SampleOrders").upsert_entity(
         {
             "PartitionKey": "orders",
             "RowKey": order["id"],
@@ -41,7 +41,7 @@ def store_order(msg: func.QueueMessage) -> None:
 
 @app.queue_trigger(arg_name="msg", queue_name="sample-always-fails", connection="AzureWebJobsStorage")
 def always_fails(msg: func.QueueMessage) -> None:
-    storage.get().table("SampleAttempts").upsert_entity(
+    services.get().storage.table("SampleAttempts").upsert_entity(
         {"PartitionKey": msg.get_body().decode(), "RowKey": str(msg.dequeue_count)}
     )
     raise ValueError("this message can never be processed")
@@ -49,6 +49,6 @@ def always_fails(msg: func.QueueMessage) -> None:
 
 @app.timer_trigger(arg_name="timer", schedule="0 0 0 1 1 *")
 def yearly(timer: func.TimerRequest) -> None:
-    storage.get().table("SampleTimer").upsert_entity(
+    services.get().storage.table("SampleTimer").upsert_entity(
         {"PartitionKey": "timer", "RowKey": "yearly", "past_due": timer.past_due}
     )

@@ -1,0 +1,97 @@
+"""What every CRM-facing HTTP function does at its edge: verify the signature, read a bounded JSON
+body, answer JSON, and turn bad input into a clear 4xx that names what is wrong."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from typing import Any
+from urllib.parse import urlsplit
+
+import azure.functions as func
+
+MAX_BODY_BYTES = 1024 * 1024
+_ID = re.compile(r"[^\x00-\x1f\x7f]{1,256}")
+
+
+class Rejected(Exception):
+    """Stop here and answer ``response``."""
+
+    def __init__(self, response: func.HttpResponse) -> None:
+        super().__init__(response.status_code)
+        self.response = response
+
+
+def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> func.HttpResponse:
+    return func.HttpResponse(
+        json.dumps(body, ensure_ascii=False), status_code=status, mimetype="application/json", headers=headers
+    )
+
+
+def problem(
+    status: int, error: str, message: str, fields: list[dict[str, str]] | None = None
+) -> func.HttpResponse:
+    body: dict[str, Any] = {"error": error, "message": message}
+    if fields:
+        body["fields"] = fields
+    return json_response(body, status)
+
+
+def path_and_query(req: func.HttpRequest) -> str:
+    """The request target as the CRM signed it: path and query, exactly as sent."""
+    parts = urlsplit(req.url)
+    return parts.path + (f"?{parts.query}" if parts.query else "")
+
+
+def authenticate(req: func.HttpRequest, secrets: tuple[str, ...]) -> None:
+    """Raise Rejected(401) unless the CRM signed this exact request within the last 300 s."""
+    from shared import crm_signature
+
+    try:
+        crm_signature.verify(
+            secrets,
+            req.headers.get(crm_signature.HEADER),
+            req.method,
+            path_and_query(req),
+            req.get_body(),
+            time.time(),
+        )
+    except crm_signature.SignatureError as error:
+        raise Rejected(
+            problem(
+                401,
+                "invalid_signature",
+                f"X-Signature is {error.reason}: sign each request as the contract says.",
+            )
+        ) from None
+
+
+def read_json(req: func.HttpRequest, *, optional: bool = False) -> Any:
+    body = req.get_body()
+    if len(body) > MAX_BODY_BYTES:
+        raise Rejected(problem(413, "body_too_large", f"The body is over {MAX_BODY_BYTES} bytes."))
+    if not body and optional:
+        return None
+    try:
+        return json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise Rejected(problem(400, "invalid_json", "The body is not valid UTF-8 JSON.")) from None
+
+
+def route_ids(req: func.HttpRequest, *names: str) -> tuple[str, ...]:
+    values = tuple(req.route_params.get(name, "") for name in names)
+    bad = [name for name, value in zip(names, values, strict=True) if not _ID.fullmatch(value)]
+    if bad:
+        fields = [
+            {"field": name, "message": "must be 1 to 256 characters, no control characters"} for name in bad
+        ]
+        raise Rejected(problem(400, "invalid_request", "Invalid ids in the path.", fields))
+    return values
+
+
+def validation_problem(error: Any) -> func.HttpResponse:
+    """A shared.contract.ValidationError as a 400 naming every bad field."""
+    body = error.as_json()
+    body["message"] = "Some fields are invalid: " + ", ".join(f["field"] for f in body["fields"]) + "."
+    return json_response(body, 400)

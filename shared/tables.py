@@ -1,0 +1,76 @@
+"""Table Storage conventions shared by every repository: table names, key escaping, and mapping
+storage errors into the error tree (shared/errors.py).
+
+Keys: Table Storage forbids ``/ \\ # ?`` and control characters in PartitionKey and RowKey, and CRM
+or Graph ids may contain any of them. ``key()`` percent-escapes exactly those (and ``%`` itself),
+so keys stay readable, unique and reversible.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from shared.errors import ConflictError, PermanentError, ThrottledError, TransientError
+
+# Every table the service uses; infra/ creates the same list.
+CONNECTIONS = "Connections"
+TOKENS = "Tokens"
+OAUTH_FLOWS = "OAuthFlows"
+SUBSCRIPTIONS = "Subscriptions"
+LINKS = "Links"
+DEDUP = "Dedup"
+JOBS = "Jobs"
+TABLE_NAMES = (CONNECTIONS, TOKENS, OAUTH_FLOWS, SUBSCRIPTIONS, LINKS, DEDUP, JOBS)
+
+_FORBIDDEN = re.compile(r"[%/\\#?\x00-\x1f\x7f-\x9f]")
+
+
+def key(*parts: str) -> str:
+    """One Table key from one or more ids, escaped; parts are joined with ``|`` (escaped inside)."""
+    return "|".join(_FORBIDDEN.sub(lambda m: f"%{ord(m.group()):02X}", p).replace("|", "%7C") for p in parts)
+
+
+def unkey(value: str) -> list[str]:
+    from urllib.parse import unquote
+
+    return [unquote(part) for part in value.split("|")]
+
+
+@contextmanager
+def storage_errors(what: str) -> Iterator[None]:
+    """Translate Azure SDK errors raised inside the block into the service's error tree.
+
+    ``ResourceNotFoundError`` passes through unchanged: for a read it means "no such row"."""
+    from azure.core.exceptions import (
+        HttpResponseError,
+        ResourceExistsError,
+        ResourceModifiedError,
+        ResourceNotFoundError,
+        ServiceRequestError,
+        ServiceResponseError,
+    )
+
+    try:
+        yield
+    except ResourceNotFoundError:
+        raise  # absence is an answer, not a failure: callers decide
+    except (ResourceExistsError, ResourceModifiedError) as error:
+        raise ConflictError(f"{what}: changed by someone else", status=error.status_code) from None
+    except (ServiceRequestError, ServiceResponseError) as error:
+        raise TransientError(f"{what}: storage unreachable ({type(error).__name__})") from None
+    except HttpResponseError as error:
+        status = error.status_code or 0
+        if status == 412:
+            raise ConflictError(f"{what}: changed by someone else", status=412) from None
+        if status in (429, 503):
+            raise ThrottledError(f"{what}: storage busy", retry_after=1.0, status=status) from None
+        if status >= 500:
+            raise TransientError(f"{what}: storage error {status}", status=status) from None
+        raise PermanentError(f"{what}: storage refused ({status})", status=status) from None
+
+
+def etag_of(entity: Any) -> str | None:
+    return getattr(entity, "metadata", {}).get("etag")
