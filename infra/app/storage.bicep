@@ -1,0 +1,147 @@
+// Storage for the Functions host, the service's queues and tables, and the Flex Consumption
+// deployment package. Shared-key access is off: every caller authenticates with Entra ID.
+
+// ---- The service's queues and tables: the one place to change them. ----
+// Work queues the code enqueues to and triggers on, each followed by its '-poison' queue: the
+// host moves a message there after maxDequeueCount failed runs (host.json), so both exist up front.
+var queueNames = [
+  'activity-sync'
+  'activity-sync-poison'
+  'mailbox-reconcile'
+  'mailbox-reconcile-poison'
+  'crm-callbacks'
+  'crm-callbacks-poison'
+]
+// Tables the code reads and writes (shared/tables.py TABLE_NAMES holds the same list).
+var tableNames = [
+  'Connections'
+  'Tokens'
+  'OAuthFlows'
+  'Subscriptions'
+  'Links'
+  'Dedup'
+  'Jobs'
+]
+
+param name string
+param location string
+param tags object
+@description('Blob container that holds the Flex Consumption deployment package.')
+param deploymentContainerName string
+@description('Log Analytics workspace that receives the queue service logs (poison-queue alert).')
+param logAnalyticsWorkspaceId string
+@description('Zone-redundant by default; choose LRS only where the region has no availability zones.')
+@allowed(['Standard_ZRS', 'Standard_LRS', 'Standard_GZRS', 'Standard_RAGZRS'])
+param skuName string = 'Standard_ZRS'
+
+resource account 'Microsoft.Storage/storageAccounts@2023-05-01' = {
+  // checkov:skip=CKV_AZURE_35:No VNet in this template: the Flex Consumption app reaches storage over its public endpoint. Shared keys are off, so every request needs Entra ID + RBAC (README: Checkov exceptions).
+  // checkov:skip=CKV_AZURE_59:Same reason as CKV_AZURE_35; private endpoints come with VNet integration (README: Checkov exceptions).
+  // checkov:skip=CKV_AZURE_206:Zone-redundant (ZRS) in-region; geo-replication without a second-region app buys nothing (README: Checkov exceptions).
+  name: name
+  location: location
+  tags: tags
+  kind: 'StorageV2'
+  sku: {
+    name: skuName
+  }
+  properties: {
+    accessTier: 'Hot'
+    allowBlobPublicAccess: false
+    allowCrossTenantReplication: false
+    allowSharedKeyAccess: false
+    defaultToOAuthAuthentication: true
+    isLocalUserEnabled: false
+    isSftpEnabled: false
+    minimumTlsVersion: 'TLS1_2'
+    supportsHttpsTrafficOnly: true
+    publicNetworkAccess: 'Enabled'
+    networkAcls: {
+      bypass: 'AzureServices'
+      defaultAction: 'Allow'
+    }
+    encryption: {
+      keySource: 'Microsoft.Storage'
+      requireInfrastructureEncryption: true
+      services: {
+        blob: { enabled: true, keyType: 'Account' }
+        file: { enabled: true, keyType: 'Account' }
+        queue: { enabled: true, keyType: 'Account' }
+        table: { enabled: true, keyType: 'Account' }
+      }
+    }
+  }
+}
+
+resource blobService 'Microsoft.Storage/storageAccounts/blobServices@2023-05-01' = {
+  parent: account
+  name: 'default'
+  properties: {
+    deleteRetentionPolicy: {
+      enabled: true
+      days: 7
+    }
+    containerDeleteRetentionPolicy: {
+      enabled: true
+      days: 7
+    }
+  }
+}
+
+resource deploymentContainer 'Microsoft.Storage/storageAccounts/blobServices/containers@2023-05-01' = {
+  parent: blobService
+  name: deploymentContainerName
+  properties: {
+    publicAccess: 'None'
+  }
+}
+
+resource queueService 'Microsoft.Storage/storageAccounts/queueServices@2023-05-01' = {
+  parent: account
+  name: 'default'
+}
+
+resource queues 'Microsoft.Storage/storageAccounts/queueServices/queues@2023-05-01' = [
+  for queue in queueNames: {
+    parent: queueService
+    name: queue
+  }
+]
+
+resource tableService 'Microsoft.Storage/storageAccounts/tableServices@2023-05-01' = {
+  parent: account
+  name: 'default'
+}
+
+resource tables 'Microsoft.Storage/storageAccounts/tableServices/tables@2023-05-01' = [
+  for table in tableNames: {
+    parent: tableService
+    name: table
+  }
+]
+
+// Queue operations go to Log Analytics (StorageQueueLogs): the poison-queue alert counts the
+// messages the host puts on a '-poison' queue (infra/app/alerts.bicep).
+resource queueDiagnostics 'Microsoft.Insights/diagnosticSettings@2021-05-01-preview' = {
+  name: 'queue-logs'
+  scope: queueService
+  properties: {
+    workspaceId: logAnalyticsWorkspaceId
+    logs: [
+      { category: 'StorageWrite', enabled: true }
+      { category: 'StorageDelete', enabled: true }
+    ]
+    metrics: [
+      { category: 'Transaction', enabled: true }
+    ]
+  }
+}
+
+output name string = account.name
+output resourceId string = account.id
+output queueServiceId string = queueService.id
+output blobEndpoint string = account.properties.primaryEndpoints.blob
+output queueEndpoint string = account.properties.primaryEndpoints.queue
+output tableEndpoint string = account.properties.primaryEndpoints.table
+output queueNames array = queueNames
+output tableNames array = tableNames
