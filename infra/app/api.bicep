@@ -115,51 +115,61 @@ resource site 'Microsoft.Web/sites@2024-04-01' = {
       }
     }
   }
+}
 
-  // Flex Consumption takes the runtime from functionAppConfig: no FUNCTIONS_WORKER_RUNTIME /
-  // FUNCTIONS_EXTENSION_VERSION here (the platform rejects them on this plan).
-  resource appSettings 'config' = {
-    name: 'appsettings'
-    properties: {
-      // Host storage through the identity; service URIs (not accountName) so national clouds work.
-      AzureWebJobsStorage__blobServiceUri: storage.properties.primaryEndpoints.blob
-      AzureWebJobsStorage__queueServiceUri: storage.properties.primaryEndpoints.queue
-      AzureWebJobsStorage__tableServiceUri: storage.properties.primaryEndpoints.table
-      AzureWebJobsStorage__credential: 'managedidentity'
-      AzureWebJobsStorage__clientId: identityClientId
-      // Telemetry with Entra ID auth (the component has local auth disabled).
-      APPLICATIONINSIGHTS_CONNECTION_STRING: appInsights.properties.ConnectionString
-      APPLICATIONINSIGHTS_AUTHENTICATION_STRING: 'ClientId=${identityClientId};Authorization=AAD'
-      // The service's own settings (shared/settings.py SETTING_NAMES).
-      MS_CLIENT_ID: msClientId
-      MS_CLIENT_SECRET: '@Microsoft.KeyVault(SecretUri=${msClientSecret.properties.secretUri})'
-      MS_TENANT: msTenant
-      MS_AUTHORITY_HOST: msAuthorityHost
-      GRAPH_API_BASE: graphApiBase
-      PUBLIC_BASE_URL: 'https://${site.properties.defaultHostName}'
-      CRM_SHARED_SECRET: '@Microsoft.KeyVault(SecretUri=${crmSharedSecret.properties.secretUri})'
-      CRM_CALLBACK_URL: crmCallbackUrl
-      CRM_RETURN_ORIGINS: crmReturnOrigins
-      TOKEN_ENCRYPTION_KEYS: '@Microsoft.KeyVault(SecretUri=${tokenEncryptionKeys.properties.secretUri})'
-      SYNC_WINDOW_PAST_DAYS: string(syncWindowPastDays)
-      SYNC_WINDOW_FUTURE_DAYS: string(syncWindowFutureDays)
-      COMPLETED_ACTIVITIES: completedActivities
-    }
+// Flex Consumption takes the runtime from functionAppConfig: no FUNCTIONS_WORKER_RUNTIME /
+// FUNCTIONS_EXTENSION_VERSION here (the platform rejects them on this plan).
+resource appSettings 'Microsoft.Web/sites/config@2024-04-01' = {
+  // checkov:skip=CKV_AZURE_13:checkov reads every sites/config resource as the web config; this is the appsettings config, which has no such property (README: Checkov exceptions).
+  // checkov:skip=CKV_AZURE_63:checkov reads every sites/config resource as the web config; this is the appsettings config, which has no such property (README: Checkov exceptions).
+  // checkov:skip=CKV_AZURE_65:checkov reads every sites/config resource as the web config; this is the appsettings config, which has no such property (README: Checkov exceptions).
+  parent: site
+  // checkov:skip=CKV_AZURE_66:checkov reads every sites/config resource as the web config; this is the appsettings config, which has no such property (README: Checkov exceptions).
+  // checkov:skip=CKV_AZURE_80:checkov reads every sites/config resource as the web config; this is the appsettings config, which has no such property (README: Checkov exceptions).
+  // checkov:skip=CKV_AZURE_88:checkov reads every sites/config resource as the web config; this is the appsettings config, which has no such property (README: Checkov exceptions).
+  // checkov:skip=CKV_AZURE_222:checkov reads every sites/config resource as the web config; this is the appsettings config, which has no such property (README: Checkov exceptions).
+  name: 'appsettings'
+  properties: {
+    // Host storage through the identity; service URIs (not accountName) so national clouds work.
+    AzureWebJobsStorage__blobServiceUri: storage.properties.primaryEndpoints.blob
+    AzureWebJobsStorage__queueServiceUri: storage.properties.primaryEndpoints.queue
+    AzureWebJobsStorage__tableServiceUri: storage.properties.primaryEndpoints.table
+    AzureWebJobsStorage__credential: 'managedidentity'
+    AzureWebJobsStorage__clientId: identityClientId
+    // Telemetry with Entra ID auth (the component has local auth disabled).
+    APPLICATIONINSIGHTS_CONNECTION_STRING: appInsights.properties.ConnectionString
+    APPLICATIONINSIGHTS_AUTHENTICATION_STRING: 'ClientId=${identityClientId};Authorization=AAD'
+    // The service's own settings (shared/settings.py SETTING_NAMES).
+    MS_CLIENT_ID: msClientId
+    MS_CLIENT_SECRET: '@Microsoft.KeyVault(SecretUri=${msClientSecret.properties.secretUri})'
+    MS_TENANT: msTenant
+    MS_AUTHORITY_HOST: msAuthorityHost
+    GRAPH_API_BASE: graphApiBase
+    PUBLIC_BASE_URL: 'https://${site.properties.defaultHostName}'
+    CRM_SHARED_SECRET: '@Microsoft.KeyVault(SecretUri=${crmSharedSecret.properties.secretUri})'
+    CRM_CALLBACK_URL: crmCallbackUrl
+    CRM_RETURN_ORIGINS: crmReturnOrigins
+    TOKEN_ENCRYPTION_KEYS: '@Microsoft.KeyVault(SecretUri=${tokenEncryptionKeys.properties.secretUri})'
+    SYNC_WINDOW_PAST_DAYS: string(syncWindowPastDays)
+    SYNC_WINDOW_FUTURE_DAYS: string(syncWindowFutureDays)
+    COMPLETED_ACTIVITIES: completedActivities
   }
+}
 
-  // No publishing passwords: azd deploys the package to the blob container with Entra ID.
-  resource ftpCredentials 'basicPublishingCredentialsPolicies' = {
-    name: 'ftp'
-    properties: {
-      allow: false
-    }
+// No publishing passwords: azd deploys the package to the blob container with Entra ID.
+resource ftpCredentials 'Microsoft.Web/sites/basicPublishingCredentialsPolicies@2024-04-01' = {
+  parent: site
+  name: 'ftp'
+  properties: {
+    allow: false
   }
+}
 
-  resource scmCredentials 'basicPublishingCredentialsPolicies' = {
-    name: 'scm'
-    properties: {
-      allow: false
-    }
+resource scmCredentials 'Microsoft.Web/sites/basicPublishingCredentialsPolicies@2024-04-01' = {
+  parent: site
+  name: 'scm'
+  properties: {
+    allow: false
   }
 }
 
