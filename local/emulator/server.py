@@ -9,6 +9,7 @@ import socket
 import ssl
 import tempfile
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -179,6 +180,8 @@ class Emulator:
                     return faults.status_response(rule)
                 if rule.kind == "hold":
                     self.graph.holds.wait()
+                if rule.kind == "latency":
+                    time.sleep(rule.latency_ms / 1000.0)
                 resp = self.identity.handle(req)
                 resp.drop = rule.kind == "lost_response"
                 return resp

@@ -94,3 +94,24 @@ def test_all_day_rules(graph):
     assert zero.status_code == 400
     backwards = graph("POST", "/me/events", json=event_body(start="2030-05-01T10:00:00", end="2030-05-01T09:00:00"))
     assert backwards.status_code == 400
+
+
+def test_patch_start_only_keeps_end_and_new_zone_is_honoured(graph):
+    ev = graph("POST", "/me/events", json=event_body(start="2030-03-04T10:00:00", end="2030-03-04T12:00:00")).json()
+    r = graph("PATCH", f"/me/events/{ev['id']}", json={"start": {"dateTime": "2030-03-04T10:30:00",
+                                                                 "timeZone": "W. Europe Standard Time"}})
+    assert r.status_code == 200
+    assert r.json()["start"]["dateTime"] == "2030-03-04T09:30:00.0000000"
+    assert r.json()["end"]["dateTime"] == "2030-03-04T12:00:00.0000000"
+    assert r.json()["originalStartTimeZone"] == "W. Europe Standard Time"
+    bad = graph("PATCH", f"/me/events/{ev['id']}", json={"end": {"dateTime": "2030-03-04T11:00:00",
+                                                                 "timeZone": "Nowhere/Land"}})
+    assert bad.status_code == 400 and bad.json()["error"]["code"] == "TimeZoneNotSupportedException"
+
+
+def test_mailbox_time_zone_set_through_the_control_api(graph, ctl, user):
+    ctl.set_time_zone(user["id"], "Australia/Sydney")
+    assert graph("GET", "/me/mailboxSettings").json()["timeZone"] == "AUS Eastern Standard Time"
+    ctl.set_time_zone(user["id"], "Lord Howe Standard Time")
+    assert graph("GET", f"/users/{user['id']}/mailboxSettings/timeZone").json()["value"] == \
+        "Lord Howe Standard Time"
