@@ -6,10 +6,15 @@ message naming it. Everything heavier (SDK clients, MSAL) is built lazily on fir
 
 import azure.functions as func
 
-from functions import health
+from functions import auth, callbacks_worker, crm_api, graph_webhooks, health, timers
 from shared import settings
 
 settings.get()
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.ANONYMOUS)
 app.register_functions(health.bp)
+app.register_functions(crm_api.bp)
+app.register_functions(auth.bp)
+app.register_functions(graph_webhooks.bp)
+app.register_functions(callbacks_worker.bp)
+app.register_functions(timers.bp)

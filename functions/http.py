@@ -80,7 +80,8 @@ def read_json(req: func.HttpRequest, *, optional: bool = False) -> Any:
 
 
 def route_ids(req: func.HttpRequest, *names: str) -> tuple[str, ...]:
-    values = tuple(req.route_params.get(name, "") for name in names)
+    # The host decodes route values except %2F (ASP.NET Core routing): finish that for ids with '/'.
+    values = tuple(re.sub("%2[fF]", "/", req.route_params.get(name, "")) for name in names)
     bad = [name for name, value in zip(names, values, strict=True) if not _ID.fullmatch(value)]
     if bad:
         fields = [

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import threading
+from datetime import UTC, datetime
 from typing import Any
 
 from shared import tables
@@ -84,8 +85,9 @@ class Identity:
 
     # --- tokens in use ------------------------------------------------------------------------------
 
-    def access_token(self, tenant: str, user: str) -> str:
-        """A valid Graph access token for the user, refreshing (and saving the cache) when needed."""
+    def access_token(self, tenant: str, user: str, *, force_refresh: bool = False) -> str:
+        """A valid Graph access token for the user, refreshing (and saving the cache) when needed;
+        ``force_refresh`` redeems the refresh token even if the access token is still valid."""
         import msal
 
         row = self._load_row(tenant, user)
@@ -100,7 +102,9 @@ class Identity:
         if not accounts:
             raise AuthError("the stored sign-in has no account", code="no_account")
         try:
-            result = app.acquire_token_silent_with_error(SCOPES, account=accounts[0])
+            result = app.acquire_token_silent_with_error(
+                SCOPES, account=accounts[0], force_refresh=force_refresh
+            )
         except Exception as error:  # noqa: BLE001 - network failures during refresh
             raise TransientError(f"token refresh failed: {type(error).__name__}") from None
         if not result or "access_token" not in result:
@@ -124,6 +128,7 @@ class Identity:
             "PartitionKey": tables.key(tenant),
             "RowKey": tables.key(user),
             "cache": encrypt(serialized.encode(), self.settings.token_encryption_keys, _aad(tenant, user)),
+            "refreshed_at": datetime.now(UTC),  # the token health timer keeps idle grants alive
         }
         table = self.storage.table(tables.TOKENS)
         with tables.storage_errors("saving the token cache"):
@@ -137,6 +142,10 @@ class Identity:
     def forget(self, tenant: str, user: str) -> None:
         with tables.storage_errors("wiping the token cache"):
             self.storage.table(tables.TOKENS).delete_entity(tables.key(tenant), tables.key(user))
+
+    def refreshed_at(self, tenant: str, user: str) -> datetime | None:
+        row = self._load_row(tenant, user)
+        return row.get("refreshed_at") if row else None
 
     def _load_row(self, tenant: str, user: str) -> Any:
         from azure.core.exceptions import ResourceNotFoundError

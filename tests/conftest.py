@@ -5,14 +5,18 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytest
 
 from local.azurite import Azurite, free_port
 from local.dev_settings import new_secrets, service_environment
 from local.processes import Service
+from shared.settings import storage_settings
+from shared.storage import Storage
+from tests.support.crm import CallbackReceiver, SignedClient
 
 T = TypeVar("T")
 ROOT = Path(__file__).resolve().parent.parent
@@ -46,8 +50,10 @@ def start_host(azurite: Azurite, test_secrets: dict[str, str]) -> Iterator[Calla
     """Start ``python -m local.host`` as its own process; stopped when the test ends."""
     started: list[Service] = []
 
-    def start(app: str = "function_app:app", host_json: str = "host.json", **env: str) -> Service:
-        port = free_port()
+    def start(
+        app: str = "function_app:app", host_json: str = "host.json", port: int = 0, **env: str
+    ) -> Service:
+        port = port or free_port()
         settings = service_environment(
             storage_connection_string=azurite.connection_string,
             host_port=port,
@@ -66,3 +72,66 @@ def start_host(azurite: Azurite, test_secrets: dict[str, str]) -> Iterator[Calla
     yield start
     for service in started:
         service.stop()
+        print(f"--- {service.name} output (shown by pytest when the test fails) ---")
+        print("".join(service.output[-300:]))
+
+
+@pytest.fixture(scope="session")
+def emulator() -> Iterator[Any]:
+    """The Graph + identity emulator, in-process, trusted by this process's requests and MSAL."""
+    from local.emulator import start_emulator
+
+    with start_emulator() as running, pytest.MonkeyPatch.context() as patch:
+        patch.setenv("REQUESTS_CA_BUNDLE", running.ca_path)
+        yield running
+
+
+@dataclass
+class Stack:
+    """The whole service on this machine: dev host + Azurite + emulator + a CRM that receives callbacks."""
+
+    host: Service
+    crm: SignedClient
+    callbacks: CallbackReceiver
+    emulator: Any
+    storage: Storage
+    secrets: dict[str, str]
+
+    @property
+    def url(self) -> str:
+        return self.host.ready["url"]
+
+    @property
+    def control(self) -> Any:
+        return self.emulator.control
+
+
+@pytest.fixture()
+def stack(start_host, emulator, azurite: Azurite, test_secrets: dict[str, str]) -> Iterator[Stack]:
+    emulator.control.reset()
+    port = free_port()
+    emulator.control.add_app(
+        client_id=test_secrets["MS_CLIENT_ID"],
+        client_secret=test_secrets["MS_CLIENT_SECRET"],
+        redirect_uris=[f"http://127.0.0.1:{port}/api/auth/callback"],
+        display_name="crm-outlook-sync (tests)",
+    )
+    receiver = CallbackReceiver(test_secrets["CRM_SHARED_SECRET"])
+    host = start_host(
+        port=port,
+        MS_AUTHORITY_HOST=emulator.authority_host,
+        GRAPH_API_BASE=emulator.graph_base,
+        REQUESTS_CA_BUNDLE=emulator.ca_path,
+        CRM_CALLBACK_URL=receiver.url,
+        CRM_RETURN_ORIGINS="https://crm.example.com",
+    )
+    storage = Storage(storage_settings({"AzureWebJobsStorage": azurite.connection_string}))
+    yield Stack(
+        host,
+        SignedClient(host.ready["url"], test_secrets["CRM_SHARED_SECRET"]),
+        receiver,
+        emulator,
+        storage,
+        test_secrets,
+    )
+    receiver.close()

@@ -1,5 +1,6 @@
 """HTTP triggers as the Functions host serves them: routes under the route prefix with route
-parameters (case-insensitive, ``{name}``, ``{name?}``, ``{name:constraint}``, ``{*rest}``), allowed
+parameters (case-insensitive, ``{name}``, ``{name?}``, ``{name:constraint}``, ``{*rest}``; values
+percent-decoded except ``%2F``, as ASP.NET Core leaves it), allowed
 methods, and ``HttpRequest``/``HttpResponse``. A path no function serves, or a method a function
 does not allow, gets an empty 404, as the host answers both. Auth levels are not enforced, as Core
 Tools does not enforce them locally. ``POST /admin/functions/{name}`` runs a non-HTTP function now."""
@@ -32,7 +33,12 @@ class Route:
         found = self.pattern.fullmatch(path)
         if found is None:
             return None
-        return {name: unquote(value) for name, value in found.groupdict().items() if value is not None}
+        return {name: _decode(value) for name, value in found.groupdict().items() if value is not None}
+
+
+def _decode(value: str) -> str:
+    """Route values are percent-decoded, except ``%2F``, which ASP.NET Core routing leaves encoded."""
+    return unquote(re.sub("%2[fF]", "%252F", value))
 
 
 def compile_route(template: str, prefix: str) -> re.Pattern[str]:
@@ -80,8 +86,9 @@ class WsgiApp:
         admin = re.fullmatch(r"/admin/functions/([^/]+)", request.path, re.IGNORECASE)
         if admin and request.method == "POST":
             return self.admin(admin.group(1), request)
+        raw_path = (request.environ.get("RAW_URI") or request.path).split("?", 1)[0]
         for route in self.routes:
-            params = route.match(request.path)
+            params = route.match(raw_path)
             if params is None or (route.methods is not None and request.method not in route.methods):
                 continue
             return self.call(route, request, params)
@@ -124,9 +131,10 @@ def to_werkzeug(result: Any) -> Response:
     if isinstance(result, str | bytes):
         return Response(result, status=200)
     response = Response(result.get_body(), status=result.status_code)
-    for name, value in result.headers.items():
+    headers = list(result.headers.items())
+    for name, value in headers:
         response.headers[name] = value
-    if "content-type" not in {k.lower() for k in result.headers}:
+    if "content-type" not in {name.lower() for name, _ in headers}:
         mimetype = result.mimetype or "text/plain"
         response.headers["Content-Type"] = f"{mimetype}; charset={result.charset or 'utf-8'}"
     return response

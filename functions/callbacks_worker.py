@@ -1,0 +1,26 @@
+"""Queue trigger on ``crm-callbacks``: deliver each callback to the CRM, signed, at least once."""
+
+from __future__ import annotations
+
+import logging
+
+import azure.functions as func
+
+from shared.queues import CRM_CALLBACKS
+
+bp = func.Blueprint()
+log = logging.getLogger(__name__)
+
+
+@bp.queue_trigger(arg_name="msg", queue_name=CRM_CALLBACKS, connection="AzureWebJobsStorage")
+def deliver_crm_callback(msg: func.QueueMessage) -> None:
+    from shared import callbacks, services
+    from shared.errors import PermanentError
+
+    deps = services.get()
+    try:
+        callbacks.deliver(
+            deps.http, deps.settings.crm_callback_url, deps.settings.crm_shared_secrets[0], msg.get_body()
+        )
+    except PermanentError as error:
+        log.error("Callback dropped: %s", error.message)  # the CRM refuses it; retrying cannot help

@@ -1,0 +1,41 @@
+"""Microsoft Graph's calls to us (unsigned): change and lifecycle notifications.
+
+- A ``validationToken`` query parameter is Graph's subscription handshake: echo it exactly, as
+  ``text/plain``, and do nothing else (it is never reflected as HTML).
+- Otherwise each notification's ``clientState`` must match the one we gave its subscription; a
+  mismatch is ignored (logged, no work) but still answered 202, as Graph expects.
+- Matching notifications enqueue one ``mailbox-reconcile`` message per user (coalesced within
+  the request) and the answer is 202 straight away: Graph drops slow endpoints.
+"""
+
+from __future__ import annotations
+
+import azure.functions as func
+
+bp = func.Blueprint()
+
+
+def _handle(req: func.HttpRequest, kind: str) -> func.HttpResponse:
+    token = req.params.get("validationToken")
+    if token is not None:
+        return func.HttpResponse(token, status_code=200, mimetype="text/plain", charset="utf-8")
+    from shared import notifications, services
+
+    body = req.get_body()
+    if len(body) > 4 * 1024 * 1024:
+        return func.HttpResponse(status_code=413)
+    try:
+        notifications.accept(services.get().storage, body, kind)
+    except notifications.MalformedNotification as error:
+        return func.HttpResponse(str(error), status_code=400, mimetype="text/plain")
+    return func.HttpResponse(status_code=202)
+
+
+@bp.route(route="graph/notifications", methods=["POST"], auth_level=func.AuthLevel.ANONYMOUS)
+def graph_notifications(req: func.HttpRequest) -> func.HttpResponse:
+    return _handle(req, "change")
+
+
+@bp.route(route="graph/lifecycle", methods=["POST"], auth_level=func.AuthLevel.ANONYMOUS)
+def graph_lifecycle(req: func.HttpRequest) -> func.HttpResponse:
+    return _handle(req, "lifecycle")

@@ -1,0 +1,234 @@
+"""Connect, callback, disconnect and status through the dev host, with real MSAL against the
+emulator, real Azurite and real HTTP (issue: "Connect with Outlook, disconnect, and status")."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import UTC, datetime, timedelta
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+import requests
+
+from shared import tables
+from tests.conftest import Stack, wait_until
+
+pytestmark = pytest.mark.e2e
+RETURN_URL = "https://crm.example.com/calendars/activities?view=list"
+
+
+def ids() -> tuple[str, str]:
+    return (
+        f"tenant-{uuid.uuid4().hex[:8]}",
+        f"user/{uuid.uuid4().hex[:8]}",
+    )  # a '/' the Table keys must survive
+
+
+def user_path(tenant: str, user: str, action: str) -> str:
+    from urllib.parse import quote
+
+    return f"/api/tenants/{quote(tenant, safe='')}/users/{quote(user, safe='')}/{action}"
+
+
+def start_connect(stack: Stack, tenant: str, user: str, upn: str, **body) -> dict:
+    answer = stack.crm.post(
+        user_path(tenant, user, "connect"),
+        {"return_url": RETURN_URL, "time_zone": "America/Bogota", "locale": "es", "login_hint": upn, **body},
+    )
+    assert answer.status_code == 200, answer.text
+    return answer.json()
+
+
+def browser(stack: Stack, authorization_url: str) -> requests.Response:
+    """What the user's browser does: Microsoft's authorize page (auto-consent), then our callback."""
+    at_microsoft = requests.get(
+        authorization_url, verify=stack.emulator.ca_path, allow_redirects=False, timeout=30
+    )
+    assert at_microsoft.status_code == 302, at_microsoft.text
+    callback = at_microsoft.headers["Location"]
+    assert callback.startswith(f"{stack.url}/api/auth/callback?")
+    return requests.get(callback, allow_redirects=False, timeout=60)
+
+
+def connect(stack: Stack, tenant: str, user: str, upn: str = "ana@contoso.example") -> dict:
+    started = start_connect(stack, tenant, user, upn)
+    landed = browser(stack, started["authorization_url"])
+    assert landed.status_code == 302, landed.text
+    return parse_qs(urlsplit(landed.headers["Location"]).query)
+
+
+def status(stack: Stack, tenant: str, user: str) -> dict:
+    answer = stack.crm.get(user_path(tenant, user, "status"))
+    assert answer.status_code == 200, answer.text
+    return answer.json()
+
+
+@pytest.fixture()
+def ana(stack: Stack) -> dict:
+    return stack.control.add_user(
+        "ana@contoso.example", display_name="Ana Pérez", time_zone="Romance Standard Time", locale="es-ES"
+    )
+
+
+def test_connect_end_to_end(stack: Stack, ana: dict) -> None:
+    tenant, user = ids()
+    assert status(stack, tenant, user)["state"] == "never_connected"
+
+    started = start_connect(stack, tenant, user, ana["upn"])
+    assert started["authorization_url"].startswith(stack.emulator.authority_host)
+    expires = datetime.fromisoformat(started["expires_at"].replace("Z", "+00:00"))
+    assert timedelta(minutes=9) < expires - datetime.now(UTC) <= timedelta(minutes=10)
+    landed = browser(stack, started["authorization_url"])
+
+    assert landed.status_code == 302
+    back = urlsplit(landed.headers["Location"])
+    assert f"{back.scheme}://{back.netloc}{back.path}" == "https://crm.example.com/calendars/activities"
+    assert parse_qs(back.query) == {"view": ["list"], "calendar_sync": ["connected"]}
+
+    now = status(stack, tenant, user)
+    assert now["state"] == "connected"
+    assert now["account"] == "ana@contoso.example"
+    assert now["mailbox_time_zone"] == "Romance Standard Time"
+    assert now["crm_time_zone"] == "America/Bogota"
+    assert now["recent_errors"] == []
+    subscriptions = stack.control.subscriptions(ana["id"])
+    assert len(subscriptions) == 1  # created, so the validation handshake was answered
+    subscription = subscriptions[0]
+    assert subscription["notificationUrl"] == f"{stack.url}/api/graph/notifications"
+    assert subscription["lifecycleNotificationUrl"] == f"{stack.url}/api/graph/lifecycle"
+    assert set(subscription["changeType"].split(",")) == {"created", "updated", "deleted"}
+    expiry = datetime.fromisoformat(now["subscription_expires_at"].replace("Z", "+00:00"))
+    assert timedelta(days=6, hours=23) < expiry - datetime.now(UTC) <= timedelta(minutes=10080)
+    connected = stack.callbacks.wait_for("connection.connected")
+    assert connected[0]["tenant_id"] == tenant and connected[0]["user_id"] == user
+
+
+def test_the_token_cache_is_ciphertext_at_rest(stack: Stack, ana: dict) -> None:
+    tenant, user = ids()
+    connect(stack, tenant, user)
+
+    row = stack.storage.table(tables.TOKENS).get_entity(tables.key(tenant), tables.key(user))
+    assert row["cache"].startswith("v1.")
+    everything = json.dumps(
+        [dict(e) for name in tables.TABLE_NAMES for e in stack.storage.table(name).list_entities()],
+        default=str,
+    )
+    for secret in (
+        "refresh_token",
+        "access_token",
+        "eyJ",
+        stack.secrets["MS_CLIENT_SECRET"],
+        stack.secrets["CRM_SHARED_SECRET"],
+        "code_verifier",
+    ):
+        assert secret not in everything
+    for line in stack.host.output:
+        assert "eyJ" not in line and stack.secrets["MS_CLIENT_SECRET"] not in line
+
+
+def test_refused_consent_redirects_with_an_error(stack: Stack) -> None:
+    stack.control.add_user("bruno@contoso.example", consent="refuse")
+    tenant, user = ids()
+
+    assert connect(stack, tenant, user, "bruno@contoso.example") == {
+        "view": ["list"],
+        "calendar_sync": ["error"],
+        "reason": ["access_denied"],
+    }
+    assert status(stack, tenant, user)["state"] == "never_connected"
+
+
+def test_a_replayed_callback_is_rejected_with_a_page_not_a_500(stack: Stack, ana: dict) -> None:
+    tenant, user = ids()
+    started = start_connect(stack, tenant, user, ana["upn"])
+    at_microsoft = requests.get(
+        started["authorization_url"], verify=stack.emulator.ca_path, allow_redirects=False, timeout=30
+    )
+    callback = at_microsoft.headers["Location"]
+    assert requests.get(callback, allow_redirects=False, timeout=60).status_code == 302
+
+    replay = requests.get(callback, allow_redirects=False, timeout=60, headers={"Accept-Language": "es-CO"})
+    assert replay.status_code == 400
+    assert replay.headers["Content-Type"].startswith("text/html")
+    assert "venció o ya se usó" in replay.text
+    unknown = requests.get(
+        f"{stack.url}/api/auth/callback?state=forged&code=x",
+        allow_redirects=False,
+        timeout=30,
+        headers={"Accept-Language": "en-US,en;q=0.8"},
+    )
+    assert unknown.status_code == 400 and "expired or was already used" in unknown.text
+
+
+def test_connect_rejects_a_foreign_return_url_and_bad_signatures(stack: Stack) -> None:
+    tenant, user = ids()
+    path = user_path(tenant, user, "connect")
+    foreign = stack.crm.post(path, {"return_url": "https://evil.example.net/", "time_zone": "America/Bogota"})
+    assert foreign.status_code == 400
+    assert [f["field"] for f in foreign.json()["fields"]] == ["return_url"]
+
+    several = stack.crm.post(
+        path, {"return_url": "javascript:alert(1)", "time_zone": "Mars/Olympus", "locale": 5}
+    )
+    assert [f["field"] for f in several.json()["fields"]] == ["return_url", "time_zone", "locale"]
+
+    body = {"return_url": RETURN_URL, "time_zone": "America/Bogota"}
+    stale = stack.crm.post(path, body, timestamp=datetime.now(UTC).timestamp() - 301)
+    assert stale.status_code == 401 and "stale" in stale.json()["message"]
+    forged = stack.crm.post(path, body, signature="t=1,v1=" + "0" * 64)
+    assert forged.status_code == 401
+    assert stack.crm.post(path, raw=b"{not json").status_code == 400
+    assert status(stack, tenant, user)["state"] == "never_connected"
+
+
+def test_an_idle_grant_is_refreshed_and_an_expired_one_asks_to_reconnect(stack: Stack, ana: dict) -> None:
+    tenant, user = ids()
+    connect(stack, tenant, user)
+    tokens = stack.storage.table(tables.TOKENS)
+
+    def age_tokens(days: int) -> str:
+        row = tokens.get_entity(tables.key(tenant), tables.key(user))
+        row["refreshed_at"] = datetime.now(UTC) - timedelta(days=days)
+        tokens.update_entity(row)
+        return row["cache"]
+
+    before = age_tokens(31)
+    stack.control.advance_clock(days=31)  # the emulator's refresh token is idle for 31 days: still valid
+    assert requests.post(f"{stack.url}/admin/functions/token_health", json={}, timeout=10).status_code == 202
+    wait_until(
+        lambda: tokens.get_entity(tables.key(tenant), tables.key(user))["cache"] != before,
+        what="a refreshed (rotated) token cache",
+    )
+    assert status(stack, tenant, user)["state"] == "connected"
+
+    age_tokens(31)
+    stack.control.expire_refresh_tokens(ana["id"])
+    requests.post(f"{stack.url}/admin/functions/token_health", json={}, timeout=10)
+    wait_until(lambda: status(stack, tenant, user)["state"] == "reauth_required", what="reauth_required")
+    assert stack.callbacks.wait_for("connection.reauth_required")[0]["user_id"] == user
+    errors = status(stack, tenant, user)["recent_errors"]
+    assert errors[0]["kind"] == "auth" and "AADSTS700082" in errors[0]["message"]
+
+
+def test_disconnect_is_localized_and_idempotent(stack: Stack, ana: dict) -> None:
+    tenant, user = ids()
+    connect(stack, tenant, user)
+
+    first = stack.crm.post(user_path(tenant, user, "disconnect"), {"remove_events": "none"})
+    assert first.status_code == 200
+    assert first.json() == {
+        "status": "disconnected",
+        "message": "La sincronización se eliminó correctamente.",
+        "events_removed": 0,
+    }
+    assert stack.control.subscriptions(ana["id"]) == []
+    with pytest.raises(Exception, match="ResourceNotFound|Not Found"):
+        stack.storage.table(tables.TOKENS).get_entity(tables.key(tenant), tables.key(user))
+    assert stack.callbacks.wait_for("connection.disconnected")
+
+    again = stack.crm.post(user_path(tenant, user, "disconnect"), {"remove_events": "all"})
+    assert again.status_code == 200 and again.json()["status"] == "disconnected"
+    assert status(stack, tenant, user)["state"] == "disconnected"
+    bad = stack.crm.post(user_path(tenant, user, "disconnect"), {"remove_events": "some"})
+    assert bad.status_code == 400 and bad.json()["fields"][0]["field"] == "remove_events"
