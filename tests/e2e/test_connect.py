@@ -232,3 +232,47 @@ def test_disconnect_is_localized_and_idempotent(stack: Stack, ana: dict) -> None
     assert status(stack, tenant, user)["state"] == "disconnected"
     bad = stack.crm.post(user_path(tenant, user, "disconnect"), {"remove_events": "some"})
     assert bad.status_code == 400 and bad.json()["fields"][0]["field"] == "remove_events"
+
+
+def test_another_microsoft_account_is_refused_while_connected_and_accepted_after_removal(
+    stack: Stack, ana: dict
+) -> None:
+    stack.control.add_user("bruno@contoso.example", time_zone="SA Pacific Standard Time")
+    tenant, user = ids()
+    connect(stack, tenant, user)
+    links = stack.storage.table(tables.LINKS)
+    links.upsert_entity(
+        {
+            "PartitionKey": tables.key(tenant, user),
+            "RowKey": "act-1",
+            "activity_id": "act-1",
+            "version": 3,
+            "outlook_event_id": "event-in-anas-mailbox",
+        }
+    )
+
+    assert connect(stack, tenant, user, "bruno@contoso.example") == {
+        "view": ["list"],
+        "calendar_sync": ["error"],
+        "reason": ["account_mismatch"],
+    }
+    assert status(stack, tenant, user)["account"] == "ana@contoso.example"
+
+    assert connect(stack, tenant, user) == {
+        "view": ["list"],
+        "calendar_sync": ["connected"],
+    }  # same account again
+    assert [
+        row["RowKey"] for row in links.query_entities(f"PartitionKey eq '{tables.key(tenant, user)}'")
+    ] == ["act-1"]
+
+    stack.crm.post(user_path(tenant, user, "disconnect"), {"remove_events": "none"})
+    assert connect(stack, tenant, user, "bruno@contoso.example") == {
+        "view": ["list"],
+        "calendar_sync": ["connected"],
+    }
+    now = status(stack, tenant, user)
+    assert (now["account"], now["mailbox_time_zone"]) == ("bruno@contoso.example", "SA Pacific Standard Time")
+    assert (
+        list(links.query_entities(f"PartitionKey eq '{tables.key(tenant, user)}'")) == []
+    )  # Ana's mailbox links
