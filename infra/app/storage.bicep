@@ -21,6 +21,9 @@ var tableNames = [
   'Links'
   'Dedup'
   'Jobs'
+  'MailboxGates'
+  'Activities'
+  'ActivityTypes'
 ]
 
 param name string
