@@ -6,7 +6,16 @@ message naming it. Everything heavier (SDK clients, MSAL) is built lazily on fir
 
 import azure.functions as func
 
-from functions import auth, callbacks_worker, crm_api, graph_webhooks, health, timers
+from functions import (
+    activity_worker,
+    auth,
+    callbacks_worker,
+    crm_api,
+    crm_events,
+    graph_webhooks,
+    health,
+    timers,
+)
 from shared import settings
 
 settings.get()
@@ -18,3 +27,5 @@ app.register_functions(auth.bp)
 app.register_functions(graph_webhooks.bp)
 app.register_functions(callbacks_worker.bp)
 app.register_functions(timers.bp)
+app.register_functions(crm_events.bp)
+app.register_functions(activity_worker.bp)

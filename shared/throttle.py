@@ -1,0 +1,218 @@
+"""Politeness towards one mailbox, and when to try a message again (design §4 "Throttling").
+
+- **Gate** (per mailbox, shared by every process): a ``MailboxGates`` row holding
+  ``throttled_until``. Graph's 429 / 503 with ``Retry-After`` closes it until then; every message
+  for that mailbox checks it before its first Graph call and, while it is closed, goes back to the
+  queue with a visibility delay of the time left. The function never sleeps.
+- **In flight** (per mailbox, per process): at most ``MAX_IN_FLIGHT`` (4) Graph requests at once,
+  the Outlook MailboxConcurrency limit (graph-facts §1.2).
+- **Retry policy** (``next_step``): a message carries its own counters (``attempt`` for transient
+  failures, ``throttled`` for throttling) and is re-enqueued with a delay rather than failed back
+  to the host, so the poison queue only ever holds messages that cannot be read or that crash the
+  code: a flaky Graph never poisons good work. Transient failures back off exponentially
+  (1, 2, 4 ... 300 s, ±20 % jitter) for ``MAX_ATTEMPTS`` tries; throttling waits exactly what Graph
+  asked (plus a little jitter) for up to ``MAX_THROTTLED`` rounds. After that the work is given up
+  and reported (``activity.sync_failed``), never retried forever.
+
+The decisions (``gate_wait``, ``next_step``, ``backoff_seconds``) are pure; ``MailboxGate`` and
+``InFlight`` are the small adapters around them.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
+
+from shared import tables
+from shared.errors import ConflictError, ThrottledError
+
+MAX_IN_FLIGHT = 4
+MAX_ATTEMPTS = 8  # transient failures of one message (about 2 minutes of backoff in total)
+MAX_THROTTLED = 60  # throttled rounds of one message
+BACKOFF_BASE = 1.0
+BACKOFF_CAP = 300.0
+MAX_DELAY = (
+    6 * 3600
+)  # what a queue visibility delay is allowed to be here (Retry-After is trusted up to this)
+SLOT_TIMEOUT = 60.0  # waiting for one of the 4 slots longer than this re-queues the message instead
+
+
+class MailboxGated(ThrottledError):
+    """The mailbox's gate is closed: do not call Graph now, come back in ``retry_after`` seconds."""
+
+    def __init__(self, retry_after: float) -> None:
+        super().__init__("the mailbox is throttled", retry_after=retry_after, code="mailbox_gated")
+
+
+# --- pure decisions --------------------------------------------------------------------------------
+
+
+def gate_wait(throttled_until: datetime | None, now: datetime) -> float:
+    """Seconds still to wait before calling Graph for this mailbox (0 = go)."""
+    if throttled_until is None:
+        return 0.0
+    return max(0.0, (throttled_until - now).total_seconds())
+
+
+def closed_until(current: datetime | None, now: datetime, retry_after: float) -> datetime:
+    """The gate's new closing time: never earlier than one already set."""
+    until = now + timedelta(seconds=min(max(retry_after, 0.0), MAX_DELAY))
+    return max(until, current) if current else until
+
+
+def backoff_seconds(attempt: int, rng: random.Random | None = None) -> float:
+    """Delay before transient attempt ``attempt`` (1-based): 1, 2, 4 ... capped, ±20 % jitter."""
+    base = min(BACKOFF_CAP, BACKOFF_BASE * 2 ** max(0, attempt - 1))
+    jitter = (rng or random).uniform(0.8, 1.2)  # noqa: S311 - spreading retries, not security
+    return min(BACKOFF_CAP, base * jitter)
+
+
+@dataclass(frozen=True)
+class Step:
+    """What to do with a message after a failure: run it again after ``delay`` seconds with the new
+    counters, or give up (``retry`` False)."""
+
+    retry: bool
+    delay: int = 0
+    attempt: int = 0
+    throttled: int = 0
+
+
+def next_step(
+    kind: Literal["transient", "throttled"],
+    attempt: int,
+    throttled: int,
+    retry_after: float = 0.0,
+    rng: random.Random | None = None,
+) -> Step:
+    """The retry decision for a message that has failed ``attempt`` times and been throttled
+    ``throttled`` times before this failure."""
+    if kind == "throttled":
+        if throttled + 1 > MAX_THROTTLED:
+            return Step(False, attempt=attempt, throttled=throttled + 1)
+        jitter = (rng or random).uniform(0.0, 1.0)  # noqa: S311 - spread a herd of waiting messages
+        delay = math.ceil(min(max(retry_after, 0.0), MAX_DELAY) + jitter)
+        return Step(True, max(1, delay), attempt, throttled + 1)
+    if attempt + 1 >= MAX_ATTEMPTS:
+        return Step(False, attempt=attempt + 1, throttled=throttled)
+    return Step(True, max(1, math.ceil(backoff_seconds(attempt + 1, rng))), attempt + 1, throttled)
+
+
+# --- adapters --------------------------------------------------------------------------------------
+
+
+class MailboxGate:
+    """The shared gate of one mailbox: a ``MailboxGates`` row (PartitionKey tenant|user, RowKey "").
+
+    Reads happen once per message (``check``); within the process the closing time is also kept in
+    memory, so calls after a throttle in this process stop at once without another read."""
+
+    _local: dict[str, datetime] = {}
+    _lock = threading.Lock()
+
+    def __init__(self, storage: Any, tenant: str, user: str) -> None:
+        self.storage = storage
+        self.pk = tables.key(tenant, user)
+
+    def _remembered(self, now: datetime) -> float:
+        with self._lock:
+            return gate_wait(self._local.get(self.pk), now)
+
+    def check_local(self, now: datetime | None = None) -> None:
+        """Raise MailboxGated if this process knows the gate is closed."""
+        wait = self._remembered(now or datetime.now(UTC))
+        if wait > 0:
+            raise MailboxGated(wait)
+
+    def check(self, now: datetime | None = None) -> None:
+        """Raise MailboxGated if the gate is closed (as known here, or as stored)."""
+        now = now or datetime.now(UTC)
+        self.check_local(now)
+        row = self._read()
+        wait = gate_wait(_aware(row.get("throttled_until")) if row else None, now)
+        if wait > 0:
+            self._remember(now + timedelta(seconds=wait))
+            raise MailboxGated(wait)
+
+    def close(self, retry_after: float, now: datetime | None = None) -> datetime:
+        """Close the gate for ``retry_after`` seconds (keeping any later closing time)."""
+        from azure.core import MatchConditions
+        from azure.data.tables import UpdateMode
+
+        now = now or datetime.now(UTC)
+        table = self.storage.table(tables.MAILBOX_GATES)
+        for _ in range(5):
+            row = self._read()
+            current = _aware(row.get("throttled_until")) if row else None
+            until = closed_until(current, now, retry_after)
+            self._remember(until)
+            if current is not None and until <= current:
+                return current
+            entity = {"PartitionKey": self.pk, "RowKey": "", "throttled_until": until}
+            try:
+                with tables.storage_errors("closing the mailbox gate"):
+                    if row is None:
+                        table.create_entity(entity)
+                    else:
+                        table.update_entity(
+                            entity,
+                            mode=UpdateMode.REPLACE,
+                            etag=tables.etag_of(row),
+                            match_condition=MatchConditions.IfNotModified,
+                        )
+                return until
+            except ConflictError:
+                continue  # another worker closed it at the same moment: read theirs and keep the later
+        return until
+
+    def _read(self) -> Any:
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:
+            with tables.storage_errors("reading the mailbox gate"):
+                return self.storage.table(tables.MAILBOX_GATES).get_entity(self.pk, "")
+        except ResourceNotFoundError:
+            return None
+
+    def _remember(self, until: datetime) -> None:
+        with self._lock:
+            known = self._local.get(self.pk)
+            self._local[self.pk] = max(until, known) if known else until
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    if value is None:
+        return None
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+class InFlight:
+    """At most ``MAX_IN_FLIGHT`` concurrent Graph requests per mailbox in this process."""
+
+    _semaphores: dict[str, threading.BoundedSemaphore] = {}
+    _lock = threading.Lock()
+
+    @classmethod
+    def _semaphore(cls, mailbox: str) -> threading.BoundedSemaphore:
+        with cls._lock:
+            found = cls._semaphores.get(mailbox)
+            if found is None:
+                found = cls._semaphores[mailbox] = threading.BoundedSemaphore(MAX_IN_FLIGHT)
+            return found
+
+    @classmethod
+    @contextmanager
+    def slot(cls, mailbox: str, timeout: float = SLOT_TIMEOUT) -> Iterator[None]:
+        semaphore = cls._semaphore(mailbox)
+        if not semaphore.acquire(timeout=timeout):
+            raise MailboxGated(2.0)  # every slot stayed busy: let the queue bring the work back
+        try:
+            yield
+        finally:
+            semaphore.release()
