@@ -134,4 +134,5 @@ def stack(start_host, emulator, azurite: Azurite, test_secrets: dict[str, str]) 
         storage,
         test_secrets,
     )
+    host.stop()  # first: a callback in flight to a closed receiver would hang until its timeout
     receiver.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import json
 import logging
 import signal
@@ -23,6 +24,7 @@ def main() -> None:
     parser.add_argument("--host-json", type=Path, default=Path("host.json"))
     args = parser.parse_args()
     configure_logging()
+    faulthandler.register(signal.SIGUSR1)  # `kill -USR1` prints every thread's stack
     sys.path.insert(0, str(Path.cwd()))
 
     from shared.settings import SettingsError
