@@ -166,7 +166,10 @@ class Notifier:
             while not self.stopping:
                 now = self.store.clock.now()
                 paused = self.store.settings.notifications_paused
-                due = [p for p in self.pending if not p["busy"] and p["due"] <= now] if not paused else []
+                # One POST in flight per URL at a time, so a URL sees its notifications in order.
+                busy_urls = {p["url"] for p in self.pending if p["busy"]}
+                due = [p for p in self.pending if not p["busy"] and p["due"] <= now
+                       and p["url"] not in busy_urls] if not paused else []
                 if not due:
                     waits = [(p["due"] - now).total_seconds() for p in self.pending if not p["busy"]]
                     timeout = min([w for w in waits if w > 0] + [1.0]) if not paused else 1.0

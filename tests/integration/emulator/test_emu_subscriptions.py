@@ -44,7 +44,7 @@ def test_handshake_and_notifications_for_app_and_user_changes(graph, ctl, receiv
     ctl.user_update_event(user["id"], ev["id"], {"subject": "edited in Outlook"})
     ctl.user_delete_event(user["id"], ev["id"])
     receiver.wait_for(lambda rec: len(receiver.notifications()) >= 3)
-    assert [x["changeType"] for x in receiver.notifications()] == ["created", "updated", "deleted"]
+    assert sorted(x["changeType"] for x in receiver.notifications()) == ["created", "deleted", "updated"]
     done = ctl.deliveries(kind="notification", outcome="delivered", at_least=3, timeout=5)["value"]
     assert len(done) >= 3
 
@@ -128,7 +128,8 @@ def test_lifecycle_notifications_on_demand(graph, ctl, receiver):
     sub = subscribe(graph, ctl, receiver).json()
     for event in ("reauthorizationRequired", "missed", "subscriptionRemoved"):
         ctl.send_lifecycle(sub["id"], event)
-    receiver.wait_for(lambda rec: sum(1 for x in rec if x["kind"] == "notification") >= 3)
+    # Graph may put several notifications in one POST: count items, not requests.
+    receiver.wait_for(lambda rec: len(receiver.notifications()) >= 3)
     got = [r for r in receiver.received if r["kind"] == "notification"]
     assert all(r["path"].endswith("/lifecycle") for r in got)
     events = sorted(v["lifecycleEvent"] for r in got for v in r["payload"]["value"])
