@@ -168,3 +168,26 @@ class EmulatorControl:
     def advance_clock(self, seconds: float = 0, minutes: float = 0, hours: float = 0, days: float = 0) -> float:
         return self._call("POST", "/clock/advance", {"seconds": seconds, "minutes": minutes, "hours": hours,
                                                      "days": days})["timestamp"]
+
+
+def register_local_app(ready: dict, secrets: dict[str, str], redirect_uri: str,
+                       demo_user: str | None = "ana@contoso.example",
+                       time_zone: str = "Romance Standard Time") -> dict[str, str | None]:
+    """Register the local app (MS_CLIENT_ID / MS_CLIENT_SECRET from `secrets`, generated when missing) with
+    a running emulator described by its ready line, add a demo user, and return the settings the dev host
+    needs: {"authority_host", "graph_api_base", "ca_bundle"}."""
+    import secrets as _secrets
+    import uuid
+
+    secrets.setdefault("MS_CLIENT_ID", str(uuid.uuid4()))
+    secrets.setdefault("MS_CLIENT_SECRET", _secrets.token_urlsafe(32))
+    ctl = EmulatorControl(ready["control_url"], ready["ca_path"])
+    try:
+        ctl.add_app(client_id=secrets["MS_CLIENT_ID"], client_secret=secrets["MS_CLIENT_SECRET"],
+                    redirect_uris=[redirect_uri, redirect_uri.replace("127.0.0.1", "localhost")])
+        if demo_user:
+            ctl.add_user(demo_user, display_name="Ana Pérez", time_zone=time_zone, locale="es-ES")
+    finally:
+        ctl.close()
+    return {"authority_host": ready["authority_host"], "graph_api_base": ready["graph_base"],
+            "ca_bundle": ready["ca_path"]}

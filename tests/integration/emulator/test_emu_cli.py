@@ -35,3 +35,15 @@ def test_module_prints_ready_line_and_serves():
         proc.terminate()
         proc.wait(timeout=10)
         proc.stdout.close()
+
+
+def test_register_local_app_for_the_dev_host(emu, ctl):
+    from local.emulator.control import register_local_app
+
+    secrets = {"MS_CLIENT_ID": "dev-app", "MS_CLIENT_SECRET": "dev-secret"}
+    settings = register_local_app(emu.describe(), secrets, redirect_uri="http://127.0.0.1:7071/api/auth/callback")
+    assert settings == {"authority_host": emu.authority_host, "graph_api_base": emu.graph_base,
+                        "ca_bundle": emu.ca_path}
+    apps = {a["client_id"]: a for a in ctl._call("GET", "/apps")["value"]}
+    assert apps["dev-app"]["client_secret"] == "dev-secret"
+    assert "http://localhost:7071/api/auth/callback" in apps["dev-app"]["redirect_uris"]
