@@ -1,0 +1,182 @@
+"""The apply step of the push worker against a fake Graph: create, adopt, patch, delete."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+import pytest
+
+from shared import push
+from shared.errors import PermanentError, ThrottledError
+from shared.event_render import PROPERTY_ID, property_value
+from shared.graph import GraphResponse, NotFoundError
+from shared.model import ActivityDeleted, CrmEvent
+from shared.sync_plan import Delete, Link, Update, UserContext, plan_deletion, plan_upsert
+from tests.unit.activity_builders import activity, activity_json, envelope
+
+USER = UserContext(
+    "tenant-1", "user-1", connected=True, mailbox_time_zone="Romance Standard Time", locale="es"
+)
+
+
+class FakeGraph:
+    """Events by id, each remembering its extended property value; records every call."""
+
+    def __init__(self) -> None:
+        self.events: dict[str, dict[str, Any]] = {}
+        self.calls: list[tuple[str, str]] = []
+        self.fail: list[Exception] = []  # raised by the next calls, in order
+        self.lose_next_create = False
+
+    def call(self, method: str, path: str, *, json: Any = None, params: dict[str, str] | None = None) -> Any:
+        self.calls.append((method, path))
+        if self.fail:
+            raise self.fail.pop(0)
+        if method == "GET":
+            value = params["$filter"].split("ep/value eq '")[1].rstrip("')")
+            assert PROPERTY_ID in params["$filter"]
+            found = [{"id": i, **e} for i, e in self.events.items() if e["property"].lower() == value.lower()]
+            return GraphResponse(200, {}, {"value": found})
+        if method == "POST":
+            event_id = f"ev-{len(self.events) + 1}"
+            self.events[event_id] = {
+                "property": json["singleValueExtendedProperties"][0]["value"],
+                **json,
+                "changeKey": "ck1",
+                "webLink": f"https://outlook/{event_id}",
+                "end": {"dateTime": "2025-03-10T08:30:00.0000000", "timeZone": "UTC"},
+            }
+            if self.lose_next_create:
+                self.lose_next_create = False
+                from shared.errors import TransientError
+
+                raise TransientError("connection dropped")
+            return GraphResponse(201, {}, {"id": event_id, **self.events[event_id]})
+        event_id = path.rsplit("/", 1)[1]
+        if event_id not in self.events:
+            raise NotFoundError("gone", code="ErrorItemNotFound", status=404)
+        if method == "PATCH":
+            self.events[event_id].update(json, changeKey="ck2")
+            return GraphResponse(200, {}, {"id": event_id, **self.events[event_id]})
+        del self.events[event_id]
+        return GraphResponse(204, {}, None)
+
+
+def test_create_posts_once_and_links_the_event() -> None:
+    graph = FakeGraph()
+    applied = push.apply(graph, plan_upsert(activity(), None, USER))
+    assert [m for m, _ in graph.calls] == ["GET", "POST"]
+    assert applied.link.outlook_event_id == "ev-1" and applied.link.change_key == "ck1"
+    assert applied.event["webLink"] == "https://outlook/ev-1"
+
+
+def test_a_create_whose_answer_was_lost_is_found_by_our_property_and_adopted() -> None:
+    graph = FakeGraph()
+    graph.lose_next_create = True
+    decision = plan_upsert(activity(), None, USER)
+    with pytest.raises(Exception, match="connection dropped"):
+        push.apply(graph, decision)
+    applied = push.apply(graph, decision)  # the retry plans the same Create
+    assert [m for m, _ in graph.calls] == ["GET", "POST", "GET", "PATCH"]
+    assert list(graph.events) == ["ev-1"] and applied.link.outlook_event_id == "ev-1"
+
+
+def test_duplicates_of_our_own_event_are_removed_when_adopting() -> None:
+    graph = FakeGraph()
+    value = property_value("tenant-1", "act-1")
+    graph.events = {"ev-a": {"property": value}, "ev-b": {"property": value.upper()}}
+    applied = push.apply(graph, plan_upsert(activity(), None, USER))
+    assert applied.link.outlook_event_id == "ev-a" and list(graph.events) == ["ev-a"]
+
+
+def test_duplicate_transaction_id_without_our_event_is_permanent() -> None:
+    graph = FakeGraph()
+    graph.fail = [PermanentError("used", code="ErrorDuplicateTransactionId", status=400)]
+    graph.call = _skip_first_get(graph)
+    with pytest.raises(PermanentError):
+        push.apply(graph, plan_upsert(activity(), None, USER))
+
+
+def _skip_first_get(graph: FakeGraph):
+    original = FakeGraph.call
+
+    def call(method, path, **kw):
+        if method == "GET":
+            return GraphResponse(200, {}, {"value": []})
+        return original(graph, method, path, **kw)
+
+    return call
+
+
+def test_update_patches_and_a_vanished_event_is_reported_gone() -> None:
+    graph = FakeGraph()
+    created = push.apply(graph, plan_upsert(activity(), None, USER)).link
+    decision = plan_upsert(activity(version=2, subject="Moved"), created, USER)
+    assert isinstance(decision.action, Update)
+    applied = push.apply(graph, decision)
+    assert graph.events["ev-1"]["subject"] == "Moved" and applied.link.change_key == "ck2"
+
+    del graph.events["ev-1"]
+    with pytest.raises(push.EventGone):
+        push.apply(graph, plan_upsert(activity(version=3, subject="Again"), applied.link, USER))
+
+
+def test_delete_treats_404_as_done() -> None:
+    graph = FakeGraph()
+    link = Link("act-1", 1, outlook_event_id="ev-9", content_hash="h")
+    decision = plan_deletion(ActivityDeleted("act-1", "user-1", 2), link, USER)
+    assert isinstance(decision.action, Delete)
+    applied = push.apply(graph, decision)
+    assert applied.link.tombstone and applied.link.outlook_event_id is None
+
+
+def test_throttling_propagates_without_writing() -> None:
+    graph = FakeGraph()
+    graph.fail = [ThrottledError("slow down", retry_after=3, status=429)]
+    with pytest.raises(ThrottledError):
+        push.apply(graph, plan_upsert(activity(), None, USER))
+    assert graph.events == {}
+
+
+def test_a_no_op_applies_nothing() -> None:
+    graph = FakeGraph()
+    created = push.apply(graph, plan_upsert(activity(), None, USER)).link
+    same = plan_upsert(activity(version=2), created, USER)
+    applied = push.apply(graph, same)
+    assert [m for m, _ in graph.calls] == ["GET", "POST"] and applied.link.version == 2
+
+
+def test_messages_route_to_the_owner_and_big_events_are_packed() -> None:
+    from shared.contract import parse_crm_event
+
+    raw = envelope("activity.upserted", activity_json(owner_user_id="user-7"))
+    event: CrmEvent = parse_crm_event(raw)
+    message = push.message_for(event, raw)
+    assert (message["tenant"], message["user"], message["attempt"]) == ("tenant-1", "user-7", 0)
+    typed = parse_crm_event(
+        envelope("activity_type.updated", {"id": "t", "name": "T", "show_in_calendar": False})
+    )
+    assert push.message_for(typed, {})["user"] is None
+
+    big = {"description": "ñ" * 30000, "nested": [1, 2, 3]}
+    packed = push.pack(big)
+    assert all(isinstance(v, bytes) and len(v) <= push.CHUNK_BYTES for v in packed.values())
+    assert push.unpack(packed) == big
+    noise = {"d": __import__("os").urandom(200_000).hex()}
+    assert len(push.pack(noise)) > 1 and push.unpack(push.pack(noise)) == noise
+
+
+def test_extras_follow_the_event() -> None:
+    stored = None
+    applied = push.Applied(
+        Link("a", 1, outlook_event_id="e"),
+        {"webLink": "https://x", "end": {"dateTime": "2027-01-15T16:00:00.0000000", "timeZone": "UTC"}},
+    )
+    extra = push._extra(stored, applied)
+    assert extra == {"state": "synced", "web_link": "https://x", "end_utc": "2027-01-15T16:00:00Z"}
+    gone = push._extra(
+        type("S", (), {"extra": {**extra, "last_error": "x", "failed_version": 1}})(),
+        push.Applied(replace(applied.link, outlook_event_id=None)),
+    )
+    assert gone == {"state": "synced"}
