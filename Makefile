@@ -9,6 +9,9 @@ NPM_STAMP := node_modules/.installed
 # checkov pins its own dependency tree, so it lives in a venv of its own (infra tests call it).
 INFRA_VENV := .venv-infra
 INFRA_STAMP := $(INFRA_VENV)/.installed
+# The cold-start benchmark's peer app (msgraph-sdk) gets a venv of its own too.
+BENCH_VENV := .venv-bench
+BENCH_STAMP := $(BENCH_VENV)/.installed
 
 .PHONY: setup run test lint bench clean
 
@@ -37,8 +40,13 @@ lint: setup
 test: lint
 	$(PY) -m pytest
 
-bench: setup
+$(BENCH_STAMP): bench/requirements-peer.txt
+	test -x $(BENCH_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r bench/requirements-peer.txt
+	touch $@
+
+bench: setup $(BENCH_STAMP)
 	$(PY) -m bench
 
 clean:
-	rm -rf $(VENV) $(INFRA_VENV) node_modules .local .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) $(INFRA_VENV) $(BENCH_VENV) node_modules .local .pytest_cache .ruff_cache .hypothesis
