@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -69,7 +67,7 @@ def main() -> None:
         "bare": (ours_python, "import azure.functions", ROOT),
     }
     samples: dict[str, list[tuple[float, float]]] = {name: [] for name in cases}
-    for name, (python, line, cwd) in cases.items():
+    for python, line, cwd in cases.values():
         _run(python, line, cwd, env)  # warm the OS file cache once; every measured run is a fresh interpreter
     for _ in range(ROUNDS):
         for name, (python, line, cwd) in cases.items():
