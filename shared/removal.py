@@ -20,6 +20,7 @@ from shared.graph import BATCH_LIMIT, error_for
 log = logging.getLogger(__name__)
 MAX_ROUNDS = 5
 MAX_WAIT_SECONDS = 10.0
+IMMUTABLE_IDS = {"Prefer": 'IdType="ImmutableId"'}  # our links hold immutable ids, as push stores them
 
 
 def remove_events(services: Any, token: str, tenant: str, user: str, choice: str, now: datetime) -> int:
@@ -38,7 +39,12 @@ def remove_events(services: Any, token: str, tenant: str, user: str, choice: str
         for start in range(0, len(targets), BATCH_LIMIT):
             chunk = targets[start : start + BATCH_LIMIT]
             requests_ = [
-                {"id": str(i), "method": "DELETE", "url": f"/me/events/{s.link.outlook_event_id}"}
+                {
+                    "id": str(i),
+                    "method": "DELETE",
+                    "url": f"/me/events/{s.link.outlook_event_id}",
+                    "headers": IMMUTABLE_IDS,
+                }
                 for i, s in enumerate(chunk)
             ]
             answers = services.graph.batch(token, requests_)
