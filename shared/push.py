@@ -373,6 +373,32 @@ def _fan_out_type(services: Any, tenant: str, update: ActivityTypeUpdated, occur
     return DONE
 
 
+def enqueue_replays(services: Any, tenant: str, user: str) -> int:
+    """Queue a replay of every kept activity this user owns (after a reconnect from
+    ``reauth_required``, so what the CRM pushed while the grant was broken is not lost)."""
+    with tables.storage_errors("listing a user's kept activities"):
+        rows = list(
+            services.storage.table(tables.ACTIVITIES).query_entities(
+                "PartitionKey eq @pk and owner eq @owner and deleted eq false",
+                parameters={"pk": tables.key(tenant), "owner": user},
+                select=["RowKey"],
+            )
+        )
+    for row in rows:
+        message = {
+            "v": MESSAGE_VERSION,
+            "kind": "replay",
+            "tenant": tenant,
+            "user": user,
+            "activity_id": tables.unkey(row["RowKey"])[0],
+            "attempt": 0,
+            "throttled": 0,
+        }
+        with tables.storage_errors("queueing a replay"):
+            services.storage.send(queues.ACTIVITY_SYNC, _encode(message))
+    return len(rows)
+
+
 def _type_for_user(
     services: Any, tenant: str, user: str, update: ActivityTypeUpdated, occurred_at: datetime, now: datetime
 ) -> str:
