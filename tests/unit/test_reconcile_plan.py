@@ -1,0 +1,285 @@
+"""Outlook -> CRM decisions (shared/reconcile_plan.py) and the delta reading of shared/reconcile.py
+against a fake Graph: echoes, moves, deletions, events that are not ours, all-day moves, the
+mass-deletion guard, full rounds without duplicate reports, and the sweep's spreading."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from shared.errors import PermanentError
+from shared.reconcile import ResyncNeeded, read_delta
+from shared.reconcile_plan import (
+    Echo,
+    Gone,
+    Moved,
+    Seen,
+    SweepUser,
+    Times,
+    Touched,
+    Tracked,
+    Verify,
+    after_read,
+    callback_data,
+    decide,
+    held,
+    missing_from_full_round,
+    plan_sweep,
+    sync_window,
+    times_of,
+)
+from shared.sync_plan import Link
+
+WRITTEN = Times("2027-01-15T15:00:00Z", "2027-01-15T16:00:00Z", False)
+
+
+def tracked(change_key: str = "ck-ours", observed: Times | None = WRITTEN, **kwargs: Any) -> Tracked:
+    link = Link("act-1", 3, outlook_event_id="ev-1", content_hash="h", change_key=change_key)
+    return Tracked(link, observed, kwargs.pop("observed_key", change_key if observed else None), **kwargs)
+
+
+def graph_event(start: str, end: str, change_key: str, all_day: bool = False, **extra: Any) -> dict[str, Any]:
+    return {
+        "id": "ev-1",
+        "changeKey": change_key,
+        "isAllDay": all_day,
+        "start": {"dateTime": start, "timeZone": "UTC"},
+        "end": {"dateTime": end, "timeZone": "UTC"},
+        **extra,
+    }
+
+
+def seen(event: dict[str, Any]) -> Seen:
+    return Seen(event["id"], event["changeKey"], times_of(event))
+
+
+# --- one item ------------------------------------------------------------------------------------------
+
+
+def test_our_own_write_is_an_echo_and_reports_nothing() -> None:
+    event = graph_event("2027-01-15T15:00:00.0000000", "2027-01-15T16:00:00.0000000", "ck-ours")
+    assert isinstance(decide(tracked(), seen(event)), Echo)
+
+
+def test_a_move_in_outlook_reports_the_exact_new_instants() -> None:
+    event = graph_event("2027-01-16T08:30:00.0000000", "2027-01-16T09:45:00.0000000", "ck-user")
+    decision = decide(tracked(), seen(event))
+    assert isinstance(decision, Moved)
+    assert callback_data(decision) == {
+        "activity_id": "act-1",
+        "start": "2027-01-16T08:30:00Z",
+        "end": "2027-01-16T09:45:00Z",
+        "all_day": False,
+    }
+
+
+def test_times_in_another_zone_are_read_as_instants() -> None:
+    event = graph_event("2027-01-15T16:00:00", "2027-01-15T17:00:00", "ck-user")
+    event["start"]["timeZone"] = event["end"]["timeZone"] = "Romance Standard Time"
+    assert isinstance(decide(tracked(), seen(event)), Touched)  # 16:00 Madrid = 15:00 UTC: not moved
+
+
+def test_a_subject_edit_or_dismissed_reminder_is_remembered_but_not_reported() -> None:
+    event = graph_event("2027-01-15T15:00:00.0000000", "2027-01-15T16:00:00.0000000", "ck-user", subject="x")
+    assert isinstance(decide(tracked(), seen(event)), Touched)
+
+
+def test_a_resize_of_the_end_only_is_a_move() -> None:
+    event = graph_event("2027-01-15T15:00:00.0000000", "2027-01-15T17:00:00.0000000", "ck-user")
+    assert isinstance(decide(tracked(), seen(event)), Moved)
+
+
+def test_an_all_day_move_reports_dates_with_an_exclusive_end() -> None:
+    mine = tracked(observed=Times("2027-03-01", "2027-03-02", True))
+    event = graph_event("2027-03-04T00:00:00.0000000", "2027-03-06T00:00:00.0000000", "ck-user", all_day=True)
+    decision = decide(mine, seen(event))
+    assert isinstance(decision, Moved)
+    assert callback_data(decision) == {
+        "activity_id": "act-1",
+        "start": "2027-03-04",
+        "end": "2027-03-06",
+        "all_day": True,
+    }
+
+
+def test_turning_a_timed_event_into_all_day_is_a_move() -> None:
+    event = graph_event("2027-01-15T00:00:00.0000000", "2027-01-16T00:00:00.0000000", "ck-user", all_day=True)
+    decision = decide(tracked(), seen(event))
+    assert isinstance(decision, Moved) and callback_data(decision)["all_day"] is True
+
+
+def test_a_stale_observation_falls_back_to_the_end_the_push_stored() -> None:
+    # We observed 15:00-16:00 at ck-1; the push then wrote (ck-2, end 18:00) and the user renamed it.
+    stale = tracked(change_key="ck-2", observed=WRITTEN, observed_key="ck-1", end_utc="2027-01-15T18:00:00Z")
+    renamed = graph_event("2027-01-15T17:00:00.0000000", "2027-01-15T18:00:00.0000000", "ck-3")
+    moved = graph_event("2027-01-15T19:00:00.0000000", "2027-01-15T20:00:00.0000000", "ck-3")
+    assert isinstance(decide(stale, seen(renamed)), Touched)
+    assert isinstance(decide(stale, seen(moved)), Moved)
+
+
+def test_with_nothing_to_compare_a_change_is_reported_rather_than_lost() -> None:
+    unknown = tracked(observed=None)
+    event = graph_event("2027-01-15T15:00:00.0000000", "2027-01-15T16:00:00.0000000", "ck-user")
+    assert isinstance(decide(unknown, seen(event)), Moved)
+
+
+def test_a_removed_item_is_verified_and_only_a_404_is_a_deletion() -> None:
+    mine = tracked()
+    decision = decide(mine, Seen("ev-1", None, None))
+    assert isinstance(decision, Verify)
+    assert isinstance(after_read(mine, None), Gone)
+    assert callback_data(Gone(mine)) == {"activity_id": "act-1"}
+    # Still there (moved out of the window or to another calendar): a move, not a deletion.
+    far = graph_event("2030-01-01T10:00:00.0000000", "2030-01-01T11:00:00.0000000", "ck-user")
+    assert isinstance(after_read(mine, far), Moved)
+    assert isinstance(
+        after_read(mine, graph_event("2027-01-15T15:00:00", "2027-01-15T16:00:00", "ck-ours")), Echo
+    )
+
+
+def test_a_reported_change_seen_again_is_an_echo() -> None:
+    after_report = tracked(
+        change_key="ck-user", observed=Times("2027-01-16T08:30:00Z", "2027-01-16T09:45:00Z", False)
+    )
+    event = graph_event("2027-01-16T08:30:00.0000000", "2027-01-16T09:45:00.0000000", "ck-user")
+    assert isinstance(decide(after_report, seen(event)), Echo)
+
+
+# --- full rounds ---------------------------------------------------------------------------------------
+
+
+def test_a_full_round_only_verifies_our_events_it_should_have_listed() -> None:
+    window = (datetime(2026, 12, 1, tzinfo=UTC), datetime(2028, 1, 1, tzinfo=UTC))
+    inside = tracked()
+    past = Tracked(
+        Link("act-2", 1, outlook_event_id="ev-2", change_key="k"),
+        Times("2025-01-01T10:00:00Z", "2025-01-01T11:00:00Z", False),
+        "k",
+    )
+    listed = Tracked(Link("act-3", 1, outlook_event_id="ev-3", change_key="k"), WRITTEN, "k")
+    unknown = Tracked(Link("act-4", 1, outlook_event_id="ev-4", change_key="k"))
+    missing = missing_from_full_round([inside, past, listed, unknown], {"ev-3"}, window)
+    assert {v.tracked.link.activity_id for v in missing} == {"act-1", "act-4"}
+    assert all(isinstance(v, Verify) for v in missing)
+
+
+class FakeGraph:
+    """Pages of a delta round, by URL; raises what it is told to."""
+
+    def __init__(self, pages: dict[str, Any]) -> None:
+        self.pages = pages
+        self.calls: list[tuple[str, dict[str, str] | None]] = []
+
+    def call(self, method: str, path: str, *, json: Any = None, params: dict[str, str] | None = None) -> Any:
+        self.calls.append((path, params))
+        answer = self.pages[path]
+        if isinstance(answer, Exception):
+            raise answer
+        return SimpleNamespace(status=200, body=answer)
+
+
+def test_delta_follows_next_links_keeps_only_our_events_and_the_last_of_replays() -> None:
+    mine = tracked()
+    first = graph_event("2027-01-15T15:00:00.0000000", "2027-01-15T16:00:00.0000000", "ck-ours")
+    replayed = graph_event("2027-01-16T15:00:00.0000000", "2027-01-16T16:00:00.0000000", "ck-user")
+    theirs = {**first, "id": "someone-elses", "subject": "Dentist"}
+    graph = FakeGraph(
+        {
+            "me/calendarView/delta": {"value": [first, theirs], "@odata.nextLink": "https://g/next"},
+            "https://g/next": {
+                "value": [{"id": "gone-not-ours", "@removed": {"reason": "deleted"}}, replayed]
+            },
+        }
+    )
+    graph.pages["https://g/next"]["@odata.deltaLink"] = "https://g/delta?$deltatoken=t"
+    window = (datetime(2026, 12, 1, tzinfo=UTC), datetime(2028, 1, 1, tzinfo=UTC))
+    found, link = read_delta(graph, None, window, {"ev-1": mine})
+    assert link == "https://g/delta?$deltatoken=t"
+    assert list(found) == ["ev-1"]  # the user's own events leave no trace
+    assert found["ev-1"].change_key == "ck-user"
+    assert graph.calls[0][1] == {
+        "startDateTime": "2026-12-01T00:00:00Z",
+        "endDateTime": "2028-01-01T00:00:00Z",
+    }
+    assert graph.calls[1] == ("https://g/next", None)
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        PermanentError("gone", status=410),
+        PermanentError("expired", code="syncStateNotFound", status=400),
+    ],
+)
+def test_an_expired_delta_state_asks_for_a_new_round(error: PermanentError) -> None:
+    graph = FakeGraph({"https://g/delta?$deltatoken=old": error})
+    window = (datetime(2026, 12, 1, tzinfo=UTC), datetime(2028, 1, 1, tzinfo=UTC))
+    with pytest.raises(ResyncNeeded):
+        read_delta(graph, "https://g/delta?$deltatoken=old", window, {})
+
+
+def test_a_new_round_after_a_reported_move_reports_nothing_again() -> None:
+    # Reported before the token expired: the link holds the user's changeKey and the times seen.
+    reported = tracked(
+        change_key="ck-user", observed=Times("2027-01-16T08:30:00Z", "2027-01-16T09:45:00Z", False)
+    )
+    untouched = Tracked(Link("act-2", 1, outlook_event_id="ev-2", change_key="ck-2"), WRITTEN, "ck-2")
+    again = [
+        decide(
+            reported,
+            seen(graph_event("2027-01-16T08:30:00.0000000", "2027-01-16T09:45:00.0000000", "ck-user")),
+        ),
+        decide(untouched, Seen("ev-2", "ck-2", WRITTEN)),
+    ]
+    assert all(isinstance(d, Echo) for d in again)
+
+
+# --- the guard -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("gone", "linked", "expected"),
+    [
+        (21, 40, True),  # over 20 and over half
+        (20, 30, False),  # not over 20
+        (21, 42, False),  # not over half
+        (30, 30, True),
+        (3, 4, False),  # a small calendar can lose most of it
+    ],
+)
+def test_mass_deletion_guard_thresholds(gone: int, linked: int, expected: bool) -> None:
+    assert held(gone, linked) is expected
+    assert held(gone, linked, confirmed=True) is False
+
+
+# --- window and sweep ------------------------------------------------------------------------------------
+
+
+def test_the_window_is_whole_days_and_moves_daily() -> None:
+    start, end = sync_window(datetime(2027, 1, 15, 13, 5, tzinfo=UTC), 30, 365)
+    assert start == datetime(2026, 12, 16, tzinfo=UTC)
+    assert end == datetime(2028, 1, 16, tzinfo=UTC)
+    assert sync_window(datetime(2027, 1, 15, 23, 59, tzinfo=UTC), 30, 365) == (start, end)
+
+
+def test_the_sweep_schedules_each_user_when_due_and_spreads_the_overdue() -> None:
+    now = datetime(2027, 1, 15, 12, 0, tzinfo=UTC)
+    recent = SweepUser("t", "recent", now - timedelta(hours=1))  # due in 5 h: next runs
+    soon = SweepUser("t", "soon", now - timedelta(hours=5, minutes=30))  # due in 30 min
+    overdue = [SweepUser("t", f"o{i}", None if i % 2 else now - timedelta(hours=7)) for i in range(50_000)]
+    planned = dict((u.user, d) for u, d in plan_sweep([recent, soon, *overdue], now))
+    assert "recent" not in planned
+    assert planned["soon"] == 1800
+    delays = sorted(planned[u.user] for u in overdue)
+    assert delays[0] == 0 and delays[-1] <= 3600  # spread over the hour, not all at once
+    assert len(set(delays)) > 3000
+    assert planned["o1"] < planned["o0"]  # never reconciled goes first
+
+
+def test_a_few_overdue_users_are_not_held_back_for_hours() -> None:
+    now = datetime(2027, 1, 15, 12, 0, tzinfo=UTC)
+    planned = plan_sweep([SweepUser("t", f"u{i}", None) for i in range(30)], now)
+    assert max(d for _, d in planned) <= 3
