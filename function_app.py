@@ -14,6 +14,7 @@ from functions import (
     crm_events,
     graph_webhooks,
     health,
+    reconcile_worker,
     timers,
 )
 from shared import settings
@@ -29,3 +30,4 @@ app.register_functions(callbacks_worker.bp)
 app.register_functions(timers.bp)
 app.register_functions(crm_events.bp)
 app.register_functions(activity_worker.bp)
+app.register_functions(reconcile_worker.bp)

@@ -4,8 +4,10 @@
   ``text/plain``, and do nothing else (it is never reflected as HTML).
 - Otherwise each notification's ``clientState`` must match the one we gave its subscription; a
   mismatch is ignored (logged, no work) but still answered 202, as Graph expects.
-- Matching notifications enqueue one ``mailbox-reconcile`` message per user (coalesced within
-  the request) and the answer is 202 straight away: Graph drops slow endpoints.
+- Matching notifications enqueue few ``mailbox-reconcile`` messages per user (coalesced within
+  the request and, through a pending marker, across requests: shared/notifications.py) and the
+  answer is 202 straight away: Graph drops slow endpoints. If the work cannot be stored the
+  answer is 5xx, so Graph delivers again.
 """
 
 from __future__ import annotations
@@ -18,7 +20,13 @@ bp = func.Blueprint()
 def _handle(req: func.HttpRequest, kind: str) -> func.HttpResponse:
     token = req.params.get("validationToken")
     if token is not None:
-        return func.HttpResponse(token, status_code=200, mimetype="text/plain", charset="utf-8")
+        return func.HttpResponse(
+            token,
+            status_code=200,
+            mimetype="text/plain",
+            charset="utf-8",
+            headers={"X-Content-Type-Options": "nosniff", "Cache-Control": "no-store"},
+        )
     from shared import notifications, services
 
     body = req.get_body()

@@ -204,7 +204,7 @@ def _connect(
         connected_at=iso(now),
         disconnected_at=None,
     )
-    connection = _subscribe(services, token, connection, now)
+    connection = subscribe(services, token, connection, now)
     _save_latest(services, connection)
     callbacks.enqueue(
         services.storage,
@@ -232,7 +232,7 @@ def _save_latest(services: Any, connection: Connection) -> None:
         )
 
 
-def _subscribe(services: Any, token: str, connection: Connection, now: datetime) -> Connection:
+def subscribe(services: Any, token: str, connection: Connection, now: datetime) -> Connection:
     """Subscribe to the user's events; on failure stay connected (pushes still work, the timer
     sweep still reconciles) and show why in status. The renewal timer tries again."""
     base = services.settings.public_base_url
@@ -363,9 +363,10 @@ def disconnect(services: Any, tenant: str, user: str, remove_events: str, now: d
 
 
 def status(services: Any, tenant: str, user: str) -> dict[str, Any]:
-    from shared import links
+    from shared import links, mailbox_sync
 
     current = connections.get(services.storage, tenant, user)
+    held = mailbox_sync.held_deletions(services.storage, tenant, user)
     return {
         "tenant_id": tenant,
         "user_id": user,
@@ -379,6 +380,7 @@ def status(services: Any, tenant: str, user: str) -> dict[str, Any]:
         "disconnected_at": current.disconnected_at,
         "last_sync_at": current.last_sync_at,
         "last_reconcile_at": current.last_reconcile_at,
+        "held_deletions": held,  # Outlook deletions held by the mass-deletion guard (shared/reconcile.py)
         "counts": links.counts(services.storage, tenant, user),
         "backfill": None,
         "recent_errors": list(current.recent_errors),

@@ -24,6 +24,8 @@ var tableNames = [
   'MailboxGates'
   'Activities'
   'ActivityTypes'
+  'MailboxSync'
+  'ReconcilePending'
 ]
 
 param name string

@@ -1,0 +1,54 @@
+"""Queue trigger on ``mailbox-reconcile``: read a user's Outlook changes through delta and tell the
+CRM about reschedules and deletions of our events; act on subscription lifecycle events.
+
+The rules live in ``shared.reconcile``; it re-queues work that must wait (throttling, a busy
+mailbox lease, transient failures) itself, so only unreadable messages or bugs reach the poison
+queue."""
+
+from __future__ import annotations
+
+import logging
+
+import azure.functions as func
+
+from shared.queues import MAILBOX_RECONCILE
+
+bp = func.Blueprint()
+log = logging.getLogger(__name__)
+
+
+@bp.queue_trigger(arg_name="msg", queue_name=MAILBOX_RECONCILE, connection="AzureWebJobsStorage")
+def reconcile_mailbox(msg: func.QueueMessage) -> None:
+    from shared import reconcile, services
+
+    outcome = reconcile.process(services.get(), msg.get_body())
+    log.info("mailbox-reconcile message %s: %s", msg.id, outcome)
+
+
+@bp.route(
+    route="tenants/{tenant}/users/{user}/reconcile", methods=["POST"], auth_level=func.AuthLevel.ANONYMOUS
+)
+def request_reconcile(req: func.HttpRequest) -> func.HttpResponse:
+    """Signed CRM call: reconcile now; ``{"confirm_deletions": true}`` releases deletions held by
+    the mass-deletion guard (the user confirmed they meant to delete those events)."""
+    from functions.http import Rejected, authenticate, json_response, problem, read_json, route_ids
+    from shared import reconcile, services
+    from shared.errors import SyncError
+
+    deps = services.get()
+    try:
+        authenticate(req, deps.settings.crm_shared_secrets)
+        tenant, user = route_ids(req, "tenant", "user")
+        body = read_json(req, optional=True)
+        if body is None:
+            body = {}
+        confirm = body.get("confirm_deletions", False) if isinstance(body, dict) else None
+        if not isinstance(confirm, bool):
+            fields = [{"field": "confirm_deletions", "message": "must be true or false"}]
+            return problem(400, "invalid_request", "Some fields are invalid: confirm_deletions.", fields)
+        reconcile.request(deps, tenant, user, confirm_deletions=confirm)
+        return json_response({"status": "queued", "confirm_deletions": confirm}, 202)
+    except Rejected as rejected:
+        return rejected.response
+    except SyncError as error:
+        return problem(503, "unavailable", f"The reconcile could not be queued: {error.message}", None)
