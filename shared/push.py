@@ -10,8 +10,9 @@ and the message carries only a reference.
 Worker (``process``), one message at a time, never sleeping:
 
 - ``activity.upserted`` / ``activity.deleted``: load the connection and the link, plan with
-  ``shared.sync_plan``, apply: Create (first look the event up by our extended property and adopt
-  it, so a create whose answer was lost never makes a duplicate; else POST with the deterministic
+  ``shared.sync_plan``, apply: Create (write-ahead: the link is marked "creating" before the POST;
+  a retry that finds the mark first looks the event up by our extended property and adopts it, so
+  a create whose answer was lost never makes a duplicate; else POST with the deterministic
   ``transactionId``), Update (PATCH only when the content hash changed), Delete (404 = already
   gone). The link is stored ETag-guarded; a concurrent write makes it plan again. An Update that
   finds the event deleted in Outlook creates it again (a new CRM change is the newest intent; the
@@ -85,6 +86,7 @@ CHUNK_BYTES = 60_000  # Edm.Binary properties hold 64 KiB each
 LAST_SYNC_EVERY = timedelta(seconds=60)  # last_sync_at is written at most this often per user
 PREFER = {"Prefer": 'IdType="ImmutableId"'}  # event ids that survive moves between folders
 LOOKUP_SELECT = "id,changeKey,webLink,end"
+CREATING = "creating"  # link extra: a create was (maybe) sent and its answer not yet stored
 
 # Outcomes (returned by ``process`` for logs and tests).
 DONE = "done"
@@ -469,8 +471,15 @@ def _sync(
                 return DONE
             if isinstance(decision.action, Nothing) and decision.link == (stored.link if stored else None):
                 return DONE  # nothing to write anywhere
+            lookup_first = True
+            if isinstance(decision.action, Create) and not (stored and stored.extra.get(CREATING)):
+                try:
+                    stored = _record_intent(services, tenant, user, activity_id, stored)
+                except ConflictError:
+                    continue
+                lookup_first = False  # never sent before: no event of ours can exist yet
             try:
-                applied = apply(client, decision)
+                applied = apply(client, decision, lookup_first=lookup_first)
             except EventGone:
                 gone = replace(
                     decision.link or Link(activity_id, 0),
@@ -506,14 +515,30 @@ class Applied:
     action: Any = None
 
 
-def apply(client: Any, decision: Decision) -> Applied:
+def _record_intent(
+    services: Any, tenant: str, user: str, activity_id: str, stored: links.StoredLink | None
+) -> links.StoredLink:
+    """Write-ahead: mark the link "creating" before the POST. A retry that finds the mark looks
+    the event up by our property first (the answer may have been lost); a link without it was
+    never sent, so its create needs no lookup and costs one Graph request. The link itself is
+    kept as it was (version -1 when new), so the retry plans the very same create."""
+    intent = links.StoredLink(
+        stored.link if stored else Link(activity_id, -1),
+        stored.etag if stored else None,
+        {**(stored.extra if stored else {}), CREATING: True},
+    )
+    return links.save(services.storage, tenant, user, intent)
+
+
+def apply(client: Any, decision: Decision, *, lookup_first: bool = True) -> Applied:
     """Carry out one decision against Graph (``client.call(method, path, json=, params=)``) and
-    return the link to store. Pure of storage, so tests drive it with a fake Graph."""
+    return the link to store. Pure of storage, so tests drive it with a fake Graph.
+    ``lookup_first=False`` only when the create was provably never sent (see ``_record_intent``)."""
     from shared.graph import NotFoundError
 
     action = decision.action
     if isinstance(action, Create):
-        found = lookup(client, action.lookup_value)
+        found = lookup(client, action.lookup_value) if lookup_first else []
         if not found:
             try:
                 answer = client.call("POST", "me/events", json=action.event)
@@ -560,7 +585,9 @@ def lookup(client: Any, value: str) -> list[dict[str, Any]]:
 
 def _extra(stored: links.StoredLink | None, applied: Applied) -> dict[str, Any]:
     extra = {
-        k: v for k, v in (stored.extra if stored else {}).items() if k not in ("last_error", "failed_version")
+        k: v
+        for k, v in (stored.extra if stored else {}).items()
+        if k not in ("last_error", "failed_version", CREATING)
     }
     extra["state"] = links.SYNCED
     link = applied.link

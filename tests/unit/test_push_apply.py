@@ -71,6 +71,13 @@ def test_create_posts_once_and_links_the_event() -> None:
     assert applied.event["webLink"] == "https://outlook/ev-1"
 
 
+def test_a_create_never_sent_before_costs_one_request() -> None:
+    graph = FakeGraph()
+    applied = push.apply(graph, plan_upsert(activity(), None, USER), lookup_first=False)
+    assert [m for m, _ in graph.calls] == ["POST"]
+    assert applied.link.outlook_event_id == "ev-1"
+
+
 def test_a_create_whose_answer_was_lost_is_found_by_our_property_and_adopted() -> None:
     graph = FakeGraph()
     graph.lose_next_create = True
