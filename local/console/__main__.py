@@ -12,6 +12,7 @@ import signal
 import sys
 import threading
 from datetime import date
+from secrets import token_hex
 
 from local.console.server import Config, Console, serve
 
@@ -20,7 +21,11 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m local.console", description=__doc__)
     p.add_argument("--port", type=int, default=0, help="0 picks a free port")
     p.add_argument("--service-url", required=True, help="the service (dev host), e.g. http://127.0.0.1:7071")
-    p.add_argument("--tenant", default="demo-crm", help="the CRM's tenant id")
+    p.add_argument(
+        "--tenant",
+        help="the CRM's tenant id (default: a new one per start, as the CRM's data and the emulator's mailbox "
+        "live in memory: a connection stored by an earlier run must not be mistaken for this one)",
+    )
     p.add_argument("--user", default="ana", help="the CRM's user id")
     p.add_argument("--user-name", default="Ana Pérez")
     p.add_argument(
@@ -46,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     config = Config(
         service_url=args.service_url.rstrip("/"),
         secrets=secrets,
-        tenant=args.tenant,
+        tenant=args.tenant or f"demo-crm-{token_hex(3)}",
         user=args.user,
         user_name=args.user_name,
         upn=args.upn,

@@ -302,6 +302,9 @@ class Console:
                 self.crm.rejected += 1
             self._print(f"[console] callback rejected: {getattr(error, 'reason', error)}")
             return 401 if isinstance(error, crm_signature.SignatureError) else 400
+        if (callback.get("tenant_id"), callback.get("user_id")) != (self.config.tenant, self.config.user):
+            self._print(f"[console] callback {callback.get('type')} for another CRM tenant or user: ignored")
+            return 200  # verified, so the service did send it: an earlier run's user (the tables persist)
         with self.crm.lock:
             if callback.get("id") in self.crm.seen_callback_ids:
                 return 200  # at least once: a repeat changes nothing
@@ -318,16 +321,23 @@ class Console:
             rejected = self.crm.rejected
         outcome: dict[str, dict[str, Any]] = {}
         disconnected = None
+        backfilled: dict[str, dict[str, Any]] = {}  # job id -> its backfill.completed counts
         for callback in callbacks:
             data = callback.get("data") or {}
-            if callback.get("type", "").startswith("activity.") and data.get("activity_id"):
+            if callback.get("type") == "backfill.completed" and data.get("job_id"):
+                backfilled[data["job_id"]] = {"type": "backfill.completed", **data}
+            elif callback.get("type", "").startswith("activity.") and data.get("activity_id"):
                 outcome[data["activity_id"]] = {"type": callback["type"], **data}
             elif callback.get("type") == "connection.disconnected":
                 outcome, disconnected = {}, {"type": "connection.disconnected", **data}
             elif callback.get("type") == "connection.connected":
                 disconnected = None
         for activity in activities:
-            activity["outlook"] = outcome.get(activity["payload"]["id"]) or disconnected
+            activity["outlook"] = (
+                outcome.get(activity["payload"]["id"])
+                or disconnected
+                or backfilled.get(activity.get("backfill_job") or "")
+            )
         return {
             "tenant": self.config.tenant,
             "user": self.config.user,

@@ -37,7 +37,9 @@ const TEXT = {
     reason_temporarily_unavailable: "el servicio no está disponible ahora",
     out_none: "—", out_no_calendar: "No va al calendario", out_synced: "En Outlook", out_removed: "Quitada de Outlook",
     out_failed: "Error: {message}", out_deleted: "Borrada en Outlook", out_changed: "Cambiada en Outlook",
-    out_pending: "Pendiente (usa Sincronizar)", out_disconnected: "Sin sincronización", out_sent: "Enviada…", out_open: "abrir",
+    out_pending: "Pendiente (usa Sincronizar)", out_disconnected: "Sin sincronización",
+    out_backfilled: "En Outlook (Sincronizar)", out_backfill_failed: "Sincronizar: revisar errores",
+    bf_receiving: "recibiendo", bf_running: "en curso", bf_completed: "completa", out_sent: "Enviada…", out_open: "abrir",
     saved_pushed: "Actividad guardada y enviada al servicio.",
     saved_local: "Actividad guardada en el CRM. Aún no hay conexión: «Sincronizar» la cargará después.",
     saved_error: "No se guardó: {fields}", push_error: "Guardada, pero el servicio respondió {status}: {message}",
@@ -83,7 +85,9 @@ const TEXT = {
     reason_temporarily_unavailable: "the service is unavailable right now",
     out_none: "—", out_no_calendar: "Not for the calendar", out_synced: "In Outlook", out_removed: "Removed from Outlook",
     out_failed: "Error: {message}", out_deleted: "Deleted in Outlook", out_changed: "Changed in Outlook",
-    out_pending: "Pending (use Sync)", out_disconnected: "Not synced", out_sent: "Sent…", out_open: "open",
+    out_pending: "Pending (use Sync)", out_disconnected: "Not synced",
+    out_backfilled: "In Outlook (Sync)", out_backfill_failed: "Sync: check errors",
+    bf_receiving: "receiving", bf_running: "running", bf_completed: "complete", out_sent: "Sent…", out_open: "open",
     saved_pushed: "Activity saved and sent to the service.",
     saved_local: "Activity saved in the CRM. Not connected yet: “Sync” will load it later.",
     saved_error: "Not saved: {fields}", push_error: "Saved, but the service answered {status}: {message}",
@@ -324,12 +328,21 @@ function outlookCell(record) {
     if (outcome.type === "activity.deleted_in_outlook") return el("span", { class: "badge warn" }, t("out_deleted"));
     if (outcome.type === "activity.changed_in_outlook") return el("span", { class: "badge warn" }, t("out_changed"));
     if (outcome.type === "connection.disconnected") return el("span", { class: "badge muted" }, t("out_disconnected"));
+    if (outcome.type === "backfill.completed" && eligible(activity)) {
+      // Sincronizar reports per job, not per activity: all done, or some failed (see the status panel).
+      return outcome.failed ? el("span", { class: "badge warn" }, t("out_backfill_failed"))
+        : el("span", { class: "badge ok" }, t("out_backfilled"));
+    }
   }
-  if (!activity.type.show_in_calendar || activity.show_in_calendar === false || activity.status !== "planned") {
+  if (!eligible(activity)) {
     return el("span", { class: "badge muted" }, t("out_no_calendar"));
   }
   if (record.pushed === null && !record.backfill_job) return el("span", { class: "badge muted" }, t("out_pending"));
   return el("span", { class: "badge" }, t("out_sent"));
+}
+
+function eligible(activity) {
+  return activity.type.show_in_calendar && activity.show_in_calendar !== false && activity.status === "planned";
 }
 
 function whenText(activity) {
@@ -377,7 +390,7 @@ function renderStatus() {
   const counts = (body && body.counts) || {};
   $("s-counts").textContent = body ? t("counts", { synced: counts.synced ?? 0, pending: counts.pending ?? 0, failed: counts.failed ?? 0 }) : "—";
   const backfill = body && body.backfill;
-  $("s-backfill").textContent = backfill ? `${backfill.state} · ${backfill.done}/${backfill.received}` : "—";
+  $("s-backfill").textContent = backfill ? `${t(`bf_${backfill.state}`)} · ${backfill.done}/${backfill.received}` : "—";
   $("s-last-sync").textContent = formatInstant(body && body.last_sync_at);
   $("s-subscription").textContent = formatInstant(body && body.subscription_expires_at);
   const errors = (body && body.recent_errors) || [];
