@@ -89,6 +89,7 @@ def page(browser: Any) -> Iterator[Page]:
         viewport={"width": 1400, "height": 1000},
     )
     context.set_default_timeout(WAIT_MS)
+    expect.set_options(timeout=WAIT_MS)
     errors: list[str] = []
     opened = context.new_page()
     opened.on("pageerror", lambda error: errors.append(str(error)))
@@ -276,6 +277,8 @@ def test_the_help_centre_flow_in_a_browser(console_stack: ConsoleStack, page: Pa
         expect(meeting).to_have_attribute("data-start", "2027-01-14T15:00")
         expect(meeting).to_contain_text("15:00 – 16:00")
         expect(outlook_event(page, "Correo de seguimiento")).to_have_count(0)
+        prior = page.get_by_test_id("activity-row").filter(has_text="Reunión de seguimiento")
+        expect(prior.get_by_test_id("activity-outlook")).to_have_text("En Outlook (Sincronizar)")
     expect(outlook_event(page, "Llamada con Contoso")).to_have_attribute("data-day", "2027-01-15")
     shot(page, "06-after-sincronizar-week")
     mailbox = stack.emulator.control.events(UPN)
