@@ -40,7 +40,8 @@ def maintain(
     """Renew, reauthorize or recreate the user's subscription (the caller holds the lease)."""
     from shared.graph import NotFoundError
 
-    token = services.identity.access_token(connection.tenant, connection.user)
+    # A fresh token: these calls are rare, and reauthorizationRequired means the old one is ending.
+    token = services.identity.access_token(connection.tenant, connection.user, force_refresh=True)
     if recreate or not connection.subscription_id:
         return _recreate(services, token, connection, now)
     subscription_id = connection.subscription_id

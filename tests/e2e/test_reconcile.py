@@ -1,0 +1,276 @@
+"""Issue 7: Outlook -> CRM through the dev host, Azurite and the Graph emulator acting as the user
+in Outlook: reschedules and deletions reach the CRM by callback with the exact times, our own
+writes never do, lost notifications are caught by the sweep, an expired delta token resyncs
+without duplicates, subscriptions are renewed and recreated, and a mass deletion is held."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from urllib.parse import quote
+
+import pytest
+import requests
+
+from shared import links, tables
+from tests.conftest import Stack, wait_until
+from tests.e2e.push.conftest import CrmUser, connect_user, ours, status, synced, upsert, user_path, writes
+from tests.e2e.push.openapi_contract import check_callback
+
+pytestmark = pytest.mark.e2e
+CHANGED = "activity.changed_in_outlook"
+DELETED = "activity.deleted_in_outlook"
+
+
+@pytest.fixture()
+def ana(stack: Stack) -> CrmUser:
+    return connect_user(stack)
+
+
+def of(stack: Stack, who: CrmUser, kind: str) -> list[dict[str, Any]]:
+    found = [c for c in stack.callbacks.of_type(kind) if c["user_id"] == who.user]
+    for callback in found:
+        check_callback(callback)
+    return found
+
+
+def reconciled_after(stack: Stack, who: CrmUser, moment: str | None) -> str:
+    """Wait for a reconcile that finished after ``moment`` (its last_reconcile_at)."""
+    return wait_until(
+        lambda: (s := status(stack, who)["last_reconcile_at"]) and (moment is None or s > moment) and s,
+        what="a reconcile pass",
+    )
+
+
+def pushed(stack: Stack, who: CrmUser, activity_id: str = "act-1", **overrides: Any) -> dict[str, Any]:
+    """Push one activity and wait until it is in Outlook and our own echo has been reconciled."""
+    before = status(stack, who)["last_reconcile_at"]
+    upsert(stack, who, id=activity_id, **overrides)
+    synced(stack, who, activity_id, overrides.get("version", 1))
+    reconciled_after(stack, who, before)  # the notification of our own write was read
+    stored = links.get(stack.storage, who.tenant, who.user, activity_id)
+    return next(e for e in ours(stack, who) if e["id"] == stored.link.outlook_event_id)
+
+
+def request_reconcile(stack: Stack, who: CrmUser, **body: Any) -> None:
+    answer = stack.crm.post(user_path(who.tenant, who.user, "reconcile"), body)
+    assert answer.status_code == 202, answer.text
+
+
+def test_a_validation_token_with_markup_comes_back_as_plain_text_only(stack: Stack) -> None:
+    token = "<script>alert(1)</script> Validation: Testing client application reachability"
+    for path in ("/api/graph/notifications", "/api/graph/lifecycle"):
+        answer = requests.post(
+            f"{stack.url}{path}?validationToken={quote(token, safe='')}",
+            headers={"Content-Type": "text/plain; charset=utf-8"},
+            timeout=10,
+        )
+        assert answer.status_code == 200
+        assert answer.headers["Content-Type"].split(";")[0] == "text/plain"
+        assert answer.headers["X-Content-Type-Options"] == "nosniff"
+        assert answer.content == token.encode()  # exactly the decoded token, nothing around it
+
+
+def test_a_wrong_client_state_is_ignored_but_answered_202(stack: Stack, ana: CrmUser) -> None:
+    subscription = stack.control.subscriptions(ana.oid)[0]
+    forged = {
+        "value": [{"subscriptionId": subscription["id"], "clientState": "guess", "changeType": "updated"}]
+    }
+    answer = requests.post(f"{stack.url}/api/graph/notifications", json=forged, timeout=10)
+    assert answer.status_code == 202
+    row = stack.storage.table(tables.RECONCILE_PENDING).query_entities(
+        "PartitionKey eq @pk", parameters={"pk": tables.key(ana.tenant, ana.user)}
+    )
+    assert list(row) == []  # no reconcile was requested
+
+
+def test_a_move_in_outlook_is_reported_with_the_exact_times_and_our_writes_are_not(
+    stack: Stack, ana: CrmUser
+) -> None:
+    event = pushed(stack, ana)
+    assert of(stack, ana, CHANGED) == [] and of(stack, ana, DELETED) == []  # our own write: no callback
+    patches = writes(stack, ana, "PATCH")
+
+    # The user drags it to the next morning, in a Pacific-time Outlook.
+    stack.control.user_move_event(
+        ana.oid,
+        event["id"],
+        start={"dateTime": "2027-01-16T07:30:00", "timeZone": "Pacific Standard Time"},
+        end={"dateTime": "2027-01-16T08:15:00", "timeZone": "Pacific Standard Time"},
+    )
+    changed = stack.callbacks.wait_for(CHANGED)
+    assert [c["data"] for c in of(stack, ana, CHANGED)] == [
+        {
+            "activity_id": "act-1",
+            "start": "2027-01-16T15:30:00Z",
+            "end": "2027-01-16T16:15:00Z",
+            "all_day": False,
+        }
+    ]
+    assert changed[0]["tenant_id"] == ana.tenant
+
+    # Reported once: the link holds the user's changeKey; nothing was written back to Outlook.
+    stored = links.get(stack.storage, ana.tenant, ana.user, "act-1")
+    assert stored.link.change_key == next(e for e in ours(stack, ana) if e["id"] == event["id"])["changeKey"]
+    before = status(stack, ana)["last_reconcile_at"]
+    request_reconcile(stack, ana)
+    reconciled_after(stack, ana, before)
+    assert len(of(stack, ana, CHANGED)) == 1
+    assert writes(stack, ana, "PATCH") == patches
+
+    # A subject edit in Outlook is not a reschedule: nothing is reported.
+    stack.control.user_update_event(ana.oid, event["id"], {"subject": "Mi propio título"})
+    wait_until(
+        lambda: (
+            links.get(stack.storage, ana.tenant, ana.user, "act-1").extra.get("ol_key")
+            == next(e for e in ours(stack, ana) if e["id"] == event["id"])["changeKey"]
+        ),
+        what="the edit to be read",
+    )
+    assert len(of(stack, ana, CHANGED)) == 1
+
+
+def test_a_deletion_in_outlook_is_reported_and_a_newer_crm_version_creates_it_again(
+    stack: Stack, ana: CrmUser
+) -> None:
+    event = pushed(stack, ana)
+    stack.control.user_delete_event(ana.oid, event["id"])
+    deleted = stack.callbacks.wait_for(DELETED)
+    assert [c["data"] for c in deleted if c["user_id"] == ana.user] == [{"activity_id": "act-1"}]
+    stored = wait_until(
+        lambda: (
+            (s := links.get(stack.storage, ana.tenant, ana.user, "act-1")).link.outlook_event_id is None and s
+        ),
+        what="the link to be detached",
+    )
+    assert stored.extra.get("deleted_in_outlook_at")
+    assert of(stack, ana, CHANGED) == []
+
+    upsert(stack, ana, version=2, subject="Reprogramada desde el CRM")
+    synced(stack, ana, "act-1", 2)
+    again = ours(stack, ana)
+    assert len(again) == 1 and again[0]["id"] != event["id"]
+    assert again[0]["subject"] == "Reprogramada desde el CRM"
+
+
+def test_lost_notifications_are_caught_by_the_sweep(stack: Stack, ana: CrmUser) -> None:
+    event = pushed(stack, ana)
+    stack.control.set_notifications(drop_probability=1.0)
+    mark = stack.control.deliveries()["last_seq"]
+    stack.control.user_move_event(
+        ana.oid,
+        event["id"],
+        start={"dateTime": "2027-01-20T09:00:00", "timeZone": "UTC"},
+        end={"dateTime": "2027-01-20T10:00:00", "timeZone": "UTC"},
+    )
+    stack.control.deliveries(after=mark, at_least=1, timeout=10, mailbox=ana.oid, outcome="dropped")
+    # Six hours and more since this user's last reconcile: the sweep takes them first.
+    stack.storage.table(tables.CONNECTIONS).update_entity(
+        {
+            "PartitionKey": tables.key(ana.tenant),
+            "RowKey": tables.key(ana.user),
+            "last_reconcile_at": (datetime.now(UTC) - timedelta(hours=7)).isoformat().replace("+00:00", "Z"),
+        }
+    )  # merge: the rest of the row stays
+    answer = requests.post(f"{stack.url}/admin/functions/reconcile_sweep", json={}, timeout=10)
+    assert answer.status_code == 202
+    stack.callbacks.wait_for(CHANGED)
+    assert [c["data"]["start"] for c in of(stack, ana, CHANGED)] == ["2027-01-20T09:00:00Z"]
+
+
+def test_an_expired_delta_token_resyncs_without_duplicate_callbacks(stack: Stack, ana: CrmUser) -> None:
+    first = pushed(stack, ana, "act-1")
+    second = pushed(stack, ana, "act-2", start="2027-02-01T10:00:00", end="2027-02-01T11:00:00")
+    stack.control.user_move_event(
+        ana.oid,
+        first["id"],
+        start={"dateTime": "2027-01-15T18:00:00", "timeZone": "UTC"},
+        end={"dateTime": "2027-01-15T19:00:00", "timeZone": "UTC"},
+    )
+    stack.callbacks.wait_for(CHANGED)
+    stack.control.invalidate_delta_tokens(ana.oid)
+    stack.control.user_move_event(
+        ana.oid,
+        second["id"],
+        start={"dateTime": "2027-02-02T10:00:00", "timeZone": "UTC"},
+        end={"dateTime": "2027-02-02T11:00:00", "timeZone": "UTC"},
+    )
+    stack.callbacks.wait_for(CHANGED, count=2)
+    before = status(stack, ana)["last_reconcile_at"]
+    request_reconcile(stack, ana)  # one more pass over the new round: still nothing new
+    reconciled_after(stack, ana, before)
+    reported = sorted((c["data"]["activity_id"], c["data"]["start"]) for c in of(stack, ana, CHANGED))
+    assert reported == [("act-1", "2027-01-15T18:00:00Z"), ("act-2", "2027-02-02T10:00:00Z")]
+    assert of(stack, ana, DELETED) == []
+
+
+def test_a_subscription_near_expiry_is_renewed_by_the_timer(stack: Stack, ana: CrmUser) -> None:
+    before = stack.control.subscriptions(ana.oid)[0]
+    soon = (datetime.now(UTC) + timedelta(days=1)).isoformat().replace("+00:00", "Z")
+    stack.storage.table(tables.CONNECTIONS).update_entity(
+        {
+            "PartitionKey": tables.key(ana.tenant),
+            "RowKey": tables.key(ana.user),
+            "subscription_expires_at": soon,
+        }
+    )
+    stack.control.advance_clock(days=5, hours=23)  # Graph's side: about a day left as well
+    answer = requests.post(f"{stack.url}/admin/functions/renew_subscriptions", json={}, timeout=10)
+    assert answer.status_code == 202
+    renewed = wait_until(lambda: status(stack, ana)["subscription_expires_at"] != soon and status(stack, ana))
+    after = stack.control.subscriptions(ana.oid)
+    assert [s["id"] for s in after] == [before["id"]]  # the same subscription, extended
+    assert after[0]["expirationDateTime"] > before["expirationDateTime"]
+    left = datetime.fromisoformat(renewed["subscription_expires_at"].replace("Z", "+00:00")) - datetime.now(
+        UTC
+    )
+    assert left > timedelta(days=6)
+    assert renewed["state"] == "connected"
+
+
+def test_a_removed_subscription_is_recreated(stack: Stack, ana: CrmUser) -> None:
+    old = stack.control.subscriptions(ana.oid)[0]["id"]
+    stack.control.send_lifecycle(old, "subscriptionRemoved")
+    fresh = wait_until(
+        lambda: [s for s in stack.control.subscriptions(ana.oid) if s["id"] != old], what="a new subscription"
+    )
+    assert len(fresh) == 1 and fresh[0]["lifecycleNotificationUrl"] == f"{stack.url}/api/graph/lifecycle"
+    wait_until(lambda: status(stack, ana)["subscription_expires_at"] == fresh[0]["expirationDateTime"])
+    # The new subscription works: a change in Outlook still reaches the CRM.
+    event = pushed(stack, ana)
+    stack.control.user_delete_event(ana.oid, event["id"])
+    stack.callbacks.wait_for(DELETED)
+
+
+def test_a_mass_deletion_is_held_flagged_and_released_on_confirmation(stack: Stack, ana: CrmUser) -> None:
+    count = 22  # over 20 and over half of the linked events
+    for i in range(count):
+        upsert(
+            stack,
+            ana,
+            id=f"act-{i}",
+            start=f"2027-03-{i + 1:02d}T10:00:00",
+            end=f"2027-03-{i + 1:02d}T11:00:00",
+        )
+    for i in range(count):
+        synced(stack, ana, f"act-{i}", 1)
+    stack.control.set_notifications(drop_probability=1.0)
+    for event in ours(stack, ana):
+        stack.control.user_delete_event(ana.oid, event["id"])
+    before = status(stack, ana)["last_reconcile_at"]
+    request_reconcile(stack, ana)
+    reconciled_after(stack, ana, before)
+
+    now = status(stack, ana)
+    assert now["held_deletions"] == count
+    assert now["recent_errors"][0]["kind"] == "mass_deletion"
+    assert of(stack, ana, DELETED) == []
+    assert all(s.link.outlook_event_id for s in links.for_user(stack.storage, ana.tenant, ana.user))
+
+    request_reconcile(stack, ana, confirm_deletions=True)
+    stack.callbacks.wait_for(DELETED, count=count)
+    assert sorted(c["data"]["activity_id"] for c in of(stack, ana, DELETED)) == sorted(
+        f"act-{i}" for i in range(count)
+    )
+    wait_until(lambda: status(stack, ana)["held_deletions"] == 0, what="the hold to be released")
+    assert not any(s.link.outlook_event_id for s in links.for_user(stack.storage, ana.tenant, ana.user))
