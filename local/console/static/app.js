@@ -110,6 +110,7 @@ const ui = {
   crm: null, status: null, outlook: null,
   syncJob: null, syncMessage: null,
   busy: false, again: false,
+  formMessage: null, calendarMessage: null,
 };
 
 const $ = (id) => document.getElementById(id);
@@ -182,6 +183,7 @@ function applyLanguage() {
   document.title = `${t("brand")} — ${t("crumb_calendars")}`;
   fillTypes();
   render();
+  showMessages();
 }
 
 // --- the form ------------------------------------------------------------------------------------------
@@ -221,19 +223,14 @@ async function saveActivity(event) {
   const data = Object.fromEntries(new FormData(form).entries());
   data.all_day = $("f-all-day").checked;
   data.show_in_calendar = $("f-show").checked;
-  const message = $("form-message");
-  message.className = "message";
-  message.textContent = "…";
+  tellForm(() => "…", "");
   const answer = await api("/crm/api/activities", data);
   if (answer.status === 400) {
-    message.classList.add("error");
-    message.textContent = t("saved_error", { fields: (answer.body.fields || []).map((f) => `${f.field}: ${f.message}`).join("; ") });
+    tellForm(() => t("saved_error", { fields: (answer.body.fields || []).map((f) => `${f.field}: ${f.message}`).join("; ") }), "error");
   } else if (answer.body && answer.body.service && !answer.body.pushed) {
-    message.classList.add("error");
-    message.textContent = t("push_error", { status: answer.body.service.status, message: serviceMessage(answer.body.service) });
+    tellForm(() => t("push_error", { status: answer.body.service.status, message: serviceMessage(answer.body.service) }), "error");
   } else {
-    message.classList.add("ok");
-    message.textContent = answer.body.pushed ? t("saved_pushed") : t("saved_local");
+    tellForm(() => (answer.body.pushed ? t("saved_pushed") : t("saved_local")), "ok");
     $("f-subject").value = "";
   }
   await refresh();
@@ -241,20 +238,37 @@ async function saveActivity(event) {
 
 // --- the Microsoft calendar panel --------------------------------------------------------------------
 
-function say(text, kind, detail) {
-  const node = $("calendar-message");
-  node.className = `message ${kind || ""}`;
-  node.textContent = text || "";
-  $("calendar-detail").textContent = detail || "";
+// Messages are kept as functions, so the language toggle re-renders them in the other language.
+function tellForm(make, kind) {
+  ui.formMessage = { make, kind };
+  showMessages();
+}
+
+function say(make, kind, detail) {
+  ui.calendarMessage = { make, kind, detail };
+  showMessages();
+}
+
+function showMessages() {
+  const text = (value) => (typeof value === "function" ? value() : value || "");
+  if (ui.formMessage) {
+    $("form-message").className = `message ${ui.formMessage.kind || ""}`;
+    $("form-message").textContent = text(ui.formMessage.make);
+  }
+  if (ui.calendarMessage) {
+    $("calendar-message").className = `message ${ui.calendarMessage.kind || ""}`;
+    $("calendar-message").textContent = text(ui.calendarMessage.make);
+    $("calendar-detail").textContent = text(ui.calendarMessage.detail);
+  }
 }
 
 async function connect() {
-  say(t("connecting"));
+  say(() => t("connecting"));
   const answer = await api("/crm/api/connect", { locale: ui.lang, login_hint: $("login-hint").value.trim() });
   if (answer.status === 200 && answer.body.authorization_url) {
     window.location.assign(answer.body.authorization_url);
   } else {
-    say(serviceMessage(answer), "error");
+    say(() => serviceMessage(answer), "error");
   }
 }
 
@@ -263,13 +277,13 @@ async function sync() {
   const answer = await api("/crm/api/sync", {});
   if (answer.status === 202) {
     ui.syncJob = answer.body.job_id || null;
-    say(t("sync_started", { n: answer.sent }), "");
+    say(() => t("sync_started", { n: answer.sent }), "");
   } else if (answer.status === 200) {
-    say(t("sync_dry"), "ok");
+    say(() => t("sync_dry"), "ok");
   } else if (answer.status === 404 || answer.status === 405) {
-    say(t("sync_missing", { status: answer.status, message: (answer.body && answer.body.message) || "not found" }), "error");
+    say(() => t("sync_missing", { status: answer.status, message: (answer.body && answer.body.message) || "not found" }), "error");
   } else {
-    say(serviceMessage(answer), "error");
+    say(() => serviceMessage(answer), "error");
   }
   await refresh();
 }
@@ -279,9 +293,9 @@ async function disconnect() {
   const answer = await api("/crm/api/disconnect", { remove_events: $("remove-events").value });
   if (answer.status === 200) {
     ui.syncJob = null;
-    say(answer.body.message, "ok", answer.body.events_removed ? t("events_removed", { n: answer.body.events_removed }) : "");
+    say(answer.body.message, "ok", () => (answer.body.events_removed ? t("events_removed", { n: answer.body.events_removed }) : ""));
   } else {
-    say(serviceMessage(answer), "error");
+    say(() => serviceMessage(answer), "error");
   }
   await refresh();
 }
@@ -405,7 +419,7 @@ function renderStatus() {
   if (ui.syncJob && ui.crm) {
     const done = ui.crm.callbacks.find((c) => c.type === "backfill.completed" && (!c.data.job_id || c.data.job_id === ui.syncJob));
     if (done) {
-      say(t("sync_done", done.data), "ok");
+      say(() => t("sync_done", done.data), "ok");
       ui.syncJob = null;
     }
   }
@@ -543,7 +557,7 @@ async function refresh() {
     }
     render();
   } catch (error) {
-    say(t("unreachable"), "error", String(error));
+    say(() => t("unreachable"), "error", String(error));
   } finally {
     ui.busy = false;
     if (ui.again) refresh();
