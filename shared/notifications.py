@@ -9,7 +9,10 @@ marker row and queue one message, delayed by ``COALESCE_SECONDS``; while the mar
 later notifications for that user queue nothing. The worker deletes the marker *before* it reads
 delta, so a notification that found the marker describes a change that read will see, and one
 that comes after the delete queues a new run: a burst yields a few runs and no change is lost.
-A marker whose run never came (older than ``MARKER_LIFETIME``) is replaced. Lifecycle
+A marker whose run never came (older than ``MARKER_LIFETIME``) is replaced. The queued message
+stays invisible for ``COALESCE_SECONDS``, so its run cannot have started (nor deleted the marker)
+before then: within that time this process answers further notifications for the user from
+memory, without touching storage. Lifecycle
 notifications are rare and carry what must be done, so each one queues its own message.
 """
 
@@ -30,6 +33,8 @@ COALESCE_SECONDS = 2
 MARKER_LIFETIME = timedelta(minutes=2)
 _CACHE_SECONDS = 30.0  # subscription rows read by the webhook (id -> row); ids are never reused
 _known: dict[str, tuple[float, Any]] = {}
+_LOCAL_MARGIN = 0.5  # seconds of clock difference allowed between us and the queue service
+_queued_until: dict[tuple[str, str], float] = {}  # (tenant, user) -> monotonic time the run may start
 
 
 class MalformedNotification(ValueError):
@@ -85,6 +90,8 @@ def request_reconcile(storage: Any, tenant: str, user: str, message: dict[str, A
     from azure.core.exceptions import ResourceNotFoundError
     from azure.data.tables import UpdateMode
 
+    if _queued_until.get((tenant, user), 0.0) > time.monotonic():
+        return False  # queued by this process moments ago: that run has not started yet
     table = storage.table(tables.RECONCILE_PENDING)
     entity = {"PartitionKey": tables.key(tenant, user), "RowKey": "", "expires_at": now + MARKER_LIFETIME}
     for _ in range(3):
@@ -117,10 +124,14 @@ def request_reconcile(storage: Any, tenant: str, user: str, message: dict[str, A
         return False  # others kept marking it at the same moment: their runs are queued
     try:
         with tables.storage_errors("queueing a reconcile"):
+            sent_at = time.monotonic()
             storage.send(queues.MAILBOX_RECONCILE, json.dumps(message), delay_seconds=COALESCE_SECONDS)
     except Exception:
         clear_pending(storage, tenant, user)  # no run is coming: let the next notification queue one
         raise
+    if len(_queued_until) > 10_000:
+        _queued_until.clear()
+    _queued_until[(tenant, user)] = sent_at + COALESCE_SECONDS - _LOCAL_MARGIN
     return True
 
 
