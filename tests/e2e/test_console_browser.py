@@ -197,7 +197,8 @@ def show_outlook(page: Page, view: str, day: str, first_day: str) -> None:
     expect(grid).to_have_attribute("data-days", "7" if view == "Semana" else "1")
 
 
-def test_the_help_centre_flow_in_a_browser(console_stack: ConsoleStack, page: Page) -> None:
+def test_the_help_centre_flow_in_a_browser(page: Page, console_stack: ConsoleStack) -> None:
+    # page first: without chromium the test fails at once, before starting the stack
     stack = console_stack
     page.goto(stack.url)
     expect(page.get_by_role("heading", name="Calendario Microsoft")).to_be_visible()
