@@ -305,3 +305,52 @@ def test_the_help_centre_flow_in_a_browser(page: Page, console_stack: ConsoleSta
 
     if backfill_missing:
         pytest.xfail("POST .../backfill is not in function_app.py yet: 'Sincronizar' shows the 404 clearly")
+
+
+def test_the_outlook_view_places_events_in_the_mailbox_zone() -> None:
+    """The console's own placing (no browser): timed events cut per day, all-day events on their dates."""
+    from datetime import date
+
+    from local.console.server import place_events
+
+    utc = "UTC"
+    events = [
+        {  # 22:30-01:00 in Madrid on the night the clocks go back (31 Oct 2027: 03:00 CEST -> 02:00 CET)
+            "id": "e1",
+            "subject": "Late call",
+            "isAllDay": False,
+            "start": {"dateTime": "2027-10-30T20:30:00.0000000", "timeZone": utc},
+            "end": {"dateTime": "2027-10-30T23:00:00.0000000", "timeZone": utc},
+            "singleValueExtendedProperties": [{"id": "x", "value": "y"}],
+        },
+        {
+            "id": "e2",
+            "subject": "Holiday",
+            "isAllDay": True,
+            "start": {"dateTime": "2027-10-29T00:00:00.0000000", "timeZone": utc},
+            "end": {"dateTime": "2027-11-02T00:00:00.0000000", "timeZone": utc},
+        },
+        {
+            "id": "e3",
+            "subject": "Deleted",
+            "isAllDay": False,
+            "deleted": True,
+            "start": {"dateTime": "2027-10-30T10:00:00", "timeZone": utc},
+            "end": {"dateTime": "2027-10-30T11:00:00", "timeZone": utc},
+        },
+    ]
+    placed = place_events(events, "Romance Standard Time", date(2027, 10, 30), 2)
+
+    assert placed["iana_zone"] == "Europe/Paris"
+    pieces = [
+        (e["subject"], e.get("day"), e.get("start_minute"), e.get("end_minute")) for e in placed["events"]
+    ]
+    assert pieces == [
+        ("Holiday", None, None, None),
+        ("Late call", "2027-10-30", 22 * 60 + 30, 1440),
+        ("Late call", "2027-10-31", 0, 60),
+    ]
+    holiday = placed["events"][0]
+    assert (holiday["first_day"], holiday["last_day"]) == ("2027-10-30", "2027-10-31")  # clipped to the view
+    assert placed["events"][1]["ours"] and not holiday["ours"]
+    assert placed["events"][1]["start_label"] == "22:30" and placed["events"][1]["end_label"] == "01:00"
