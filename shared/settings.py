@@ -106,7 +106,7 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         crm_return_origins=frozenset(
             _origin(o, "CRM_RETURN_ORIGINS") for o in read.listed("CRM_RETURN_ORIGINS")
         ),
-        token_encryption_keys=_encryption_keys(read.required("TOKEN_ENCRYPTION_KEYS")),
+        token_encryption_keys=parse_encryption_keys(read.required("TOKEN_ENCRYPTION_KEYS")),
         sync_window_past_days=read.integer("SYNC_WINDOW_PAST_DAYS", 30, lowest=0, highest=1825),
         sync_window_future_days=read.integer("SYNC_WINDOW_FUTURE_DAYS", 365, lowest=1, highest=1825),
         completed_activities=read.choice("COMPLETED_ACTIVITIES", "keep", ("keep", "remove")),
@@ -199,7 +199,7 @@ def _origin(value: str, name: str) -> str:
     return f"{parts.scheme}://{parts.netloc}".lower()
 
 
-def _encryption_keys(raw: str) -> tuple[tuple[str, bytes], ...]:
+def parse_encryption_keys(raw: str) -> tuple[tuple[str, bytes], ...]:
     """``kid:base64key[,kid:base64key...]``, 32-byte AES-256 keys; the first one encrypts."""
     keys: list[tuple[str, bytes]] = []
     for item in raw.split(","):

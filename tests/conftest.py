@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -14,9 +13,9 @@ import pytest
 from local.azurite import Azurite, free_port
 from local.dev_settings import new_secrets, service_environment
 from local.processes import Service
-from shared.settings import storage_settings
-from shared.storage import Storage
-from tests.support.crm import CallbackReceiver, SignedClient
+from tests.support.stack import Stack, launch_stack
+
+__all__ = ["ROOT", "Stack", "wait_until"]
 
 T = TypeVar("T")
 ROOT = Path(__file__).resolve().parent.parent
@@ -86,53 +85,11 @@ def emulator() -> Iterator[Any]:
         yield running
 
 
-@dataclass
-class Stack:
-    """The whole service on this machine: dev host + Azurite + emulator + a CRM that receives callbacks."""
-
-    host: Service
-    crm: SignedClient
-    callbacks: CallbackReceiver
-    emulator: Any
-    storage: Storage
-    secrets: dict[str, str]
-
-    @property
-    def url(self) -> str:
-        return self.host.ready["url"]
-
-    @property
-    def control(self) -> Any:
-        return self.emulator.control
-
-
 @pytest.fixture()
-def stack(start_host, emulator, azurite: Azurite, test_secrets: dict[str, str]) -> Iterator[Stack]:
-    emulator.control.reset()
-    port = free_port()
-    emulator.control.add_app(
-        client_id=test_secrets["MS_CLIENT_ID"],
-        client_secret=test_secrets["MS_CLIENT_SECRET"],
-        redirect_uris=[f"http://127.0.0.1:{port}/api/auth/callback"],
-        display_name="crm-outlook-sync (tests)",
-    )
-    receiver = CallbackReceiver(test_secrets["CRM_SHARED_SECRET"])
-    host = start_host(
-        port=port,
-        MS_AUTHORITY_HOST=emulator.authority_host,
-        GRAPH_API_BASE=emulator.graph_base,
-        REQUESTS_CA_BUNDLE=emulator.ca_path,
-        CRM_CALLBACK_URL=receiver.url,
-        CRM_RETURN_ORIGINS="https://crm.example.com",
-    )
-    storage = Storage(storage_settings({"AzureWebJobsStorage": azurite.connection_string}))
-    yield Stack(
-        host,
-        SignedClient(host.ready["url"], test_secrets["CRM_SHARED_SECRET"]),
-        receiver,
-        emulator,
-        storage,
-        test_secrets,
-    )
-    host.stop()  # first: a callback in flight to a closed receiver would hang until its timeout
-    receiver.close()
+def stack(emulator: Any, azurite: Azurite, test_secrets: dict[str, str]) -> Iterator[Stack]:
+    """The whole stack (tests/support/stack.py); the host's log is printed when a test fails."""
+    running = launch_stack(azurite, emulator, test_secrets)
+    yield running
+    running.close()
+    print("--- host output (shown by pytest when the test fails) ---")
+    print("".join(running.host.output[-300:]))

@@ -1,0 +1,72 @@
+"""The whole service on this machine, for e2e tests and benchmarks alike: the dev host as its own
+process, Azurite, the emulator, and a CRM stand-in (signed client + callback receiver)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from local.azurite import Azurite, free_port
+from local.dev_settings import service_environment
+from local.processes import Service
+from shared.settings import storage_settings
+from shared.storage import Storage
+from tests.support.crm import CallbackReceiver, SignedClient
+
+RETURN_ORIGIN = "https://crm.example.com"
+
+
+@dataclass
+class Stack:
+    host: Service
+    crm: SignedClient
+    callbacks: CallbackReceiver
+    emulator: Any
+    storage: Storage
+    secrets: dict[str, str]
+
+    @property
+    def url(self) -> str:
+        return self.host.ready["url"]
+
+    @property
+    def control(self) -> Any:
+        return self.emulator.control
+
+    def close(self) -> None:
+        self.host.stop()  # first: a callback in flight to a closed receiver would hang until its timeout
+        self.callbacks.close()
+
+
+def launch_stack(azurite: Azurite, emulator: Any, secrets: dict[str, str], **env: str) -> Stack:
+    """Register our app in a freshly reset emulator and start the dev host against it."""
+    emulator.control.reset()
+    port = free_port()
+    emulator.control.add_app(
+        client_id=secrets["MS_CLIENT_ID"],
+        client_secret=secrets["MS_CLIENT_SECRET"],
+        redirect_uris=[f"http://127.0.0.1:{port}/api/auth/callback"],
+        display_name="crm-outlook-sync (tests)",
+    )
+    receiver = CallbackReceiver(secrets["CRM_SHARED_SECRET"])
+    settings = service_environment(
+        storage_connection_string=azurite.connection_string,
+        host_port=port,
+        crm_callback_url=receiver.url,
+        secrets_=secrets,
+        authority_host=emulator.authority_host,
+        graph_api_base=emulator.graph_base,
+        ca_bundle=emulator.ca_path,
+        return_origins=RETURN_ORIGIN,
+    )
+    settings.update(env)
+    host = Service("host", ["-m", "local.host", "--port", str(port)], settings).start()
+    storage = Storage(storage_settings({"AzureWebJobsStorage": azurite.connection_string}))
+    return Stack(
+        host,
+        SignedClient(host.ready["url"], secrets["CRM_SHARED_SECRET"]),
+        receiver,
+        emulator,
+        storage,
+        secrets,
+    )
