@@ -300,10 +300,10 @@ class Console:
         except (crm_signature.SignatureError, ValueError) as error:
             with self.crm.lock:
                 self.crm.rejected += 1
-            self._print(f"[console] callback rejected: {getattr(error, 'reason', error)}")
+            self._print(f"callback rejected: {getattr(error, 'reason', error)}")
             return 401 if isinstance(error, crm_signature.SignatureError) else 400
         if (callback.get("tenant_id"), callback.get("user_id")) != (self.config.tenant, self.config.user):
-            self._print(f"[console] callback {callback.get('type')} for another CRM tenant or user: ignored")
+            self._print(f"callback {callback.get('type')} for another CRM tenant or user: ignored")
             return 200  # verified, so the service did send it: an earlier run's user (the tables persist)
         with self.crm.lock:
             if callback.get("id") in self.crm.seen_callback_ids:
@@ -311,7 +311,7 @@ class Console:
             self.crm.seen_callback_ids.add(callback.get("id"))
             self.crm.callbacks.append({**callback, "received_at": _now(), "verified": True})
             del self.crm.callbacks[:-MAX_CALLBACKS]
-        self._print(f"[console] callback {callback.get('type')} {callback.get('id')} (signature verified)")
+        self._print(f"callback {callback.get('type')} {callback.get('id')} (signature verified)")
         return 200
 
     def state(self) -> dict[str, Any]:
