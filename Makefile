@@ -12,6 +12,9 @@ INFRA_STAMP := $(INFRA_VENV)/.installed
 # The cold-start benchmark's peer app (msgraph-sdk) gets a venv of its own too.
 BENCH_VENV := .venv-bench
 BENCH_STAMP := $(BENCH_VENV)/.installed
+# Debian's chromium for the browser test (Playwright drives it through executable_path; no download).
+CHROMIUM := /usr/bin/chromium
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo )
 
 .PHONY: setup run test lint bench clean
 
@@ -37,8 +40,12 @@ run: setup
 lint: setup
 	$(PY) -m ruff check .
 
-test: lint
+test: lint $(CHROMIUM)
 	$(PY) -m pytest
+
+$(CHROMIUM):
+	$(SUDO)apt-get update
+	$(SUDO)apt-get install -y --no-install-recommends chromium
 
 $(BENCH_STAMP): bench/requirements-peer.txt
 	test -x $(BENCH_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_VENV)
