@@ -85,7 +85,7 @@ MAX_INLINE_BYTES = 45_000  # a queue message holds 64 KiB after base64 (x 4/3)
 CHUNK_BYTES = 60_000  # Edm.Binary properties hold 64 KiB each
 LAST_SYNC_EVERY = timedelta(seconds=60)  # last_sync_at is written at most this often per user
 PREFER = {"Prefer": 'IdType="ImmutableId"'}  # event ids that survive moves between folders
-LOOKUP_SELECT = "id,changeKey,webLink,end"
+LOOKUP_SELECT = "id,changeKey,webLink,start,end"
 CREATING = "creating"  # link extra: a create was (maybe) sent and its answer not yet stored
 
 # Outcomes (returned by ``process`` for logs and tests).
@@ -592,14 +592,16 @@ def _extra(stored: links.StoredLink | None, applied: Applied) -> dict[str, Any]:
     extra["state"] = links.SYNCED
     link = applied.link
     if not (link and link.outlook_event_id):
-        extra.pop("web_link", None)
-        extra.pop("end_utc", None)
+        for name in ("web_link", "start_utc", "end_utc"):
+            extra.pop(name, None)
         return extra
     event = applied.event or {}
     if event.get("webLink"):
         extra["web_link"] = event["webLink"]
-    if isinstance(event.get("end"), dict):
-        extra["end_utc"] = iso(graph_to_utc(event["end"]))
+    # What we wrote, so the reconcile can tell a user's move from our own write.
+    for name in ("start", "end"):
+        if isinstance(event.get(name), dict):
+            extra[f"{name}_utc"] = iso(graph_to_utc(event[name]))
     return extra
 
 
