@@ -9,6 +9,10 @@ A different Microsoft account for the same CRM user: refused while a connection 
 (``connected`` or ``reauth_required``: the user must "Remove sync" first), so events never end up
 split across two mailboxes. After a disconnect, another account may connect; the links to the old
 mailbox's events are dropped then, since they point into a mailbox we no longer reach.
+
+Reconnecting from ``reauth_required`` replays every activity the CRM pushed meanwhile (push keeps
+the latest payload of each), so nothing is lost; unchanged ones cost no Graph write. After
+"Remove sync", older activities come back through "Sync" (backfill), as the CRM's help centre says.
 """
 
 from __future__ import annotations
@@ -206,6 +210,10 @@ def _connect(
     )
     connection = subscribe(services, token, connection, now)
     _save_latest(services, connection)
+    if current.state == REAUTH_REQUIRED:
+        from shared.push import enqueue_replays
+
+        enqueue_replays(services, tenant, user)  # what the CRM pushed while the grant was broken
     callbacks.enqueue(
         services.storage,
         callbacks.CONNECTED,

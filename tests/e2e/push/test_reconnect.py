@@ -1,0 +1,57 @@
+"""What the CRM pushes while a user's grant is broken is not lost: reconnecting replays it."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import requests
+
+from shared import tables
+from tests.conftest import Stack, wait_until
+from tests.e2e.push.conftest import RETURN_URL, connect_user, ours, status, synced, upsert, user_path
+
+pytestmark = pytest.mark.e2e
+
+
+def reconnect(stack: Stack, tenant: str, user: str, upn: str) -> None:
+    body = {"return_url": RETURN_URL, "time_zone": "America/Bogota", "locale": "es", "login_hint": upn}
+    started = stack.crm.post(user_path(tenant, user, "connect"), body).json()
+    at_microsoft = requests.get(
+        started["authorization_url"], verify=stack.emulator.ca_path, allow_redirects=False, timeout=30
+    )
+    landed = requests.get(at_microsoft.headers["Location"], allow_redirects=False, timeout=60)
+    assert "calendar_sync=connected" in landed.headers["Location"]
+
+
+def test_activities_pushed_during_reauth_required_arrive_after_reconnecting(stack: Stack) -> None:
+    who = connect_user(stack)
+    upsert(stack, who, id="before")
+    synced(stack, who, "before", 1)
+    tokens = stack.storage.table(tables.TOKENS)
+    row = tokens.get_entity(tables.key(who.tenant), tables.key(who.user))
+    row["refreshed_at"] = datetime.now(UTC) - timedelta(days=31)  # idle long enough for the health timer
+    tokens.update_entity(row)
+    stack.control.expire_refresh_tokens(who.oid)
+    requests.post(f"{stack.url}/admin/functions/token_health", json={}, timeout=10)
+    wait_until(lambda: status(stack, who)["state"] == "reauth_required", what="reauth_required")
+
+    upsert(stack, who, id="during", subject="Pushed while the grant was broken")
+    upsert(stack, who, id="before", version=2, subject="Changed while the grant was broken")
+    wait_until(
+        lambda: stack.storage.queue("activity-sync").get_queue_properties().approximate_message_count == 0,
+        what="the worker to take both pushes",
+    )
+    assert {e["subject"] for e in ours(stack, who)} == {
+        "Revisar la renovación con Ana"
+    }  # nothing applied yet
+
+    reconnect(stack, who.tenant, who.user, who.upn)
+
+    synced(stack, who, "during", 1)
+    synced(stack, who, "before", 2)
+    assert sorted(e["subject"] for e in ours(stack, who)) == [
+        "Changed while the grant was broken",
+        "Pushed while the grant was broken",
+    ]
+    assert status(stack, who)["state"] == "connected"
