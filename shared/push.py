@@ -469,6 +469,17 @@ def _sync(
             decision = plan(gone or (stored.link if stored else None))
             if decision is None:
                 return DONE
+            if (
+                stored
+                and stored.extra.get(CREATING)
+                and isinstance(decision.action, Nothing)
+                and decision.link is not None
+                and decision.link.version > stored.link.version
+                and not decision.link.outlook_event_id
+            ):
+                # A create of an older version may have reached Outlook while its answer (or the
+                # process) was lost; this newer version wants no event, so that one must go.
+                _remove_lost_creates(client, tenant, activity_id)
             if isinstance(decision.action, Nothing) and decision.link == (stored.link if stored else None):
                 return DONE  # nothing to write anywhere
             lookup_first = True
@@ -502,6 +513,17 @@ def _sync(
                 _touch_last_sync(services, connection, now)
             return DONE
     raise ConflictError("the link kept changing while being synced")
+
+
+def _remove_lost_creates(client: Any, tenant: str, activity_id: str) -> None:
+    from shared.event_render import property_value
+    from shared.graph import NotFoundError
+
+    for event in lookup(client, property_value(tenant, activity_id)):
+        try:
+            client.call("DELETE", f"me/events/{event['id']}")
+        except NotFoundError:
+            pass  # already gone
 
 
 class EventGone(Exception):
