@@ -25,7 +25,9 @@ from shared.settings import storage_settings
 from shared.storage import Storage
 
 log = logging.getLogger("host")
-HOLD_SECONDS = 600  # the host keeps a running message invisible for 10 minutes (renewed if longer)
+# The host keeps a running message invisible for 10 minutes (renewed if longer); a message held by
+# a host that died comes back after that. Chaos tests shorten it (LOCAL_HOST_QUEUE_HOLD_SECONDS).
+HOLD_SECONDS = int(os.environ.get("LOCAL_HOST_QUEUE_HOLD_SECONDS") or 600)
 
 
 @dataclass(frozen=True)
