@@ -9,6 +9,7 @@ import azure.functions as func
 from functions import (
     activity_worker,
     auth,
+    backfill,
     callbacks_worker,
     crm_api,
     crm_events,
@@ -30,4 +31,5 @@ app.register_functions(callbacks_worker.bp)
 app.register_functions(timers.bp)
 app.register_functions(crm_events.bp)
 app.register_functions(activity_worker.bp)
+app.register_functions(backfill.bp)
 app.register_functions(reconcile_worker.bp)

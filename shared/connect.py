@@ -371,7 +371,7 @@ def disconnect(services: Any, tenant: str, user: str, remove_events: str, now: d
 
 
 def status(services: Any, tenant: str, user: str) -> dict[str, Any]:
-    from shared import links, mailbox_sync
+    from shared import backfill_jobs, links, mailbox_sync
 
     current = connections.get(services.storage, tenant, user)
     held = mailbox_sync.held_deletions(services.storage, tenant, user)
@@ -390,6 +390,6 @@ def status(services: Any, tenant: str, user: str) -> dict[str, Any]:
         "last_reconcile_at": current.last_reconcile_at,
         "held_deletions": held,  # Outlook deletions held by the mass-deletion guard (shared/reconcile.py)
         "counts": links.counts(services.storage, tenant, user),
-        "backfill": None,
+        "backfill": backfill_jobs.status(services.storage, tenant, user),
         "recent_errors": list(current.recent_errors),
     }

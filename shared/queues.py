@@ -3,4 +3,5 @@
 ACTIVITY_SYNC = "activity-sync"
 MAILBOX_RECONCILE = "mailbox-reconcile"
 CRM_CALLBACKS = "crm-callbacks"
-QUEUE_NAMES = (ACTIVITY_SYNC, MAILBOX_RECONCILE, CRM_CALLBACKS)
+ACTIVITY_BACKFILL = "activity-backfill"  # backfill chunks of up to 20 activities (shared/backfill_worker.py)
+QUEUE_NAMES = (ACTIVITY_SYNC, MAILBOX_RECONCILE, CRM_CALLBACKS, ACTIVITY_BACKFILL)

@@ -11,6 +11,8 @@ var queueNames = [
   'mailbox-reconcile-poison'
   'crm-callbacks'
   'crm-callbacks-poison'
+  'activity-backfill'
+  'activity-backfill-poison'
 ]
 // Tables the code reads and writes (shared/tables.py TABLE_NAMES holds the same list).
 var tableNames = [
