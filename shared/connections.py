@@ -54,14 +54,10 @@ def iso(moment: datetime) -> str:
 
 
 def get(storage: Any, tenant: str, user: str) -> Connection:
-    from azure.core.exceptions import ResourceNotFoundError
-
-    try:
-        with tables.storage_errors("reading the connection"):
-            row = storage.table(tables.CONNECTIONS).get_entity(tables.key(tenant), tables.key(user))
-    except ResourceNotFoundError:
-        return Connection(tenant, user)
-    return _from_row(row)
+    row = tables.read(
+        storage.table(tables.CONNECTIONS), tables.key(tenant), tables.key(user), "reading the connection"
+    )
+    return Connection(tenant, user) if row is None else _from_row(row)
 
 
 def _from_row(row: Any) -> Connection:

@@ -30,14 +30,10 @@ def partition(tenant: str, user: str) -> str:
 
 
 def get(storage: Any, tenant: str, user: str, activity_id: str) -> StoredLink | None:
-    from azure.core.exceptions import ResourceNotFoundError
-
-    try:
-        with tables.storage_errors("reading a link"):
-            row = storage.table(tables.LINKS).get_entity(partition(tenant, user), tables.key(activity_id))
-    except ResourceNotFoundError:
-        return None
-    return from_row(row)
+    row = tables.read(
+        storage.table(tables.LINKS), partition(tenant, user), tables.key(activity_id), "reading a link"
+    )
+    return None if row is None else from_row(row)
 
 
 def from_row(row: Any) -> StoredLink:
@@ -48,24 +44,11 @@ def from_row(row: Any) -> StoredLink:
 
 def save(storage: Any, tenant: str, user: str, stored: StoredLink) -> StoredLink:
     """Insert, or replace the row read (ETag); ConflictError when someone else wrote it first."""
-    from azure.core import MatchConditions
-    from azure.data.tables import UpdateMode
-
     entity = {name: getattr(stored.link, name) for name in _LINK_FIELDS}
     entity.update(stored.extra)
     entity = {k: v for k, v in entity.items() if v is not None}
     entity.update(PartitionKey=partition(tenant, user), RowKey=tables.key(stored.link.activity_id))
-    table = storage.table(tables.LINKS)
-    with tables.storage_errors("saving a link"):
-        if stored.etag is None:
-            metadata = table.create_entity(entity)
-        else:
-            metadata = table.update_entity(
-                entity,
-                mode=UpdateMode.REPLACE,
-                etag=stored.etag,
-                match_condition=MatchConditions.IfNotModified,
-            )
+    metadata = tables.write(storage.table(tables.LINKS), entity, stored.etag, "saving a link")
     return StoredLink(stored.link, metadata.get("etag"), stored.extra)
 
 

@@ -24,8 +24,24 @@ LINKS = "Links"
 DEDUP = "Dedup"
 JOBS = "Jobs"
 MAILBOX_GATES, ACTIVITIES, ACTIVITY_TYPES = "MailboxGates", "Activities", "ActivityTypes"  # push worker
-MAILBOX_SYNC, RECONCILE_PENDING = "MailboxSync", "ReconcilePending"  # reconcile: delta state + lease, coalescing
-TABLE_NAMES = (CONNECTIONS, TOKENS, OAUTH_FLOWS, SUBSCRIPTIONS, LINKS, DEDUP, JOBS, MAILBOX_GATES, ACTIVITIES, ACTIVITY_TYPES, MAILBOX_SYNC, RECONCILE_PENDING)
+MAILBOX_SYNC, RECONCILE_PENDING = (
+    "MailboxSync",
+    "ReconcilePending",
+)  # reconcile: delta state + lease, coalescing
+TABLE_NAMES = (
+    CONNECTIONS,
+    TOKENS,
+    OAUTH_FLOWS,
+    SUBSCRIPTIONS,
+    LINKS,
+    DEDUP,
+    JOBS,
+    MAILBOX_GATES,
+    ACTIVITIES,
+    ACTIVITY_TYPES,
+    MAILBOX_SYNC,
+    RECONCILE_PENDING,
+)
 
 _FORBIDDEN = re.compile(r"[%/\\#?\x00-\x1f\x7f-\x9f]")
 
@@ -76,3 +92,29 @@ def storage_errors(what: str) -> Iterator[None]:
 
 def etag_of(entity: Any) -> str | None:
     return getattr(entity, "metadata", {}).get("etag")
+
+
+def read(table: Any, partition: str, row: str, what: str) -> Any | None:
+    """One row, or None when there is none."""
+    from azure.core.exceptions import ResourceNotFoundError
+
+    try:
+        with storage_errors(what):
+            return table.get_entity(partition, row)
+    except ResourceNotFoundError:
+        return None
+
+
+def write(table: Any, entity: dict[str, Any], etag: str | None, what: str) -> dict[str, Any]:
+    """Optimistic concurrency in one place: insert when ``etag`` is None (ConflictError if the row
+    appeared meanwhile), else replace only if the row is still the one read (ConflictError if not).
+    Returns the write's metadata (its new ``etag``)."""
+    from azure.core import MatchConditions
+    from azure.data.tables import UpdateMode
+
+    with storage_errors(what):
+        if etag is None:
+            return table.create_entity(entity)
+        return table.update_entity(
+            entity, mode=UpdateMode.REPLACE, etag=etag, match_condition=MatchConditions.IfNotModified
+        )
