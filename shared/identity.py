@@ -148,13 +148,8 @@ class Identity:
         return row.get("refreshed_at") if row else None
 
     def _load_row(self, tenant: str, user: str) -> Any:
-        from azure.core.exceptions import ResourceNotFoundError
-
-        try:
-            with tables.storage_errors("reading the token cache"):
-                return self.storage.table(tables.TOKENS).get_entity(tables.key(tenant), tables.key(user))
-        except ResourceNotFoundError:
-            return None
+        table = self.storage.table(tables.TOKENS)
+        return tables.read(table, tables.key(tenant), tables.key(user), "reading the token cache")
 
 
 def _aad(tenant: str, user: str) -> str:
