@@ -73,6 +73,9 @@ _NOT_CARRIED = ("last_error", "failed_version", CREATING)
 # same throughput (the freed slots wait, as long as the rest stays well under the window) in
 # full batches, and keeps a backfill near one $batch per 20 activities.
 THROTTLE_PAUSE = 5.0
+# A link written by a backfill remembers the job and what it counted as, so a run repeated after
+# the counting failed counts the same again (instead of "unchanged" for its own create).
+JOB_MARK, RESULT_MARK = "backfill_job", "backfill_result"
 
 
 def throttle_pause(retry_after: float) -> float:
@@ -241,6 +244,10 @@ class ChunkRun:
         owned, must_look = self.msg.get("owned") or {}, set(self.msg.get("lookup") or [])
         for i, activity in activities.items():
             found = stored.get(activity.id)
+            if found and found.extra.get(JOB_MARK) == self.job_id and found.extra.get(RESULT_MARK):
+                # Already done by an earlier run of this message whose counting failed afterwards.
+                self.results[i] = found.extra[RESULT_MARK]
+                continue
             status = intent_status(found.extra if found else None, owned.get(str(i)))
             decision = plan_item(
                 activity,
@@ -511,6 +518,17 @@ class ChunkRun:
         """Store the links (one transaction; one by one if someone else wrote meanwhile)."""
         if not saves:
             return
+        saves = [
+            (
+                p,
+                link,
+                extra
+                if note in ("failed", "gone")
+                else {**extra, JOB_MARK: self.job_id, RESULT_MARK: p.counted},
+                note,
+            )
+            for p, link, extra, note in saves
+        ]
         ops = [
             backfill_jobs.replace_op(_link_entity(self.tenant, self.user, link, extra), p.etag)
             for p, link, extra, _ in saves

@@ -1,0 +1,289 @@
+"""Backfill ("Sync") through the whole stack: dev host + Azurite + emulator with throttling on."""
+
+from __future__ import annotations
+
+import copy
+import random
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from shared.event_render import property_value
+from tests.conftest import Stack, wait_until
+from tests.e2e.push import openapi_contract
+from tests.e2e.push.conftest import BASE_ACTIVITY, CrmUser, connect_user, ours, property_of, user_path, utc
+
+BACKFILL = "/api/tenants/{tenant}/users/{user}/backfill"
+ZONES = ["America/Bogota", "Europe/Madrid", "Asia/Tokyo", "America/New_York", "Australia/Sydney", "UTC"]
+
+
+def make_activities(owner: CrmUser, count: int, seed: int = 7) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """A mix of eligible and ineligible activities; returns them and the expected outcome of each
+    eligible one (its UTC instants, or its dates when all-day)."""
+    rng = random.Random(seed)
+    now = datetime.now(UTC)
+    items, expected = [], {}
+    for n in range(count):
+        data = copy.deepcopy(BASE_ACTIVITY)
+        aid = f"bf-{n:05d}"
+        zone = ZONES[n % len(ZONES)]
+        data.update(
+            id=aid,
+            owner_user_id=owner.user,
+            time_zone=zone,
+            subject=f"Actividad {n}",
+            url=f"https://crm.example.com/activities/{aid}",
+        )
+        kind = rng.random()
+        eligible = True
+        if kind < 0.12:  # ended long ago: outside the 30-day window
+            start = now - timedelta(days=rng.randint(40, 400), hours=rng.randint(0, 23))
+            eligible = False
+        elif kind < 0.25:  # recent past, inside the window
+            start = now - timedelta(days=rng.randint(1, 25), hours=rng.randint(0, 23))
+        else:
+            start = now + timedelta(days=rng.randint(1, 300), hours=rng.randint(0, 23))
+        flag = rng.random()
+        if flag < 0.05:
+            data["status"] = "cancelled"
+            eligible = False
+        elif flag < 0.08:
+            data["type"] = {"id": "type-hidden", "name": "Nota", "show_in_calendar": False}
+            eligible = False
+        elif flag < 0.10:
+            data["show_in_calendar"] = False
+            eligible = False
+        if n % 9 == 0:  # all-day, on the activity's local dates
+            day = start.astimezone(ZoneInfo(zone)).date()
+            last = day + timedelta(days=rng.choice([1, 1, 2]))
+            data.update(all_day=True, start=day.isoformat(), end=last.isoformat())
+            if eligible and datetime.combine(last, datetime.min.time(), ZoneInfo(zone)) < now - timedelta(
+                days=30
+            ):
+                eligible = False
+            if eligible:
+                expected[aid] = ("all_day", day, last)
+        else:
+            start = start.replace(minute=rng.choice([0, 15, 30, 45]), second=0, microsecond=0)
+            end = start + timedelta(minutes=rng.choice([15, 30, 60, 90]))
+            if n % 2:  # wall-clock time in the activity's zone, without offset
+                local = ZoneInfo(zone)
+                data.update(
+                    start=start.astimezone(local).replace(tzinfo=None).isoformat(),
+                    end=end.astimezone(local).replace(tzinfo=None).isoformat(),
+                )
+            else:
+                data.update(start=start.isoformat(), end=end.isoformat())
+            if eligible:
+                expected[aid] = ("timed", start, end)
+        items.append(data)
+    return items, expected
+
+
+def post_page(stack: Stack, who: CrmUser, body: dict[str, Any], expect: int) -> dict[str, Any]:
+    answer = stack.crm.post(user_path(who.tenant, who.user, "backfill"), body)
+    assert answer.status_code == expect, answer.text
+    openapi_contract.check("POST", BACKFILL, answer, body)
+    return answer.json()
+
+
+def run_job(stack: Stack, who: CrmUser, items: list[dict[str, Any]], page: int = 500) -> dict[str, Any]:
+    job_id = None
+    for start in range(0, len(items), page):
+        body: dict[str, Any] = {
+            "activities": items[start : start + page],
+            "last_page": start + page >= len(items),
+            "dry_run": False,
+        }
+        if job_id:
+            body["job_id"] = job_id
+        answer = post_page(stack, who, body, 202)
+        job_id = answer["job_id"]
+    assert job_id
+    return {"job_id": job_id}
+
+
+def backfill_status(stack: Stack, who: CrmUser) -> dict[str, Any]:
+    answer = stack.crm.get(user_path(who.tenant, who.user, "status"))
+    assert answer.status_code == 200, answer.text
+    openapi_contract.check("GET", "/api/tenants/{tenant}/users/{user}/status", answer)
+    return answer.json()["backfill"]
+
+
+def completed(stack: Stack, who: CrmUser, job_id: str, timeout: float) -> dict[str, Any]:
+    def done() -> dict[str, Any] | None:
+        found = [c for c in stack.callbacks.of_type("backfill.completed") if c["data"]["job_id"] == job_id]
+        return found[0] if found else None
+
+    return wait_until(done, timeout, f"backfill.completed of {job_id}")
+
+
+def check_events(stack: Stack, who: CrmUser, expected: dict[str, Any]) -> None:
+    events = ours(stack, who)
+    by_value: dict[str, list[dict[str, Any]]] = {}
+    for event in events:
+        by_value.setdefault(property_of(event), []).append(event)
+    assert all(len(v) == 1 for v in by_value.values()), "duplicated events"
+    assert sorted(by_value) == sorted(property_value(who.tenant, aid) for aid in expected)
+    for aid, (kind, start, end) in expected.items():
+        event = by_value[property_value(who.tenant, aid)][0]
+        if kind == "all_day":
+            assert event["isAllDay"] is True
+            assert event["start"]["dateTime"].startswith(start.isoformat())
+            assert event["end"]["dateTime"].startswith(end.isoformat())
+        else:
+            assert utc(event) == (
+                start.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                end.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            ), aid
+
+
+def dry_counts(stack: Stack, who: CrmUser, items: list[dict[str, Any]]) -> dict[str, int]:
+    totals = {"create": 0, "update": 0, "unchanged": 0, "ineligible": 0}
+    for start in range(0, len(items), 500):
+        body = {"activities": items[start : start + 500], "last_page": True, "dry_run": True}
+        answer = post_page(stack, who, body, 200)
+        for key, value in answer["counts"].items():
+            totals[key] += value
+        assert len(answer["plan"]) == len(body["activities"])
+    return totals
+
+
+@pytest.mark.timeout(300)
+def test_two_thousand_activities_backfill_exactly_once_under_throttling(stack: Stack) -> None:
+    who = connect_user(stack, time_zone="Romance Standard Time")
+    items, expected = make_activities(who, 2000)
+    stack.control.reset_counters()
+    stack.control.set_throttling(limit=300, window_seconds=6)  # 50/s, scaled from 10,000 per 600 s
+
+    planned = dry_counts(stack, who, items)
+    assert planned["create"] == len(expected)
+    assert planned["ineligible"] == len(items) - len(expected)
+    assert ours(stack, who) == []  # the dry run wrote nothing
+    assert backfill_status(stack, who) is None
+
+    job = run_job(stack, who, items)
+    done = completed(stack, who, job["job_id"], timeout=150)["data"]
+    assert done == {
+        "job_id": job["job_id"],
+        "created": planned["create"],
+        "updated": 0,
+        "unchanged": 0,
+        "ineligible": planned["ineligible"],
+        "failed": 0,
+    }
+    check_events(stack, who, expected)
+    progress = backfill_status(stack, who)
+    assert progress["state"] == "completed" and progress["percent"] == 100.0
+    assert progress["done"] == progress["total"] == len(items)
+    counters = stack.control.counters(who.oid)["mailboxes"][who.oid]
+    assert sum(counters["throttled"].values()) > 0  # throttling really happened
+    # One $batch per 20 activities, plus one per throttled remnant. (Other Graph traffic of the
+    # mailbox, e.g. the reconcile worker's delta reads after our own writes, is not ours.)
+    batches = counters["requests"]["POST /$batch"]
+    assert batches <= 0.07 * len(expected), counters
+
+    # The same pages again (a new job): nothing is created, everything is unchanged.
+    again = dry_counts(stack, who, items)
+    assert again == {
+        "create": 0,
+        "update": 0,
+        "unchanged": len(expected),
+        "ineligible": len(items) - len(expected),
+    }
+    before = stack.control.counters(who.oid)["totals"][who.oid]["batch_inner"]
+    job2 = run_job(stack, who, items)
+    done2 = completed(stack, who, job2["job_id"], timeout=60)["data"]
+    assert done2["created"] == 0 and done2["unchanged"] == len(expected) and done2["failed"] == 0
+    assert stack.control.counters(who.oid)["totals"][who.oid]["batch_inner"] == before
+    check_events(stack, who, expected)
+    assert len(stack.callbacks.of_type("backfill.completed")) == 2
+    assert stack.storage.queue("activity-backfill-poison").peek_messages() == []
+
+
+def test_a_page_posted_twice_counts_once_and_changes_are_updates(stack: Stack) -> None:
+    who = connect_user(stack)
+    items, expected = make_activities(who, 30, seed=3)
+    first = post_page(stack, who, {"activities": items, "last_page": False}, 202)
+    twice = post_page(stack, who, {"job_id": first["job_id"], "activities": items, "last_page": True}, 202)
+    assert twice["duplicate_page"] is True and twice["total"] == 30
+    done = completed(stack, who, first["job_id"], timeout=60)["data"]
+    assert done["created"] == len(expected) and done["created"] + done["ineligible"] == 30
+    check_events(stack, who, expected)
+    # A later page for a closed job is refused.
+    closed = stack.crm.post(
+        user_path(who.tenant, who.user, "backfill"),
+        {"job_id": first["job_id"], "activities": items[:1], "last_page": True},
+    )
+    assert closed.status_code == 409
+    # New versions of three eligible activities: the dry run and the real run both say update.
+    changed = []
+    for item in items:
+        if item["id"] in expected and len(changed) < 3:
+            changed.append({**item, "version": 2, "subject": item["subject"] + " (movida)"})
+    plan = post_page(stack, who, {"activities": changed, "last_page": True, "dry_run": True}, 200)
+    assert plan["counts"]["update"] == 3
+    job = post_page(stack, who, {"activities": changed, "last_page": True}, 202)
+    assert completed(stack, who, job["job_id"], timeout=60)["data"]["updated"] == 3
+    subjects = {property_of(e): e["subject"] for e in ours(stack, who)}
+    assert all(subjects[property_value(who.tenant, c["id"])].endswith("(movida)") for c in changed)
+
+
+def test_bad_pages_and_items(stack: Stack) -> None:
+    who = connect_user(stack)
+    path = user_path(who.tenant, who.user, "backfill")
+    items, _ = make_activities(who, 3, seed=5)
+    too_many = stack.crm.post(path, {"activities": [items[0]] * 501, "last_page": True})
+    assert too_many.status_code == 400 and too_many.json()["fields"][0]["field"] == "activities"
+    envelope = stack.crm.post(path, {"activities": items, "last_page": "yes"})
+    assert envelope.status_code == 400 and envelope.json()["fields"][0]["field"] == "last_page"
+    bad = [items[0], {**items[1], "subject": 7}, {**items[2], "owner_user_id": "someone-else"}]
+    answer = stack.crm.post(path, {"activities": bad, "last_page": True, "dry_run": True})
+    assert answer.status_code == 200, answer.text
+    openapi_contract.check("POST", BACKFILL, answer)
+    assert [r["field"] for r in answer.json()["rejected"]] == [
+        "activities[1].subject",
+        "activities[2].owner_user_id",
+    ]
+    assert len(answer.json()["plan"]) == 1
+    stranger = stack.crm.post(
+        user_path(who.tenant, "never-connected", "backfill"), {"activities": [], "last_page": True}
+    )
+    assert stranger.status_code == 409
+
+
+def test_an_unfinished_create_is_found_not_duplicated(stack: Stack) -> None:
+    """A create whose answer was lost (the event exists, the link only shows the intent)."""
+    who = connect_user(stack)
+    items, expected = make_activities(who, 12, seed=11)
+    stack.control.add_fault("lost_response", count=1, method="POST", path_contains="$batch")
+    job = post_page(stack, who, {"activities": items, "last_page": True}, 202)
+    done = completed(stack, who, job["job_id"], timeout=60)["data"]
+    assert done["created"] == len(expected) and done["failed"] == 0
+    check_events(stack, who, expected)
+
+
+def test_all_day_and_window_edges_in_the_dry_run(stack: Stack) -> None:
+    who = connect_user(stack)
+    today = date.today()
+    old = {
+        **copy.deepcopy(BASE_ACTIVITY),
+        "id": "old",
+        "owner_user_id": who.user,
+        "all_day": True,
+        "start": (today - timedelta(days=40)).isoformat(),
+        "end": (today - timedelta(days=39)).isoformat(),
+    }
+    recent = {
+        **old,
+        "id": "recent",
+        "start": (today - timedelta(days=3)).isoformat(),
+        "end": today.isoformat(),
+    }
+    plan = post_page(stack, who, {"activities": [old, recent], "last_page": True, "dry_run": True}, 200)
+    assert [(p["activity_id"], p["action"], p["reason"]) for p in plan["plan"]] == [
+        ("old", "ineligible", "out_of_window"),
+        ("recent", "create", None),
+    ]
