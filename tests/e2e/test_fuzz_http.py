@@ -1,0 +1,104 @@
+"""Issue 10: schemathesis over HTTP against the running dev host, from docs/openapi.yaml.
+
+Every operation gets generated requests (valid and invalid by the schema), each sent signed with
+``shared.crm_signature.sign``, unsigned, with a wrong signature or with a stale one. Whatever comes:
+no 5xx; a CRM-facing 4xx is JSON ``{error, message}`` (``fields`` on a validation 400); a request
+without a valid signature to a signed endpoint is 401 ``invalid_signature``. The many-thousand
+example run is in process (tests/integration/test_fuzz_handlers.py); this one proves the same over
+the real host, routing and all."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import requests
+import schemathesis
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from shared import crm_signature
+from tests.conftest import Stack
+
+pytestmark = pytest.mark.e2e
+SPEC = Path(__file__).resolve().parents[2] / "docs" / "openapi.yaml"
+SCHEMA = schemathesis.openapi.from_path(str(SPEC))
+OPERATIONS = [result.ok() for result in SCHEMA.get_all_operations()]
+EXAMPLES_PER_OPERATION = 60
+MODES = ("signed", "signed", "unsigned", "wrong", "stale")
+
+
+@pytest.mark.timeout(300)
+def test_schemathesis_requests_never_get_a_5xx_and_every_4xx_names_the_problem(stack: Stack) -> None:
+    secret = stack.secrets["CRM_SHARED_SECRET"]
+    session = requests.Session()
+    seen: Counter = Counter()
+
+    def check_operation(operation) -> None:
+        signed_endpoint = operation.definition.raw.get("security") != []
+
+        @settings(
+            max_examples=EXAMPLES_PER_OPERATION,
+            derandomize=True,
+            deadline=None,
+            database=None,
+            suppress_health_check=list(HealthCheck),
+        )
+        @given(case=operation.as_strategy(), mode=st.sampled_from(MODES))
+        def run(case, mode: str) -> None:
+            kwargs = case.as_transport_kwargs(base_url=stack.url)
+            body = kwargs.get("data")
+            if "json" in kwargs:
+                body = json.dumps(kwargs["json"]).encode()
+            elif isinstance(body, str):
+                body = body.encode()
+            headers = {k: v for k, v in kwargs["headers"].items() if k != crm_signature.HEADER}
+            prepared = requests.Request(
+                kwargs["method"],
+                kwargs["url"],
+                headers=headers,
+                params=kwargs.get("params"),
+                data=body or b"",
+            ).prepare()
+            raw = prepared.body or b""
+            raw = raw.encode() if isinstance(raw, str) else raw
+            now = time.time()
+            if mode == "signed":
+                prepared.headers[crm_signature.HEADER] = crm_signature.sign(
+                    secret, prepared.method, prepared.path_url, raw, now
+                )
+            elif mode == "wrong":
+                prepared.headers[crm_signature.HEADER] = crm_signature.sign(
+                    "not-" + secret, prepared.method, prepared.path_url, raw, now
+                )
+            elif mode == "stale":
+                prepared.headers[crm_signature.HEADER] = crm_signature.sign(
+                    secret, prepared.method, prepared.path_url, raw, now - 400
+                )
+            answer = session.send(prepared, timeout=60, allow_redirects=False)
+            seen[(operation.path, mode, answer.status_code)] += 1
+            where = f"{prepared.method} {prepared.path_url[:200]} ({mode}) -> {answer.status_code}: {answer.text[:300]}"
+            assert answer.status_code < 500, where
+            crm_facing = operation.path.startswith(("/api/crm", "/api/tenants"))
+            if crm_facing and answer.status_code == 404 and not answer.content:
+                return  # the host's empty 404: a route not registered (yet) or a path no route matches
+            if signed_endpoint and mode != "signed":
+                assert answer.status_code == 401, where
+            if crm_facing and 400 <= answer.status_code < 500:
+                problem = answer.json()
+                assert problem.get("error") and problem.get("message"), where
+                if answer.status_code == 400 and problem["error"] == "invalid_request":
+                    assert problem.get("fields"), where
+
+        run()
+
+    for operation in OPERATIONS:
+        check_operation(operation)
+    total = sum(seen.values())
+    print(f"\nschemathesis over HTTP: {total} requests")
+    for (path, mode, status), n in sorted(seen.items()):
+        print(f"  {path} {mode} {status}: {n}")
+    assert total >= len(OPERATIONS) * EXAMPLES_PER_OPERATION * 0.5
