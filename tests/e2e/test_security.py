@@ -1,0 +1,283 @@
+"""Issue 10: security checks, through the dev host, Azurite and the emulator.
+
+Tokens encrypted at rest; no secret or token in the logs; ``validationToken`` only ever echoed as
+text/plain; forged ``clientState`` ignored; OAuth state single-use and expiring, with PKCE; the
+return_url allowlist; markup in activity text escaped in event bodies; tenants isolated; and the
+pinned requirements audited for known vulnerabilities (when a vulnerability service is reachable)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import ssl
+import subprocess
+import sys
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from urllib.parse import parse_qs, quote, urlsplit
+
+import pytest
+import requests
+
+from shared import queues, tables
+from tests.conftest import Stack, wait_until
+from tests.e2e.push.conftest import (
+    RETURN_URL,
+    CrmUser,
+    activity,
+    connect_user,
+    envelope,
+    ours,
+    property_of,
+    send,
+    synced,
+    upsert,
+    user_path,
+)
+
+pytestmark = pytest.mark.e2e
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = "<script>alert('x')</script>"
+
+
+def table_dump(stack: Stack) -> str:
+    rows = []
+    for name in tables.TABLE_NAMES:
+        for row in stack.storage.table(name).list_entities():
+            rows.append(json.dumps({k: repr(v) for k, v in row.items()}))
+    return "\n".join(rows)
+
+
+def secrets_in(text: str, secrets: dict[str, str]) -> list[str]:
+    found = [name for name, value in secrets.items() if value and value in text]
+    found += [m[:12] + "..." for m in re.findall(r"eyJ[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]{10,}", text)]  # JWTs
+    found += [w for w in ("refresh_token", "access_token", "code_verifier") if w in text]
+    return found
+
+
+def test_tokens_are_encrypted_at_rest_and_nothing_secret_is_logged(stack: Stack) -> None:
+    ana = connect_user(stack)
+    subscription = stack.control.subscriptions(ana.oid)[0]
+    upsert(stack, ana, subject=f"Llamar {SCRIPT}", description=f"Ver {SCRIPT}\n<b>hola</b> & adiós")
+    synced(stack, ana, "act-1", 1)
+
+    at_rest = table_dump(stack)
+    assert stack.storage.table(tables.TOKENS).list_entities()  # there is a token cache, ...
+    assert secrets_in(at_rest, {k: v for k, v in stack.secrets.items() if k != "MS_CLIENT_ID"}) == []
+
+    answer = stack.crm.post(user_path(ana.tenant, ana.user, "disconnect"), {"remove_events": "all"})
+    assert answer.status_code == 200
+    logs = "".join(stack.host.output)
+    secret_values = {
+        "MS_CLIENT_SECRET": stack.secrets["MS_CLIENT_SECRET"],
+        "CRM_SHARED_SECRET": stack.secrets["CRM_SHARED_SECRET"],
+        "TOKEN_ENCRYPTION_KEYS": stack.secrets["TOKEN_ENCRYPTION_KEYS"].split(":", 1)[1],
+        "clientState": subscription["clientState"],
+    }
+    assert len(stack.host.output) > 20  # the host did log the whole flow
+    assert secrets_in(logs, secret_values) == []
+
+
+def test_markup_in_activity_text_is_escaped_in_the_event_body(stack: Stack) -> None:
+    ana = connect_user(stack)
+    contact = {"id": "ct-1", "name": f"Ana {SCRIPT}", "email": "ana@acme.example"}
+    upsert(stack, ana, description=f"Ver {SCRIPT} <img src=x onerror=alert(1)>", contact=contact)
+    synced(stack, ana, "act-1", 1)
+    body = ours(stack, ana)[0]["body"]["content"]
+    assert "<script" not in body.lower() and "<img" not in body.lower()
+    assert "&lt;script&gt;" in body and "&lt;img src=x onerror=alert(1)&gt;" in body
+
+
+def test_validation_tokens_are_plain_text_and_forged_client_state_is_ignored(stack: Stack) -> None:
+    ana = connect_user(stack)
+    for path in ("/api/graph/notifications", "/api/graph/lifecycle"):
+        token = f"Validation: {SCRIPT}<html><body onload=alert(1)>"
+        answer = requests.post(f"{stack.url}{path}?validationToken={quote(token)}", timeout=30)
+        assert answer.status_code == 200 and answer.text == token
+        assert answer.headers["Content-Type"].startswith("text/plain")
+        assert "html" not in answer.headers["Content-Type"]
+        assert answer.headers.get("X-Content-Type-Options") == "nosniff"
+
+    subscription = stack.control.subscriptions(ana.oid)[0]
+    pending = stack.storage.table(tables.RECONCILE_PENDING)
+    key = tables.key(ana.tenant, ana.user)
+
+    def depth() -> int:
+        return stack.storage.queue(queues.MAILBOX_RECONCILE).get_queue_properties().approximate_message_count
+
+    wait_until(lambda: depth() == 0, timeout=60, what="the connect's own reconcile work done")
+    forged = {
+        "value": [
+            {
+                "subscriptionId": subscription["id"],
+                "clientState": "not-" + subscription["clientState"],
+                "changeType": "deleted",
+                "resource": f"Users/{ana.oid}/Events/x",
+            }
+        ]
+    }
+    for path in ("/api/graph/notifications", "/api/graph/lifecycle"):
+        answer = requests.post(f"{stack.url}{path}", json=forged, timeout=30)
+        assert answer.status_code == 202
+    assert depth() == 0
+    assert list(pending.query_entities("PartitionKey eq @pk", parameters={"pk": key})) == []
+
+
+def _start(stack: Stack, tenant: str, user: str, upn: str, return_url: str = RETURN_URL) -> requests.Response:
+    body = {"return_url": return_url, "time_zone": "America/Bogota", "locale": "es", "login_hint": upn}
+    return stack.crm.post(user_path(tenant, user, "connect"), body)
+
+
+def _at_microsoft(stack: Stack, authorization_url: str) -> str:
+    answer = requests.get(authorization_url, verify=stack.emulator.ca_path, allow_redirects=False, timeout=30)
+    assert answer.status_code == 302, answer.text
+    return answer.headers["Location"]
+
+
+def test_oauth_state_is_single_use_expires_and_uses_pkce_and_return_urls_are_allowlisted(
+    stack: Stack,
+) -> None:
+    upn = f"u{uuid.uuid4().hex[:8]}@contoso.example"
+    stack.control.add_user(upn, time_zone="UTC")
+    tenant, user = f"tenant-{uuid.uuid4().hex[:6]}", "user-1"
+
+    for evil in (
+        "https://evil.example/phish",
+        "https://crm.example.com.evil.example/x",
+        "https://crm.example.com@evil.example/x",
+        "http://crm.example.com/x",
+        "javascript:alert(1)",
+    ):
+        refused = _start(stack, tenant, user, upn, return_url=evil)
+        assert refused.status_code == 400 and refused.json()["fields"][0]["field"] == "return_url", evil
+
+    started = _start(stack, tenant, user, upn).json()
+    query = parse_qs(urlsplit(started["authorization_url"]).query)
+    assert query["code_challenge_method"] == ["S256"] and len(query["code_challenge"][0]) >= 43
+    assert datetime.fromisoformat(started["expires_at"].replace("Z", "+00:00")) <= datetime.now(
+        UTC
+    ) + timedelta(minutes=10, seconds=5)
+    callback = _at_microsoft(stack, started["authorization_url"])
+    first = requests.get(callback, allow_redirects=False, timeout=60)
+    assert "calendar_sync=connected" in first.headers["Location"]
+    again = requests.get(callback, allow_redirects=False, timeout=60)  # the same state, replayed
+    assert again.status_code == 400 and "Location" not in again.headers  # unknown state: no redirect
+
+    # A flow older than 10 minutes: age its stored row, as time would.
+    second = _start(stack, tenant, "user-2", upn).json()
+    state = parse_qs(urlsplit(second["authorization_url"]).query)["state"][0]
+    flows = stack.storage.table(tables.OAUTH_FLOWS)
+    row = flows.get_entity(tables.key(state), "")
+    row["expires_at"] = datetime.now(UTC) - timedelta(seconds=1)
+    flows.update_entity(row)
+    late = requests.get(_at_microsoft(stack, second["authorization_url"]), allow_redirects=False, timeout=60)
+    assert "calendar_sync=error" in late.headers["Location"] and "reason=expired" in late.headers["Location"]
+
+
+def _connect_as(stack: Stack, tenant: str, user: str) -> CrmUser:
+    upn = f"u{uuid.uuid4().hex[:10]}@contoso.example"
+    mailbox = stack.control.add_user(upn, time_zone="Romance Standard Time", locale="es-ES")
+    started = _start(stack, tenant, user, upn)
+    assert started.status_code == 200, started.text
+    landed = requests.get(
+        _at_microsoft(stack, started.json()["authorization_url"]), allow_redirects=False, timeout=60
+    )
+    assert "calendar_sync=connected" in landed.headers["Location"]
+    return CrmUser(tenant, user, mailbox["id"], upn)
+
+
+def test_tenants_are_isolated_with_the_same_user_and_activity_ids(stack: Stack) -> None:
+    suffix = uuid.uuid4().hex[:6]
+    a = _connect_as(stack, f"tenant-a-{suffix}", "user/1")
+    b = _connect_as(stack, f"tenant-b-{suffix}", "user/1")
+    upsert(stack, a, subject="Solo A")
+    upsert(stack, b, subject="Solo B")
+    synced(stack, a, "act-1", 1)
+    wait_until(
+        lambda: [c for c in stack.callbacks.of_type("activity.synced") if c["tenant_id"] == b.tenant],
+        what="B synced",
+    )
+    assert [e["subject"] for e in ours(stack, a)] == ["Solo A"]
+    assert [e["subject"] for e in ours(stack, b)] == ["Solo B"]
+    assert property_of(ours(stack, a)[0]).startswith(a.tenant.replace("-", "-"))
+
+    # Tenant A deletes the activity and disconnects: B's event, link and connection stay.
+    send(
+        stack, envelope(a.tenant, "activity.deleted", {"id": "act-1", "owner_user_id": a.user, "version": 2})
+    )
+    wait_until(lambda: ours(stack, a) == [], what="A's event removed")
+    assert (
+        stack.crm.post(user_path(a.tenant, a.user, "disconnect"), {"remove_events": "all"}).status_code == 200
+    )
+    send(stack, envelope(a.tenant, "activity.upserted", activity(a, version=3, subject="A otra vez")))
+    assert [e["subject"] for e in ours(stack, b)] == ["Solo B"]
+    status_b = stack.crm.get(user_path(b.tenant, b.user, "status")).json()
+    assert status_b["state"] == "connected" and status_b["counts"]["synced"] == 1
+
+
+def _pinned(name: str) -> str:
+    for line in (ROOT / "requirements.txt").read_text().splitlines():
+        if line.lower().startswith(f"{name}=="):
+            return line.split("==", 1)[1].split()[0]
+    raise AssertionError(name)
+
+
+def _system_ca() -> str | None:
+    """The machine's CA bundle (the tests point REQUESTS_CA_BUNDLE at the emulator's CA)."""
+    return os.environ.get("PIP_CERT") or ssl.get_default_verify_paths().openssl_cafile
+
+
+def _reachable(url: str) -> str | None:
+    session = requests.Session()
+    session.trust_env = False
+    try:
+        answer = session.get(url, timeout=15, verify=_system_ca() or True)
+    except requests.RequestException as error:
+        return f"{url}: {type(error).__name__}"
+    return None if answer.status_code == 200 else f"{url}: HTTP {answer.status_code}"
+
+
+@pytest.mark.timeout(600)
+def test_pinned_requirements_have_no_known_vulnerabilities() -> None:
+    """pip-audit needs a vulnerability service: OSV (api.osv.dev) or PyPI's per-release JSON API
+    (``/pypi/<name>/<version>/json``, which carries ``vulnerabilities``). When neither answers here,
+    the audit cannot be done and the test says so (skip with the reason) instead of passing."""
+    probes = {
+        "osv": _reachable("https://api.osv.dev/v1/vulns/GHSA-j8r2-6x86-q33q"),
+        "pypi": _reachable(f"https://pypi.org/pypi/requests/{_pinned('requests')}/json"),
+    }
+    service = next((name for name, failure in probes.items() if failure is None), None)
+    if service is None:
+        pytest.skip("no vulnerability service reachable: " + "; ".join(probes.values()))
+    audit = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip_audit",
+            "-r",
+            str(ROOT / "requirements.txt"),
+            "--vulnerability-service",
+            service,
+            "--format",
+            "json",
+            "--progress-spinner",
+            "off",
+        ],
+        env={k: v for k, v in os.environ.items() if k not in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")},
+        capture_output=True,
+        text=True,
+        timeout=540,
+        cwd=ROOT,
+    )
+    report = json.loads(audit.stdout or "{}")
+    skipped = [d["name"] for d in report.get("dependencies", []) if d.get("skip_reason")]
+    vulnerable = {
+        d["name"]: [v["id"] for v in d.get("vulns", [])]
+        for d in report.get("dependencies", [])
+        if d.get("vulns")
+    }
+    assert vulnerable == {}, vulnerable
+    assert skipped == [], f"not audited: {skipped}"
+    assert audit.returncode == 0, audit.stderr[-2000:]
