@@ -26,6 +26,7 @@ def main() -> None:
         tenants=4,
         senders=16,
         settle_timeout=1800.0,
+        max_backlog=int(os.environ.get("CHAOS_MAX_BACKLOG", "300")),
     )
     verbose = os.environ.get("CHAOS_VERBOSE") == "1"
     with tempfile.TemporaryDirectory(prefix="chaos-azurite-") as workdir:

@@ -72,6 +72,9 @@ class ChaosConfig:
     settle_timeout: float = 300.0
     restart_azurite: bool = True
     kill_host: bool = True
+    # The CRM paces its outbox while this many activity-sync messages wait: Azurite's queue
+    # operations slow down with the queue's depth (each receive scans it), Azure's do not.
+    max_backlog: int | None = None
 
 
 @dataclass
@@ -228,10 +231,36 @@ class SendStats:
 class Crm:
     """The CRM's outbox: signed deliveries, retried on 5xx or a failed connection (same event id)."""
 
-    def __init__(self, base_url: str, secret: str, stats: SendStats, deadline_seconds: float = 180.0) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        secret: str,
+        stats: SendStats,
+        deadline_seconds: float = 180.0,
+        backlog: Callable[[], int] | None = None,
+        max_backlog: int | None = None,
+    ) -> None:
         self.base_url, self.secret, self.stats = base_url, secret, stats
         self.deadline_seconds = deadline_seconds
         self.local = threading.local()
+        self.backlog, self.max_backlog = backlog, max_backlog
+        self.sent = 0
+
+    def pace(self) -> None:
+        with self.stats.lock:
+            self.sent += 1
+            due = self.sent % 25 == 0
+        if not (due and self.backlog and self.max_backlog):
+            return
+        while True:
+            try:
+                if self.backlog() <= self.max_backlog:
+                    return
+            except Exception:  # noqa: BLE001 - storage restarting: just go on
+                return
+            with self.stats.lock:
+                self.stats.retries["paced (backlog)"] += 1
+            time.sleep(0.5)
 
     def client(self) -> SignedClient:
         if not hasattr(self.local, "client"):
@@ -239,6 +268,7 @@ class Crm:
         return self.local.client
 
     def deliver(self, body: dict[str, Any]) -> None:
+        self.pace()
         deadline = time.monotonic() + self.deadline_seconds
         pause = 0.2
         while True:
@@ -388,7 +418,13 @@ def run_chaos(
     stack.control.reset_counters()
 
     stats = SendStats()
-    crm = Crm(stack.url, stack.secrets["CRM_SHARED_SECRET"], stats)
+    crm = Crm(
+        stack.url,
+        stack.secrets["CRM_SHARED_SECRET"],
+        stats,
+        backlog=lambda: _depth(stack.storage, queues.ACTIVITY_SYNC),
+        max_backlog=config.max_backlog,
+    )
     thirds = [plan.deliveries[i::3] for i in range(3)]  # three interleaved slices, sent one after another
     chaos_log: list[str] = []
     with ThreadPoolExecutor(config.senders, thread_name_prefix="crm") as pool:
