@@ -122,7 +122,10 @@ def accept(storage: Any, raw: dict[str, Any], event: CrmEvent, now: datetime) ->
     """Record the event id once and queue the work; ``DUPLICATE`` when the id was seen before.
 
     The Dedup row is written first, so two concurrent deliveries of one id queue it once. If
-    queueing then fails the row is removed again and the error raised (the CRM retries)."""
+    queueing then fails the row is removed again and the error raised (the CRM retries). The row
+    says ``queued`` only once the work is queued: a retry that finds it unconfirmed (the process
+    died between the two writes) queues the work again rather than losing it (applying an event
+    twice is harmless; never applying it is not)."""
     message = message_for(event, raw)
     entity: dict[str, Any] = {
         "PartitionKey": tables.key(event.tenant_id),
@@ -138,9 +141,10 @@ def accept(storage: Any, raw: dict[str, Any], event: CrmEvent, now: datetime) ->
     table = storage.table(tables.DEDUP)
     try:
         with tables.storage_errors("recording the event id"):
-            table.create_entity(entity)
+            table.create_entity({**entity, "queued": False})
     except ConflictError:
-        return DUPLICATE
+        if _queued(table, entity):
+            return DUPLICATE
     try:
         with tables.storage_errors("queueing the event"):
             storage.send(queues.ACTIVITY_SYNC, encoded)
@@ -151,7 +155,27 @@ def accept(storage: Any, raw: dict[str, Any], event: CrmEvent, now: datetime) ->
         except Exception:  # noqa: BLE001 - best effort; the original error is what the CRM must see
             log.warning("An event id stayed recorded although its work was not queued")
         raise
+    try:
+        with tables.storage_errors("confirming the event queued"):
+            table.update_entity(
+                {"PartitionKey": entity["PartitionKey"], "RowKey": entity["RowKey"], "queued": True}
+            )  # merge
+    except Exception:  # noqa: BLE001 - a retry of this id then queues it once more: harmless
+        log.info("An event was queued but not confirmed on its id")
     return ACCEPTED
+
+
+def _queued(table: Any, entity: dict[str, Any]) -> bool:
+    """Whether the delivery that recorded this id confirmed its work queued (rows written before
+    the ``queued`` flag existed count as queued)."""
+    from azure.core.exceptions import ResourceNotFoundError
+
+    try:
+        with tables.storage_errors("reading the event id"):
+            row = table.get_entity(entity["PartitionKey"], entity["RowKey"], select=["queued"])
+    except ResourceNotFoundError:
+        return False  # forgotten meanwhile (its queueing failed): queue it now
+    return row.get("queued") is not False
 
 
 def _encode(message: dict[str, Any]) -> bytes:
