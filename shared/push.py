@@ -488,8 +488,12 @@ def _sync(
     client = MailboxClient(services, tenant, user)
     with _one_at_a_time(tenant, user, activity_id):
         gone: Link | None = None  # our event turned out deleted in Outlook: plan as if unlinked
+        created: str | None = None  # an event we created whose link another worker wrote over
         for _ in range(5):
             stored = links.get(services.storage, tenant, user, activity_id)
+            if created and not (stored and stored.link.outlook_event_id == created):
+                _delete_quietly(client, created)  # the link names another event: ours is a duplicate
+            created = None
             decision = plan(gone or (stored.link if stored else None))
             if decision is None:
                 return DONE
@@ -531,6 +535,8 @@ def _sync(
                 links.save(services.storage, tenant, user, saved)
             except ConflictError:
                 gone = None
+                if isinstance(applied.action, Create):
+                    created = applied.link.outlook_event_id
                 continue  # someone else stored this link meanwhile: decide again from theirs
             _report(services, tenant, user, decision, applied, saved.extra)
             if client.wrote:
@@ -541,13 +547,19 @@ def _sync(
 
 def _remove_lost_creates(client: Any, tenant: str, activity_id: str) -> None:
     from shared.event_render import property_value
-    from shared.graph import NotFoundError
 
     for event in lookup(client, property_value(tenant, activity_id)):
-        try:
-            client.call("DELETE", f"me/events/{event['id']}")
-        except NotFoundError:
-            pass  # already gone
+        _delete_quietly(client, event["id"])
+
+
+def _delete_quietly(client: Any, event_id: str) -> None:
+    """Delete one of our events; a 404 means it is already gone."""
+    from shared.graph import NotFoundError
+
+    try:
+        client.call("DELETE", f"me/events/{event_id}")
+    except NotFoundError:
+        pass
 
 
 class EventGone(Exception):
@@ -600,10 +612,7 @@ def apply(client: Any, decision: Decision, *, lookup_first: bool = True) -> Appl
                     after(decision, event_id=body["id"], change_key=body.get("changeKey")), body, action
                 )
         for duplicate in found[1:]:  # ours too (same property): a create that was retried elsewhere
-            try:
-                client.call("DELETE", f"me/events/{duplicate['id']}")
-            except NotFoundError:
-                pass
+            _delete_quietly(client, duplicate["id"])
         decision = adopt(decision, found[0]["id"])
         action = decision.action
     if isinstance(action, Update):
@@ -614,10 +623,7 @@ def apply(client: Any, decision: Decision, *, lookup_first: bool = True) -> Appl
         body = answer.body or {}
         return Applied(after(decision, change_key=body.get("changeKey")), body, action)
     if isinstance(action, Delete):
-        try:
-            client.call("DELETE", f"me/events/{action.event_id}")
-        except NotFoundError:
-            pass  # already gone
+        _delete_quietly(client, action.event_id)
         return Applied(decision.link, None, action)
     return Applied(decision.link, None, action)
 

@@ -187,3 +187,42 @@ def test_extras_follow_the_event() -> None:
         push.Applied(replace(applied.link, outlook_event_id=None)),
     )
     assert gone == {"state": "synced"}
+
+
+def test_an_event_we_created_is_removed_when_another_worker_linked_a_different_one(monkeypatch) -> None:
+    """Two workers created at once (a race around the intent); the one whose link write lost
+    deletes its own event instead of leaving a duplicate."""
+    from types import SimpleNamespace
+
+    from shared import links
+
+    graph = FakeGraph()
+    saved: dict[str, links.StoredLink] = {}
+    raced: list[bool] = []
+
+    def fake_save(storage, tenant, user, stored):
+        if stored.link.outlook_event_id and not raced:  # the other worker wins the first link write
+            raced.append(True)
+            other = graph.call(
+                "POST", "me/events", json=plan_upsert(activity(), None, USER).action.event
+            ).body
+            saved["link"] = links.StoredLink(replace(stored.link, outlook_event_id=other["id"]), "etag-2", {})
+            from shared.errors import ConflictError
+
+            raise ConflictError("someone else wrote first")
+        saved["link"] = stored
+        return stored
+
+    monkeypatch.setattr(links, "save", fake_save)
+    monkeypatch.setattr(links, "get", lambda storage, tenant, user, activity_id: saved.get("link"))
+    monkeypatch.setattr(
+        push, "MailboxClient", lambda services, tenant, user: SimpleNamespace(call=graph.call, wrote=False)
+    )
+    monkeypatch.setattr(push, "_report", lambda *args, **kwargs: None)
+    connection = SimpleNamespace(tenant="tenant-1", user="user-1")
+    services = SimpleNamespace(storage=None)
+
+    push._sync(services, connection, "act-1", None, lambda link: plan_upsert(activity(), link, USER))
+
+    assert raced and len(graph.calls) >= 3  # both created; the loser then deleted its own
+    assert list(graph.events) == [saved["link"].link.outlook_event_id]  # one event: the linked one
