@@ -22,6 +22,7 @@ import pytest
 import requests
 
 from shared import queues, tables
+from shared.event_render import parse_property_value
 from tests.conftest import Stack, wait_until
 from tests.e2e.push.conftest import (
     RETURN_URL,
@@ -201,7 +202,8 @@ def test_tenants_are_isolated_with_the_same_user_and_activity_ids(stack: Stack) 
     )
     assert [e["subject"] for e in ours(stack, a)] == ["Solo A"]
     assert [e["subject"] for e in ours(stack, b)] == ["Solo B"]
-    assert property_of(ours(stack, a)[0]).startswith(a.tenant.replace("-", "-"))
+    assert parse_property_value(property_of(ours(stack, a)[0])) == (a.tenant, "act-1")
+    assert parse_property_value(property_of(ours(stack, b)[0])) == (b.tenant, "act-1")
 
     # Tenant A deletes the activity and disconnects: B's event, link and connection stay.
     send(
