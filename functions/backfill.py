@@ -7,18 +7,11 @@ from __future__ import annotations
 
 import logging
 from datetime import UTC, datetime
+from typing import Any
 
 import azure.functions as func
 
-from functions.http import (
-    Rejected,
-    authenticate,
-    json_response,
-    problem,
-    read_json,
-    route_ids,
-    validation_problem,
-)
+from functions.http import json_response, problem, read_json, route_ids, signed
 from shared.queues import ACTIVITY_BACKFILL
 
 bp = func.Blueprint()
@@ -27,31 +20,21 @@ USER_ROUTE = "tenants/{tenant}/users/{user}"
 
 
 @bp.route(route=f"{USER_ROUTE}/backfill", methods=["POST"], auth_level=func.AuthLevel.ANONYMOUS)
-def backfill(req: func.HttpRequest) -> func.HttpResponse:
+@signed("The page could not be taken")
+def backfill(req: func.HttpRequest, deps: Any) -> func.HttpResponse:
     from shared import backfill as use_case
-    from shared import services
-    from shared.contract import ValidationError
-    from shared.errors import SyncError
 
-    deps = services.get()
+    tenant, user = route_ids(req, "tenant", "user")
+    request = use_case.parse_request(read_json(req), user)
+    now = datetime.now(UTC)
     try:
-        authenticate(req, deps.settings.crm_shared_secrets)
-        tenant, user = route_ids(req, "tenant", "user")
-        request = use_case.parse_request(read_json(req), user)
-        now = datetime.now(UTC)
         if request.dry_run:
             return json_response(use_case.dry_run(deps, tenant, user, request, now))
         return json_response(use_case.accept_page(deps, tenant, user, request, now), 202)
-    except Rejected as rejected:
-        return rejected.response
-    except ValidationError as error:
-        return validation_problem(error)
     except use_case.NotConnected as error:
         return problem(409, "not_connected", f"Backfill needs a connected user: {error.message}.")
     except use_case.JobClosed as error:
         return problem(409, "job_closed", f"This job is closed: {error.message}.")
-    except SyncError as error:
-        return problem(503, "unavailable", f"The page could not be taken right now: {error.message}")
 
 
 @bp.queue_trigger(arg_name="msg", queue_name=ACTIVITY_BACKFILL, connection="AzureWebJobsStorage")

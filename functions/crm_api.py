@@ -5,77 +5,40 @@ Each is signed (functions/http.py); the use cases live in shared/connect.py."""
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 import azure.functions as func
 
-from functions.http import (
-    Rejected,
-    authenticate,
-    json_response,
-    problem,
-    read_json,
-    route_ids,
-    validation_problem,
-)
+from functions.http import json_response, read_json, route_ids, signed
 
 bp = func.Blueprint()
 USER_ROUTE = "tenants/{tenant}/users/{user}"
 
 
 @bp.route(route=f"{USER_ROUTE}/connect", methods=["POST"], auth_level=func.AuthLevel.ANONYMOUS)
-def connect(req: func.HttpRequest) -> func.HttpResponse:
+@signed("Sign-in cannot start")
+def connect(req: func.HttpRequest, deps: Any) -> func.HttpResponse:
     from shared import connect as use_case
-    from shared import services
-    from shared.contract import ValidationError
-    from shared.errors import SyncError
 
-    deps = services.get()
-    try:
-        authenticate(req, deps.settings.crm_shared_secrets)
-        tenant, user = route_ids(req, "tenant", "user")
-        request = use_case.parse_connect_request(read_json(req), deps.settings.crm_return_origins)
-        return json_response(use_case.begin_connect(deps, tenant, user, request, datetime.now(UTC)))
-    except Rejected as rejected:
-        return rejected.response
-    except ValidationError as error:
-        return validation_problem(error)
-    except SyncError as error:
-        return problem(503, "unavailable", f"Sign-in cannot start right now: {error.message}", None)
+    tenant, user = route_ids(req, "tenant", "user")
+    request = use_case.parse_connect_request(read_json(req), deps.settings.crm_return_origins)
+    return json_response(use_case.begin_connect(deps, tenant, user, request, datetime.now(UTC)))
 
 
 @bp.route(route=f"{USER_ROUTE}/disconnect", methods=["POST"], auth_level=func.AuthLevel.ANONYMOUS)
-def disconnect(req: func.HttpRequest) -> func.HttpResponse:
+@signed("The sync could not be removed")
+def disconnect(req: func.HttpRequest, deps: Any) -> func.HttpResponse:
     from shared import connect as use_case
-    from shared import services
-    from shared.contract import ValidationError
-    from shared.errors import SyncError
 
-    deps = services.get()
-    try:
-        authenticate(req, deps.settings.crm_shared_secrets)
-        tenant, user = route_ids(req, "tenant", "user")
-        choice = use_case.parse_disconnect_request(read_json(req, optional=True))
-        return json_response(use_case.disconnect(deps, tenant, user, choice, datetime.now(UTC)))
-    except Rejected as rejected:
-        return rejected.response
-    except ValidationError as error:
-        return validation_problem(error)
-    except SyncError as error:
-        return problem(503, "unavailable", f"The sync could not be removed right now: {error.message}", None)
+    tenant, user = route_ids(req, "tenant", "user")
+    choice = use_case.parse_disconnect_request(read_json(req, optional=True))
+    return json_response(use_case.disconnect(deps, tenant, user, choice, datetime.now(UTC)))
 
 
 @bp.route(route=f"{USER_ROUTE}/status", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
-def status(req: func.HttpRequest) -> func.HttpResponse:
+@signed("Status is unavailable")
+def status(req: func.HttpRequest, deps: Any) -> func.HttpResponse:
     from shared import connect as use_case
-    from shared import services
-    from shared.errors import SyncError
 
-    deps = services.get()
-    try:
-        authenticate(req, deps.settings.crm_shared_secrets)
-        tenant, user = route_ids(req, "tenant", "user")
-        return json_response(use_case.status(deps, tenant, user))
-    except Rejected as rejected:
-        return rejected.response
-    except SyncError as error:
-        return problem(503, "unavailable", f"Status is unavailable right now: {error.message}", None)
+    tenant, user = route_ids(req, "tenant", "user")
+    return json_response(use_case.status(deps, tenant, user))

@@ -7,30 +7,22 @@ with ``status`` ``accepted`` or ``duplicate``. No Graph call is made while the C
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 import azure.functions as func
 
-from functions.http import Rejected, authenticate, json_response, problem, read_json, validation_problem
+from functions.http import json_response, read_json, signed
 
 bp = func.Blueprint()
 
 
 @bp.route(route="crm/events", methods=["POST"], auth_level=func.AuthLevel.ANONYMOUS)
-def crm_events(req: func.HttpRequest) -> func.HttpResponse:
-    from shared import push, services
-    from shared.contract import ValidationError, parse_crm_event
-    from shared.errors import SyncError
+@signed("The event could not be queued")
+def crm_events(req: func.HttpRequest, deps: Any) -> func.HttpResponse:
+    from shared import push
+    from shared.contract import parse_crm_event
 
-    deps = services.get()
-    try:
-        authenticate(req, deps.settings.crm_shared_secrets)
-        raw = read_json(req)
-        event = parse_crm_event(raw)
-        outcome = push.accept(deps.storage, raw, event, datetime.now(UTC))
-    except Rejected as rejected:
-        return rejected.response
-    except ValidationError as error:
-        return validation_problem(error)
-    except SyncError as error:
-        return problem(503, "unavailable", f"The event could not be queued right now: {error.message}")
+    raw = read_json(req)
+    event = parse_crm_event(raw)
+    outcome = push.accept(deps.storage, raw, event, datetime.now(UTC))
     return json_response({"id": event.id, "status": outcome}, 202)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import time
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -96,3 +97,36 @@ def validation_problem(error: Any) -> func.HttpResponse:
     body = error.as_json()
     body["message"] = "Some fields are invalid: " + ", ".join(f["field"] for f in body["fields"]) + "."
     return json_response(body, 400)
+
+
+def signed(
+    unavailable: str,
+) -> Callable[[Callable[..., func.HttpResponse]], Callable[..., func.HttpResponse]]:
+    """Decorate one of the CRM's signed endpoints, written as ``handler(req, deps)``: the signature
+    is verified first, then ``Rejected``, a ``ValidationError`` and any ``SyncError`` become their
+    answers (the handler's, 400 naming the fields, 503 "``unavailable`` right now")."""
+
+    def decorate(handler: Callable[..., func.HttpResponse]) -> Callable[..., func.HttpResponse]:
+        # Not functools.wraps: the Functions worker binds parameters by the visible signature.
+        def endpoint(req: func.HttpRequest) -> func.HttpResponse:
+            from shared import services
+            from shared.contract import ValidationError
+            from shared.errors import SyncError
+
+            deps = services.get()
+            try:
+                authenticate(req, deps.settings.crm_shared_secrets)
+                return handler(req, deps)
+            except Rejected as rejected:
+                return rejected.response
+            except ValidationError as error:
+                return validation_problem(error)
+            except SyncError as error:
+                return problem(503, "unavailable", f"{unavailable} right now: {error.message}")
+
+        endpoint.__name__ = handler.__name__
+        endpoint.__qualname__ = handler.__qualname__
+        endpoint.__doc__ = handler.__doc__
+        return endpoint
+
+    return decorate

@@ -8,9 +8,11 @@ queue."""
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import azure.functions as func
 
+from functions.http import json_response, problem, read_json, route_ids, signed
 from shared.queues import MAILBOX_RECONCILE
 
 bp = func.Blueprint()
@@ -28,27 +30,17 @@ def reconcile_mailbox(msg: func.QueueMessage) -> None:
 @bp.route(
     route="tenants/{tenant}/users/{user}/reconcile", methods=["POST"], auth_level=func.AuthLevel.ANONYMOUS
 )
-def request_reconcile(req: func.HttpRequest) -> func.HttpResponse:
+@signed("The reconcile could not be queued")
+def request_reconcile(req: func.HttpRequest, deps: Any) -> func.HttpResponse:
     """Signed CRM call: reconcile now; ``{"confirm_deletions": true}`` releases deletions held by
     the mass-deletion guard (the user confirmed they meant to delete those events)."""
-    from functions.http import Rejected, authenticate, json_response, problem, read_json, route_ids
-    from shared import reconcile, services
-    from shared.errors import SyncError
+    from shared import reconcile
 
-    deps = services.get()
-    try:
-        authenticate(req, deps.settings.crm_shared_secrets)
-        tenant, user = route_ids(req, "tenant", "user")
-        body = read_json(req, optional=True)
-        if body is None:
-            body = {}
-        confirm = body.get("confirm_deletions", False) if isinstance(body, dict) else None
-        if not isinstance(confirm, bool):
-            fields = [{"field": "confirm_deletions", "message": "must be true or false"}]
-            return problem(400, "invalid_request", "Some fields are invalid: confirm_deletions.", fields)
-        reconcile.request(deps, tenant, user, confirm_deletions=confirm)
-        return json_response({"status": "queued", "confirm_deletions": confirm}, 202)
-    except Rejected as rejected:
-        return rejected.response
-    except SyncError as error:
-        return problem(503, "unavailable", f"The reconcile could not be queued: {error.message}", None)
+    tenant, user = route_ids(req, "tenant", "user")
+    body = read_json(req, optional=True)
+    confirm = (body or {}).get("confirm_deletions", False) if isinstance(body, dict | None) else None
+    if not isinstance(confirm, bool):
+        fields = [{"field": "confirm_deletions", "message": "must be true or false"}]
+        return problem(400, "invalid_request", "Some fields are invalid: confirm_deletions.", fields)
+    reconcile.request(deps, tenant, user, confirm_deletions=confirm)
+    return json_response({"status": "queued", "confirm_deletions": confirm}, 202)
