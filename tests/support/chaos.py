@@ -225,6 +225,7 @@ class SendStats:
     answers: Counter = field(default_factory=Counter)  # accepted / duplicate / http status
     retries: Counter = field(default_factory=Counter)  # why a delivery was tried again
     unexpected: list[str] = field(default_factory=list)
+    paced_seconds: float = 0.0  # the CRM waiting for the backlog to shrink
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -259,7 +260,7 @@ class Crm:
             except Exception:  # noqa: BLE001 - storage restarting: just go on
                 return
             with self.stats.lock:
-                self.stats.retries["paced (backlog)"] += 1
+                self.stats.paced_seconds += 0.5
             time.sleep(0.5)
 
     def client(self) -> SignedClient:
@@ -506,6 +507,7 @@ def run_chaos(
         "shuffled_activities": plan.shuffled,
         "answers": dict(stats.answers),
         "crm_retries": dict(stats.retries),
+        "crm_paced_seconds": round(stats.paced_seconds, 1),
         "unexpected_answers": stats.unexpected[:20],
         "chaos": chaos_log,
         "faults_injected": dict(faults),
