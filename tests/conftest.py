@@ -81,7 +81,9 @@ def emulator() -> Iterator[Any]:
     from local.emulator import start_emulator
 
     with start_emulator() as running, pytest.MonkeyPatch.context() as patch:
+        # requests lets these override Session.verify (MSAL's `verify=` included): trust the emulator's CA.
         patch.setenv("REQUESTS_CA_BUNDLE", running.ca_path)
+        patch.setenv("CURL_CA_BUNDLE", running.ca_path)
         yield running
 
 

@@ -16,15 +16,12 @@ from pathlib import Path
 
 import pytest
 import requests
+import schemathesis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from shared import crm_signature
 from tests.conftest import Stack
-
-schemathesis = pytest.importorskip(
-    "schemathesis", reason="add schemathesis==4.32.5 to requirements-dev.txt (issue 10)"
-)
 
 pytestmark = pytest.mark.e2e
 SPEC = Path(__file__).resolve().parents[2] / "docs" / "openapi.yaml"

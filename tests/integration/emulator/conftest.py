@@ -14,20 +14,15 @@ import msal
 import pytest
 import requests
 
-from local.emulator import start_emulator
-
 REDIRECT_URI = "http://localhost:7071/api/auth/callback"
 SCOPES = ["Calendars.ReadWrite", "User.Read", "MailboxSettings.Read"]
 
 
 @pytest.fixture(scope="session")
-def emu():
-    # requests lets REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE override Session.verify (MSAL's `verify=` included),
-    # so point them at the emulator's throwaway CA for the whole session.
-    with start_emulator() as running, pytest.MonkeyPatch.context() as mp:
-        mp.setenv("REQUESTS_CA_BUNDLE", running.ca_path)
-        mp.setenv("CURL_CA_BUNDLE", running.ca_path)
-        yield running
+def emu(emulator):
+    """The session's one emulator (tests/conftest.py), which also points REQUESTS_CA_BUNDLE and
+    CURL_CA_BUNDLE at its CA: a second emulator would leave one of the two CAs untrusted."""
+    return emulator
 
 
 @pytest.fixture
@@ -38,20 +33,30 @@ def ctl(emu):
 
 @pytest.fixture
 def app(ctl):
-    return ctl.add_app(client_id="11111111-2222-3333-4444-555555555555", client_secret="s3cret",
-                       redirect_uris=[REDIRECT_URI], display_name="CRM sync")
+    return ctl.add_app(
+        client_id="11111111-2222-3333-4444-555555555555",
+        client_secret="s3cret",
+        redirect_uris=[REDIRECT_URI],
+        display_name="CRM sync",
+    )
 
 
 @pytest.fixture
 def user(ctl):
-    return ctl.add_user("ana@contoso.example", display_name="Ana Pérez", time_zone="Romance Standard Time",
-                        locale="es-ES")
+    return ctl.add_user(
+        "ana@contoso.example", display_name="Ana Pérez", time_zone="Romance Standard Time", locale="es-ES"
+    )
 
 
 def msal_app(emu, app, tenant="common", cache=None):
     return msal.ConfidentialClientApplication(
-        app["client_id"], client_credential=app["client_secret"], authority=f"{emu.authority_host}/{tenant}",
-        instance_discovery=False, verify=emu.ca_path, token_cache=cache)
+        app["client_id"],
+        client_credential=app["client_secret"],
+        authority=f"{emu.authority_host}/{tenant}",
+        instance_discovery=False,
+        verify=emu.ca_path,
+        token_cache=cache,
+    )
 
 
 def browser_sign_in(emu, auth_uri: str) -> dict:
@@ -70,20 +75,47 @@ def sign_in(emu, app, user, scopes=SCOPES, cache=None):
     return client, result
 
 
-def raw_token(emu, app, user, scopes=("Calendars.ReadWrite", "User.Read", "MailboxSettings.Read",
-                                      "offline_access", "openid")) -> dict:
+def raw_token(
+    emu,
+    app,
+    user,
+    scopes=("Calendars.ReadWrite", "User.Read", "MailboxSettings.Read", "offline_access", "openid"),
+) -> dict:
     """Auth-code + PKCE by hand (faster than MSAL for tests that only need a token)."""
     verifier = secrets.token_urlsafe(32)
     challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).decode().rstrip("=")
-    params = {"client_id": app["client_id"], "response_type": "code", "redirect_uri": REDIRECT_URI,
-              "scope": " ".join(scopes), "state": "st", "code_challenge": challenge,
-              "code_challenge_method": "S256", "login_hint": user["upn"]}
-    resp = requests.get(f"{emu.authority_host}/common/oauth2/v2.0/authorize", params=params,
-                        verify=emu.ca_path, allow_redirects=False, timeout=10)
+    params = {
+        "client_id": app["client_id"],
+        "response_type": "code",
+        "redirect_uri": REDIRECT_URI,
+        "scope": " ".join(scopes),
+        "state": "st",
+        "code_challenge": challenge,
+        "code_challenge_method": "S256",
+        "login_hint": user["upn"],
+    }
+    resp = requests.get(
+        f"{emu.authority_host}/common/oauth2/v2.0/authorize",
+        params=params,
+        verify=emu.ca_path,
+        allow_redirects=False,
+        timeout=10,
+    )
     code = parse_qs(urlsplit(resp.headers["Location"]).query)["code"][0]
-    tok = requests.post(f"{emu.authority_host}/common/oauth2/v2.0/token", verify=emu.ca_path, timeout=10, data={
-        "client_id": app["client_id"], "client_secret": app["client_secret"], "grant_type": "authorization_code",
-        "code": code, "redirect_uri": REDIRECT_URI, "code_verifier": verifier, "scope": " ".join(scopes)})
+    tok = requests.post(
+        f"{emu.authority_host}/common/oauth2/v2.0/token",
+        verify=emu.ca_path,
+        timeout=10,
+        data={
+            "client_id": app["client_id"],
+            "client_secret": app["client_secret"],
+            "grant_type": "authorization_code",
+            "code": code,
+            "redirect_uri": REDIRECT_URI,
+            "code_verifier": verifier,
+            "scope": " ".join(scopes),
+        },
+    )
     assert tok.status_code == 200, tok.text
     return tok.json()
 
@@ -109,8 +141,12 @@ def graph(emu, app, user):
 
 
 def event_body(subject="Demo", start="2030-03-04T10:00:00", end="2030-03-04T11:00:00", tz="UTC", **extra):
-    return {"subject": subject, "start": {"dateTime": start, "timeZone": tz},
-            "end": {"dateTime": end, "timeZone": tz}, **extra}
+    return {
+        "subject": subject,
+        "start": {"dateTime": start, "timeZone": tz},
+        "end": {"dateTime": end, "timeZone": tz},
+        **extra,
+    }
 
 
 class Receiver:
