@@ -786,8 +786,6 @@ def _keep_payload(
     services: Any, tenant: str, activity: Activity, data: dict[str, Any], occurred_at: datetime
 ) -> None:
     """Keep the newest payload of an activity; tell a previous owner's worker to let go of it."""
-    from azure.core import MatchConditions
-    from azure.data.tables import UpdateMode
 
     table = services.storage.table(tables.ACTIVITIES)
     for _ in range(5):
@@ -807,16 +805,7 @@ def _keep_payload(
             **pack(data),
         }
         try:
-            with tables.storage_errors("keeping an activity"):
-                if row is None:
-                    table.create_entity(entity)
-                else:
-                    table.update_entity(
-                        entity,
-                        mode=UpdateMode.REPLACE,
-                        etag=tables.etag_of(row),
-                        match_condition=MatchConditions.IfNotModified,
-                    )
+            tables.write(table, entity, tables.etag_of(row), "keeping an activity")
             return
         except ConflictError:
             continue
@@ -890,8 +879,6 @@ def _known_type(services: Any, tenant: str, type_id: str, *, newer_than: datetim
 
 def _keep_type(services: Any, tenant: str, update: ActivityTypeUpdated, occurred_at: datetime) -> bool:
     """Store the type change unless a newer one is known; True when this change is the latest."""
-    from azure.core import MatchConditions
-    from azure.data.tables import UpdateMode
 
     table = services.storage.table(tables.ACTIVITY_TYPES)
     for _ in range(5):
@@ -906,16 +893,7 @@ def _keep_type(services: Any, tenant: str, update: ActivityTypeUpdated, occurred
             "occurred_at": occurred_at,
         }
         try:
-            with tables.storage_errors("keeping an activity type"):
-                if row is None:
-                    table.create_entity(entity)
-                else:
-                    table.update_entity(
-                        entity,
-                        mode=UpdateMode.REPLACE,
-                        etag=tables.etag_of(row),
-                        match_condition=MatchConditions.IfNotModified,
-                    )
+            tables.write(table, entity, tables.etag_of(row), "keeping an activity type")
             return True
         except ConflictError:
             continue
@@ -943,7 +921,16 @@ class MailboxClient:
         self._checked = False
         self.wrote = False
 
-    def call(self, method: str, path: str, *, json: Any = None, params: dict[str, str] | None = None) -> Any:
+    def call(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        params: dict[str, str] | None = None,
+        prefer: str | None = None,
+    ) -> Any:
+        """``prefer``: more Graph preferences (e.g. ``odata.maxpagesize=100``), sent with ours."""
         if not self._checked:
             self.gate.check()
             self._checked = True
@@ -952,20 +939,23 @@ class MailboxClient:
         if self._token is None:
             self._token = self.services.identity.access_token(self.tenant, self.user)
         try:
-            answer = self._send(method, path, json, params)
+            answer = self._send(method, path, json, params, prefer)
         except AuthError:
             # The access token may have been revoked early: one refresh, then the verdict stands.
             self._token = self.services.identity.access_token(self.tenant, self.user, force_refresh=True)
-            answer = self._send(method, path, json, params)
+            answer = self._send(method, path, json, params, prefer)
         if method != "GET":
             self.wrote = True
         return answer
 
-    def _send(self, method: str, path: str, json: Any, params: dict[str, str] | None) -> Any:
+    def _send(
+        self, method: str, path: str, json: Any, params: dict[str, str] | None, prefer: str | None
+    ) -> Any:
+        headers = {"Prefer": f"{PREFER['Prefer']}, {prefer}"} if prefer else PREFER
         with InFlight.slot(self.mailbox):
             try:
                 return self.services.graph.call(
-                    self._token, method, path, json=json, params=params, headers=PREFER
+                    self._token, method, path, json=json, params=params, headers=headers
                 )
             except MailboxGated:
                 raise

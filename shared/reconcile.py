@@ -67,6 +67,7 @@ DONE = "done"
 SKIPPED = "skipped"
 REQUEUED = "requeued"
 MAX_PAGES = 2000
+DELTA_PAGE_SIZE = "odata.maxpagesize=100"  # Graph pages delta by 10 unless asked; fewer requests per pass
 EVENT_SELECT = "id,changeKey,start,end,isAllDay"
 _RESYNC_CODES = {"syncstatenotfound", "fullsyncrequired", "resyncrequired", "syncstateinvalid"}
 # What the reconcile keeps on a link row (``extra``): the times it last saw, at which changeKey.
@@ -288,7 +289,7 @@ def read_delta(
     seen: dict[str, Seen] = {}
     for _ in range(MAX_PAGES):
         try:
-            answer = client.call("GET", url, params=params)
+            answer = client.call("GET", url, params=params, prefer=DELTA_PAGE_SIZE)
         except SyncError as error:
             if error.status == 410 or (error.code or "").lower() in _RESYNC_CODES:
                 raise ResyncNeeded() from None

@@ -142,9 +142,6 @@ class MailboxGate:
 
     def close(self, retry_after: float, now: datetime | None = None) -> datetime:
         """Close the gate for ``retry_after`` seconds (keeping any later closing time)."""
-        from azure.core import MatchConditions
-        from azure.data.tables import UpdateMode
-
         now = now or datetime.now(UTC)
         table = self.storage.table(tables.MAILBOX_GATES)
         for _ in range(5):
@@ -156,29 +153,19 @@ class MailboxGate:
                 return current
             entity = {"PartitionKey": self.pk, "RowKey": "", "throttled_until": until}
             try:
-                with tables.storage_errors("closing the mailbox gate"):
-                    if row is None:
-                        table.create_entity(entity)
-                    else:
-                        table.update_entity(
-                            entity,
-                            mode=UpdateMode.REPLACE,
-                            etag=tables.etag_of(row),
-                            match_condition=MatchConditions.IfNotModified,
-                        )
+                tables.write(
+                    table,
+                    entity,
+                    tables.etag_of(row),
+                    "closing the mailbox gate",
+                )
                 return until
             except ConflictError:
                 continue  # another worker closed it at the same moment: read theirs and keep the later
         return until
 
     def _read(self) -> Any:
-        from azure.core.exceptions import ResourceNotFoundError
-
-        try:
-            with tables.storage_errors("reading the mailbox gate"):
-                return self.storage.table(tables.MAILBOX_GATES).get_entity(self.pk, "")
-        except ResourceNotFoundError:
-            return None
+        return tables.read(self.storage.table(tables.MAILBOX_GATES), self.pk, "", "reading the mailbox gate")
 
     def _remember(self, until: datetime) -> None:
         with self._lock:

@@ -173,7 +173,16 @@ class FakeGraph:
         self.pages = pages
         self.calls: list[tuple[str, dict[str, str] | None]] = []
 
-    def call(self, method: str, path: str, *, json: Any = None, params: dict[str, str] | None = None) -> Any:
+    def call(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        params: dict[str, str] | None = None,
+        prefer: str = "",
+    ) -> Any:
+        assert prefer == "odata.maxpagesize=100"  # every page asks for big pages
         self.calls.append((path, params))
         answer = self.pages[path]
         if isinstance(answer, Exception):

@@ -345,7 +345,7 @@ def test_an_auth_failure_moves_the_user_to_reauth_required_once(stack: Stack) ->
     assert len(stack.callbacks.of_type("connection.reauth_required")) == 1
     now = status(stack, bea)
     assert now["state"] == "reauth_required"
-    assert now["recent_errors"][0]["kind"] == "auth"
+    assert "auth" in {error["kind"] for error in now["recent_errors"]}  # other workers may add theirs after
     assert ours(stack, bea) == []
 
 
