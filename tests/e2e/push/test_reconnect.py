@@ -55,3 +55,22 @@ def test_activities_pushed_during_reauth_required_arrive_after_reconnecting(stac
         "Pushed while the grant was broken",
     ]
     assert status(stack, who)["state"] == "connected"
+
+
+def test_pushes_keep_working_when_access_tokens_expire(stack: Stack) -> None:
+    stack.control.set_identity(access_token_lifetime=120)  # MSAL refreshes tokens this short-lived
+    try:
+        who = connect_user(stack)
+        before = stack.storage.table(tables.TOKENS).get_entity(tables.key(who.tenant), tables.key(who.user))[
+            "cache"
+        ]
+        upsert(stack, who, id="after-expiry")
+        synced(stack, who, "after-expiry", 1)
+    finally:
+        stack.control.set_identity(access_token_lifetime=3600)
+    after = stack.storage.table(tables.TOKENS).get_entity(tables.key(who.tenant), tables.key(who.user))[
+        "cache"
+    ]
+    assert after != before  # refreshed with the refresh token, and the rotated cache saved
+    assert [e["subject"] for e in ours(stack, who)] == ["Revisar la renovación con Ana"]
+    assert status(stack, who)["state"] == "connected"
