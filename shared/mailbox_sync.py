@@ -73,22 +73,11 @@ def load(storage: Any, tenant: str, user: str) -> SyncState:
 
 
 def _write(storage: Any, state: SyncState) -> SyncState:
-    from azure.core import MatchConditions
-    from azure.data.tables import UpdateMode
 
     entity = {name: getattr(state, name) for name in _FIELDS if getattr(state, name) is not None}
     entity.update(PartitionKey=tables.key(state.tenant, state.user), RowKey="")
     table = storage.table(tables.MAILBOX_SYNC)
-    with tables.storage_errors("saving the mailbox sync state"):
-        if state.etag is None:
-            metadata = table.create_entity(entity)
-        else:
-            metadata = table.update_entity(
-                entity,
-                mode=UpdateMode.REPLACE,
-                etag=state.etag,
-                match_condition=MatchConditions.IfNotModified,
-            )
+    metadata = tables.write(table, entity, state.etag, "saving the mailbox sync state")
     return replace(state, etag=metadata.get("etag"))
 
 

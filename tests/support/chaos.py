@@ -554,71 +554,23 @@ def summary(report: dict[str, Any]) -> str:
 @contextmanager
 def standalone_stack(workdir: Any) -> Any:
     """Azurite, the emulator, a CRM receiver and the dev host, outside pytest (the benchmark);
-    yields ``(stack, azurite)``. Built like the tests' ``stack`` fixture."""
+    yields ``(stack, azurite)``. The same ``launch_stack`` as the tests' ``stack`` fixture."""
     import os
 
-    from local.azurite import Azurite, free_port
-    from local.dev_settings import new_secrets, service_environment
+    from local.azurite import Azurite
+    from local.dev_settings import new_secrets
     from local.emulator import start_emulator
-    from shared.settings import storage_settings
-    from shared.storage import Storage
-    from tests.support.crm import CallbackReceiver
+    from tests.support.stack import launch_stack
 
-    secrets = new_secrets()
     with Azurite(workdir) as azurite, start_emulator() as emulator:
         previous = os.environ.get("REQUESTS_CA_BUNDLE")
         os.environ["REQUESTS_CA_BUNDLE"] = emulator.ca_path
-        port = free_port()
-        emulator.control.add_app(
-            client_id=secrets["MS_CLIENT_ID"],
-            client_secret=secrets["MS_CLIENT_SECRET"],
-            redirect_uris=[f"http://127.0.0.1:{port}/api/auth/callback"],
-        )
-        receiver = CallbackReceiver(secrets["CRM_SHARED_SECRET"])
-        env = service_environment(
-            storage_connection_string=azurite.connection_string,
-            host_port=port,
-            crm_callback_url=receiver.url,
-            secrets_=secrets,
-            authority_host=emulator.authority_host,
-            graph_api_base=emulator.graph_base,
-            ca_bundle=emulator.ca_path,
-            return_origins="https://crm.example.com",
-        )
-        env.update(HOST_ENV)
-        host = Service("host", ["-m", "local.host", "--port", str(port)], env).start()
-        stack = _BenchStack(
-            host,
-            SignedClient(host.ready["url"], secrets["CRM_SHARED_SECRET"]),
-            receiver,
-            emulator,
-            Storage(storage_settings({"AzureWebJobsStorage": azurite.connection_string})),
-            secrets,
-        )
+        stack = launch_stack(azurite, emulator, new_secrets(), **HOST_ENV)
         try:
             yield stack, azurite
         finally:
-            stack.host.stop()
-            receiver.close()
+            stack.close()
             if previous is None:
                 os.environ.pop("REQUESTS_CA_BUNDLE", None)
             else:
                 os.environ["REQUESTS_CA_BUNDLE"] = previous
-
-
-@dataclass
-class _BenchStack:
-    host: Service
-    crm: SignedClient
-    callbacks: Any
-    emulator: Any
-    storage: Any
-    secrets: dict[str, str]
-
-    @property
-    def url(self) -> str:
-        return self.host.ready["url"]
-
-    @property
-    def control(self) -> Any:
-        return self.emulator.control
