@@ -18,9 +18,9 @@ Passes:
    are what the goal is about; the GETs by id it makes to verify deletions (``@removed`` items) are
    reported apart, as is every other endpoint it touched.
 
-The page size is the one Graph chooses: the reconcile sends no ``Prefer: odata.maxpagesize``, so the
-emulator's default delta page (10, Graph's documented default) applies; ``BENCH_RECONCILE_PAGE``
-changes the emulator's default to see other sizes.
+The page size is the one the reconcile asks for with ``Prefer: odata.maxpagesize``
+(``shared.reconcile.DELTA_PAGE_SIZE``, 100; Graph's default would be 10). ``BENCH_RECONCILE_PAGE``
+changes the emulator's default page, which only matters for requests that ask for none.
 
 Run: ``python -m bench.bench_reconcile``. Knobs: BENCH_RECONCILE_OURS (5000), BENCH_RECONCILE_THEIRS
 (5000), BENCH_RECONCILE_PAGE (emulator default).
@@ -156,7 +156,9 @@ def main() -> None:
         stack.control.set_throttling(limit=1_000_000, window_seconds=600)
         if PAGE_SIZE:
             stack.control.update_settings(delta_page_size=int(PAGE_SIZE))
-        page = int(stack.control.settings().get("delta_page_size", 10))
+        from shared.reconcile import DELTA_PAGE_SIZE
+
+        page = int(DELTA_PAGE_SIZE.split("=")[1])  # what every delta request of the reconcile asks for
 
         built = time.monotonic()
         job = _backfill(stack, who, OURS)
@@ -219,7 +221,7 @@ def main() -> None:
         "backfill": job,
         "build_seconds": round(build_seconds, 1),
         "page_size": page,
-        "prefer_maxpagesize_sent": False,  # the reconcile sends none: Graph's (emulator's) default page
+        "prefer_maxpagesize_sent": DELTA_PAGE_SIZE,
         "changes": {"moved_ours": MOVES, "deleted_ours": DELETES, "edited_users": EDITS, "total": changes},
         "incremental_pass": {
             "delta_requests": delta_requests,
