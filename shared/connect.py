@@ -350,6 +350,9 @@ def disconnect(services: Any, tenant: str, user: str, remove_events: str, now: d
         remove_subscription(services, token, current.subscription_id)
     removed = removal.remove_events(services, token, tenant, user, remove_events, now) if token else 0
     services.identity.forget(tenant, user)
+    from shared.push import forget_payloads
+
+    forget_payloads(services, tenant, user)  # no CRM content is kept for a user who removed sync
     connections.update(
         services.storage,
         tenant,

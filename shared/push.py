@@ -838,6 +838,24 @@ def _forward_to_previous_owner(
         services.storage.send(queues.ACTIVITY_SYNC, encoded)
 
 
+def forget_payloads(services: Any, tenant: str, user: str) -> int:
+    """ "Remove sync": keep no CRM content of this user's activities (versions stay, to keep order)."""
+    from azure.data.tables import UpdateMode
+
+    table = services.storage.table(tables.ACTIVITIES)
+    with tables.storage_errors("forgetting a user's kept activities"):
+        rows = list(
+            table.query_entities(
+                "PartitionKey eq @pk and owner eq @owner",
+                parameters={"pk": tables.key(tenant), "owner": user},
+                select=["PartitionKey", "RowKey", "owner", "version", "occurred_at", "deleted"],
+            )
+        )
+        for row in rows:
+            table.upsert_entity(dict(row), mode=UpdateMode.REPLACE)  # the same row without p0, p1, ...
+    return len(rows)
+
+
 def _drop_payload(services: Any, tenant: str, deleted: ActivityDeleted) -> None:
     """A deleted activity's content is not kept; its version stays (a late upsert stays stale)."""
     from azure.data.tables import UpdateMode

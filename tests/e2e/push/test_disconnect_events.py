@@ -6,6 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from shared import tables
 from tests.conftest import Stack
 from tests.e2e.push import openapi_contract
 from tests.e2e.push.conftest import connect_user, ours, property_of, status, synced, upsert, user_path
@@ -52,6 +53,12 @@ def test_disconnect_removes_only_our_chosen_events(stack: Stack, choice: str, le
     assert {property_of(e).rsplit("|", 1)[1] for e in ours(stack, who)} == left
     assert own["id"] in {e["id"] for e in stack.control.events(who.oid)}
     assert status(stack, who)["state"] == "disconnected"
+    kept = list(
+        stack.storage.table(tables.ACTIVITIES).query_entities(
+            "PartitionKey eq @pk", parameters={"pk": tables.key(who.tenant)}
+        )
+    )
+    assert len(kept) == 3 and not any("p0" in row for row in kept)  # versions kept, no CRM content
     assert (
         stack.crm.post(user_path(who.tenant, who.user, "disconnect"), {"remove_events": "all"}).json()[
             "events_removed"
