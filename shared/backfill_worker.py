@@ -271,23 +271,13 @@ class ChunkRun:
 
     def _known_types(self, type_ids: set[str], received_at: Any) -> dict[str, ActivityType]:
         """Activity types the CRM changed after this page was received (their flag wins)."""
-        from azure.core.exceptions import ResourceNotFoundError
+        from shared.push import known_type
 
         if received_at is None:
             return {}
         received = received_at if received_at.tzinfo else received_at.replace(tzinfo=UTC)
-        known = {}
-        table = self.storage.table(tables.ACTIVITY_TYPES)
-        for type_id in type_ids:
-            try:
-                with tables.storage_errors("reading an activity type"):
-                    row = table.get_entity(tables.key(self.tenant), tables.key(type_id))
-            except ResourceNotFoundError:
-                continue
-            at = row["occurred_at"] if row["occurred_at"].tzinfo else row["occurred_at"].replace(tzinfo=UTC)
-            if at > received:
-                known[type_id] = ActivityType(type_id, row["name"], bool(row["show_in_calendar"]))
-        return known
+        found = {t: known_type(self.storage, self.tenant, t, newer_than=received) for t in type_ids}
+        return {t: activity_type for t, activity_type in found.items() if activity_type is not None}
 
     def _lookup(self, indexes: list[int], plans: dict[int, Pending]) -> None:
         """Find events of unfinished creates by our property (one $batch); adopt what is found."""

@@ -318,7 +318,7 @@ def _upsert(
     connection = connections.get(services.storage, tenant, user)
     if activity.owner_user_id == user:
         _keep_payload(services, tenant, activity, data, occurred_at)
-    known = _known_type(services, tenant, activity.type.id, newer_than=occurred_at)
+    known = known_type(services.storage, tenant, activity.type.id, newer_than=occurred_at)
     policy = services.settings.completed_activities
     context = _context(connection)
     return _sync(
@@ -339,7 +339,7 @@ def _replay(services: Any, tenant: str, user: str, activity_id: str, now: dateti
     if activity.owner_user_id != user:
         return DONE
     connection = connections.get(services.storage, tenant, user)
-    known = _known_type(services, tenant, activity.type.id, newer_than=occurred_at)
+    known = known_type(services.storage, tenant, activity.type.id, newer_than=occurred_at)
     policy = services.settings.completed_activities
     context = _context(connection)
     return _sync(
@@ -428,7 +428,7 @@ def enqueue_replays(services: Any, tenant: str, user: str) -> int:
 def _type_for_user(
     services: Any, tenant: str, user: str, update: ActivityTypeUpdated, occurred_at: datetime, now: datetime
 ) -> str:
-    latest = _type_row(services, tenant, update.id)
+    latest = _type_row(services.storage, tenant, update.id)
     if latest is not None and _aware(latest["occurred_at"]) > occurred_at:
         return DONE  # superseded
     connection = connections.get(services.storage, tenant, user)
@@ -763,15 +763,8 @@ def _subject_of(services: Any, message: dict[str, Any]) -> tuple[str, int, str |
 
 
 def _kept_row(services: Any, tenant: str, activity_id: str) -> Any:
-    from azure.core.exceptions import ResourceNotFoundError
-
-    try:
-        with tables.storage_errors("reading a kept activity"):
-            return services.storage.table(tables.ACTIVITIES).get_entity(
-                tables.key(tenant), tables.key(activity_id)
-            )
-    except ResourceNotFoundError:
-        return None
+    table = services.storage.table(tables.ACTIVITIES)
+    return tables.read(table, tables.key(tenant), tables.key(activity_id), "reading a kept activity")
 
 
 def _kept_payload(services: Any, tenant: str, activity_id: str) -> tuple[dict[str, Any], datetime] | None:
@@ -875,21 +868,15 @@ def _drop_payload(services: Any, tenant: str, deleted: ActivityDeleted) -> None:
         services.storage.table(tables.ACTIVITIES).upsert_entity(entity, mode=UpdateMode.REPLACE)
 
 
-def _type_row(services: Any, tenant: str, type_id: str) -> Any:
-    from azure.core.exceptions import ResourceNotFoundError
-
-    try:
-        with tables.storage_errors("reading an activity type"):
-            return services.storage.table(tables.ACTIVITY_TYPES).get_entity(
-                tables.key(tenant), tables.key(type_id)
-            )
-    except ResourceNotFoundError:
-        return None
+def _type_row(storage: Any, tenant: str, type_id: str) -> Any:
+    table = storage.table(tables.ACTIVITY_TYPES)
+    return tables.read(table, tables.key(tenant), tables.key(type_id), "reading an activity type")
 
 
-def _known_type(services: Any, tenant: str, type_id: str, *, newer_than: datetime) -> ActivityType | None:
-    """The type as last updated by the CRM, when that update is newer than the activity's copy."""
-    row = _type_row(services, tenant, type_id)
+def known_type(storage: Any, tenant: str, type_id: str, *, newer_than: datetime) -> ActivityType | None:
+    """The type as last updated by the CRM, when that update is newer than the activity's copy
+    (push and backfill both let it override the copy inside an activity)."""
+    row = _type_row(storage, tenant, type_id)
     if row is None or _aware(row["occurred_at"]) <= newer_than:
         return None
     return ActivityType(type_id, row["name"], bool(row["show_in_calendar"]))
@@ -900,7 +887,7 @@ def _keep_type(services: Any, tenant: str, update: ActivityTypeUpdated, occurred
 
     table = services.storage.table(tables.ACTIVITY_TYPES)
     for _ in range(5):
-        row = _type_row(services, tenant, update.id)
+        row = _type_row(services.storage, tenant, update.id)
         if row is not None and _aware(row["occurred_at"]) > occurred_at:
             return False
         entity = {
