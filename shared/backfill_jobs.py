@@ -160,13 +160,7 @@ def latest_job(storage: Any, tenant: str, user: str) -> Job | None:
 
 
 def get_chunk(storage: Any, tenant: str, user: str, key: str) -> Any:
-    from azure.core.exceptions import ResourceNotFoundError
-
-    try:
-        with tables.storage_errors("reading a backfill chunk"):
-            return storage.table(tables.JOBS).get_entity(partition(tenant, user), key)
-    except ResourceNotFoundError:
-        return None
+    return tables.read(storage.table(tables.JOBS), partition(tenant, user), key, "reading a backfill chunk")
 
 
 def results_of(chunk_row: Any) -> dict[str, str]:

@@ -52,13 +52,8 @@ _FIELDS = ("delta_link", "window", "account_oid", "held_deletions", "held_since"
 
 
 def _read(storage: Any, tenant: str, user: str) -> Any:
-    from azure.core.exceptions import ResourceNotFoundError
-
-    try:
-        with tables.storage_errors("reading the mailbox sync state"):
-            return storage.table(tables.MAILBOX_SYNC).get_entity(tables.key(tenant, user), "")
-    except ResourceNotFoundError:
-        return None
+    table = storage.table(tables.MAILBOX_SYNC)
+    return tables.read(table, tables.key(tenant, user), "", "reading the mailbox sync state")
 
 
 def load(storage: Any, tenant: str, user: str) -> SyncState:
