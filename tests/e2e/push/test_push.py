@@ -342,7 +342,8 @@ def test_an_auth_failure_moves_the_user_to_reauth_required_once(stack: Stack) ->
         what="the three messages handled",
     )
 
-    assert len(stack.callbacks.of_type("connection.reauth_required")) == 1
+    told = stack.callbacks.of_type("connection.reauth_required")
+    assert [(c["tenant_id"], c["user_id"]) for c in told] == [(bea.tenant, bea.user)]
     now = status(stack, bea)
     assert now["state"] == "reauth_required"
     assert "auth" in {error["kind"] for error in now["recent_errors"]}  # other workers may add theirs after
