@@ -14,9 +14,10 @@ A page is accepted by one transaction (its chunk rows + the job's ``total``), so
 twice is counted once (its chunk rows exist). Settling items updates the chunk row and the job
 counters in one transaction, so redelivered work never counts an item twice. The transaction that
 settles the last item (with ``last_page`` received) also marks the job ``completed`` and fixes a
-``callback_id``; ``backfill.completed`` is then queued with that id and ``callback_sent`` set. A
-crash in between leaves ``callback_sent`` false and the next look at the job sends it again with
-the same id (the CRM de-duplicates callbacks by id).
+``callback_id``; ``backfill.completed`` is then queued with that id, and only then is
+``callback_sent`` set. A crash anywhere in between leaves ``callback_sent`` false, and the next
+look at the job (the redelivered chunk message, or ``status`` a little later) queues it again with
+the same id: callbacks are at-least-once and the CRM de-duplicates them by id.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import json
 import logging
 import uuid
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from shared import callbacks, queues, tables
@@ -37,6 +38,8 @@ log = logging.getLogger(__name__)
 
 RECEIVING, RUNNING, COMPLETED = "receiving", "running", "completed"
 MAX_ERRORS = 20
+# How long status leaves a just-completed job's callback to the worker that completed it.
+STATUS_WAIT = timedelta(seconds=30)
 CALLBACK_NAMESPACE = uuid.UUID("3f0b7c1e-51a4-4f5e-9d5b-3f7a2c9e4b10")
 _RETRIES = 20
 
@@ -235,38 +238,27 @@ def settle(
     raise ConflictError("the backfill job kept changing")
 
 
-def finish(storage: Any, job: Job | None) -> None:
-    """Send ``backfill.completed`` for a completed job whose callback is not sent yet.
-
-    The job row is claimed first (``callback_sent``, ETag-guarded), so of several workers that
-    see the job complete at once exactly one sends; a failed send gives the claim back."""
-    from azure.core import MatchConditions
+def finish(
+    storage: Any, job: Job | None, *, wait: timedelta = timedelta(0), now: datetime | None = None
+) -> None:
+    """Queue ``backfill.completed`` for a completed job whose callback is not marked sent, then
+    mark it. Queue first: a crash before the mark costs a repeat with the same id, never the
+    callback. ``wait`` leaves a just-completed job to the worker that completed it (``status``
+    uses it so that polling does not repeat what that worker is about to send)."""
     from azure.data.tables import UpdateMode
 
     if job is None or job.state != COMPLETED or job.callback_sent:
         return
-    entity = {"PartitionKey": partition(job.tenant, job.user), "RowKey": job_key(job.job_id)}
-    table = storage.table(tables.JOBS)
-    try:
-        with tables.storage_errors("claiming backfill.completed"):
-            table.update_entity(
-                {**entity, "callback_sent": True},
-                mode=UpdateMode.MERGE,
-                etag=job.etag,
-                match_condition=MatchConditions.IfNotModified,
-            )
-    except ConflictError:
-        return  # someone else claimed it (or the row moved on: whoever moved it looks again)
+    if job.completed_at and (now or datetime.now(UTC)) - job.completed_at < wait:
+        return
     data = {"job_id": job.job_id, **job.counts.as_dict()}
     envelope = callbacks.envelope(callbacks.BACKFILL_COMPLETED, job.tenant, job.user, data)
     envelope["id"] = job.callback_id or envelope["id"]
-    try:
-        with tables.storage_errors("queueing backfill.completed"):
-            storage.send(queues.CRM_CALLBACKS, json.dumps(envelope))
-    except Exception:
-        with tables.storage_errors("giving back the backfill.completed claim"):
-            table.update_entity({**entity, "callback_sent": False}, mode=UpdateMode.MERGE)
-        raise
+    with tables.storage_errors("queueing backfill.completed"):
+        storage.send(queues.CRM_CALLBACKS, json.dumps(envelope))
+    entity = {"PartitionKey": partition(job.tenant, job.user), "RowKey": job_key(job.job_id)}
+    with tables.storage_errors("marking backfill.completed sent"):
+        storage.table(tables.JOBS).update_entity({**entity, "callback_sent": True}, mode=UpdateMode.MERGE)
     log.info("backfill.completed queued for job %s", job.job_id)
 
 
@@ -296,9 +288,8 @@ def status(storage: Any, tenant: str, user: str) -> dict[str, Any] | None:
     job = latest_job(storage, tenant, user)
     if job is None:
         return None
-    if job.state == COMPLETED and not job.callback_sent:
-        try:
-            finish(storage, job)
-        except Exception:  # noqa: BLE001 - status must answer; the worker retries the callback too
-            log.warning("backfill.completed could not be queued from status")
+    try:
+        finish(storage, job, wait=STATUS_WAIT)
+    except Exception:  # noqa: BLE001 - status must answer; the next look sends it
+        log.warning("backfill.completed could not be queued from status")
     return view(job)
