@@ -41,7 +41,15 @@ from urllib.parse import quote, urlencode
 
 from shared import backfill_jobs, connections, links, tables
 from shared.backfill import MESSAGE_VERSION, message
-from shared.backfill_plan import COUNTED, CREATING, OUT_OF_WINDOW, category, intent_status, plan_item
+from shared.backfill_plan import (
+    COUNTED,
+    CREATING,
+    OUT_OF_WINDOW,
+    category,
+    intent_status,
+    plan_item,
+    reason,
+)
 from shared.connections import CONNECTED, iso
 from shared.contract import ValidationError, parse_activity
 from shared.errors import (
@@ -55,7 +63,7 @@ from shared.errors import (
 from shared.event_render import PROPERTY_ID
 from shared.event_time import graph_to_utc
 from shared.graph import BATCH_LIMIT, GraphResponse, NotFoundError, error_for
-from shared.model import ActivityType
+from shared.model import Activity, ActivityType
 from shared.sync_plan import Create, Decision, Delete, Link, Nothing, Update, UserContext, adopt, after
 from shared.throttle import MAX_IN_FLIGHT, InFlight, MailboxGate, MailboxGated, next_step
 
@@ -258,6 +266,8 @@ class ChunkRun:
                 completed_activities=self.services.settings.completed_activities,
                 activity_type=types.get(activity.type.id),
             )
+            if reason(decision) != OUT_OF_WINDOW:
+                self._keep(activity, payload[i], row.get("received_at"))
             pending = Pending(i, decision, found, found.etag if found else None, COUNTED[category(decision)])
             plans[i] = pending
             if isinstance(decision.action, Create) and (status == "unfinished" or i in must_look):
@@ -269,13 +279,22 @@ class ChunkRun:
 
     # --- steps --------------------------------------------------------------------------------
 
+    def _keep(self, activity: Activity, data: dict[str, Any], received_at: Any) -> None:
+        """Keep the item as the push path keeps what it syncs, so a type's calendar flag turned
+        back on (or a reconnect) brings backfilled activities back too. Items outside the window
+        are not kept: nothing should ever put them in the calendar."""
+        from shared.push import keep_payload
+
+        occurred_at = self.now if received_at is None else _aware(received_at)
+        keep_payload(self.services, self.tenant, activity, data, occurred_at)
+
     def _known_types(self, type_ids: set[str], received_at: Any) -> dict[str, ActivityType]:
         """Activity types the CRM changed after this page was received (their flag wins)."""
         from shared.push import known_type
 
         if received_at is None:
             return {}
-        received = received_at if received_at.tzinfo else received_at.replace(tzinfo=UTC)
+        received = _aware(received_at)
         found = {t: known_type(self.storage, self.tenant, t, newer_than=received) for t in type_ids}
         return {t: activity_type for t, activity_type in found.items() if activity_type is not None}
 
@@ -648,6 +667,10 @@ class ChunkRun:
             if i not in self.results:
                 self.fail(i, None, error)
         return self._close()
+
+
+def _aware(value: datetime) -> datetime:
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 def merge_retries(retries: list[Retry]) -> list[Retry]:

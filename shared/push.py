@@ -18,7 +18,8 @@ Worker (``process``), one message at a time, never sleeping:
   finds the event deleted in Outlook creates it again (a new CRM change is the newest intent; the
   reconcile has already told the CRM about the deletion).
 - Payload keeping: the latest ``activity.upserted`` data per (tenant, activity) is kept, compressed,
-  in ``Activities`` (dropped when the activity is deleted). It serves ``Replay`` (an activity type's
+  in ``Activities`` (dropped when the activity is deleted); backfilled items inside the window are
+  kept the same way (``shared.backfill_worker``). It serves ``Replay`` (an activity type's
   calendar flag turned back on recreates that type's events) and owner changes (the previous
   owner's event is removed).
 - ``activity_type.updated``: the type is remembered in ``ActivityTypes`` (latest ``occurred_at``
@@ -317,7 +318,7 @@ def _upsert(
 ) -> str:
     connection = connections.get(services.storage, tenant, user)
     if activity.owner_user_id == user:
-        _keep_payload(services, tenant, activity, data, occurred_at)
+        keep_payload(services, tenant, activity, data, occurred_at)
     known = known_type(services.storage, tenant, activity.type.id, newer_than=occurred_at)
     policy = services.settings.completed_activities
     context = _context(connection)
@@ -775,10 +776,11 @@ def _kept_payload(services: Any, tenant: str, activity_id: str) -> tuple[dict[st
     return (data, _aware(row["occurred_at"])) if data else None
 
 
-def _keep_payload(
+def keep_payload(
     services: Any, tenant: str, activity: Activity, data: dict[str, Any], occurred_at: datetime
 ) -> None:
-    """Keep the newest payload of an activity; tell a previous owner's worker to let go of it."""
+    """Keep the newest payload of an activity (pushed or backfilled); tell a previous owner's
+    worker to let go of it."""
 
     table = services.storage.table(tables.ACTIVITIES)
     for _ in range(5):

@@ -13,7 +13,18 @@ import pytest
 from shared.event_render import property_value
 from tests.conftest import Stack, wait_until
 from tests.e2e.push import openapi_contract
-from tests.e2e.push.conftest import BASE_ACTIVITY, CrmUser, connect_user, ours, property_of, user_path, utc
+from tests.e2e.push.conftest import (
+    BASE_ACTIVITY,
+    CrmUser,
+    activity,
+    connect_user,
+    envelope,
+    ours,
+    property_of,
+    send,
+    user_path,
+    utc,
+)
 
 BACKFILL = "/api/tenants/{tenant}/users/{user}/backfill"
 ZONES = ["America/Bogota", "Europe/Madrid", "Asia/Tokyo", "America/New_York", "Australia/Sydney", "UTC"]
@@ -287,3 +298,23 @@ def test_all_day_and_window_edges_in_the_dry_run(stack: Stack) -> None:
         ("old", "ineligible", "out_of_window"),
         ("recent", "create", None),
     ]
+
+
+def test_backfilled_activities_come_back_when_their_type_is_shown_again(stack: Stack) -> None:
+    who = connect_user(stack)
+    call_type = {"id": "type-call", "name": "Llamada", "show_in_calendar": True}
+    recent = activity(who, id="call-soon", type=call_type)  # 15 January 2027: inside the window
+    old = activity(who, id="call-old", type=call_type, start="2026-01-15T10:00:00", end="2026-01-15T11:00:00")
+    job = run_job(stack, who, [recent, old])
+    assert completed(stack, who, job["job_id"], timeout=60)["data"]["created"] == 1
+    assert [property_of(e) for e in ours(stack, who)] == [property_value(who.tenant, "call-soon")]
+
+    send(stack, envelope(who.tenant, "activity_type.updated", {**call_type, "show_in_calendar": False}))
+    wait_until(lambda: ours(stack, who) == [], what="the type's events removed")
+
+    send(stack, envelope(who.tenant, "activity_type.updated", call_type))
+    back = wait_until(lambda: ours(stack, who), what="the backfilled call back in the calendar")
+    # Only the one inside the window: the old call never reaches the calendar.
+    assert [property_of(e) for e in back] == [property_value(who.tenant, "call-soon")]
+    assert back[0]["subject"] == recent["subject"]
+
