@@ -166,6 +166,33 @@ def get_chunk(storage: Any, tenant: str, user: str, key: str) -> Any:
     return tables.read(storage.table(tables.JOBS), partition(tenant, user), key, "reading a backfill chunk")
 
 
+def forget_payloads(storage: Any, tenant: str, user: str) -> int:
+    """"Remove sync": the user's backfill pages keep no CRM content. Each chunk row loses its
+    activities and keeps its counts (ETag-guarded, so a worker settling it meanwhile keeps its
+    results); a job still running then fails its remaining items as not connected."""
+    table = storage.table(tables.JOBS)
+    with tables.storage_errors("listing a user's backfill pages"):
+        rows = list(
+            table.query_entities(
+                "PartitionKey eq @pk and RowKey ge @lo and RowKey lt @hi",
+                parameters={"pk": partition(tenant, user), "lo": "chunk|", "hi": "chunk}"},
+            )
+        )
+    forgotten = 0
+    for row in rows:
+        for _ in range(_RETRIES):
+            if row is None or "p0" not in row:
+                break
+            kept = {k: v for k, v in row.items() if not (k[0] == "p" and k[1:].isdigit())}
+            try:
+                tables.write(table, kept, tables.etag_of(row), "forgetting a backfill page")
+                forgotten += 1
+                break
+            except ConflictError:
+                row = get_chunk(storage, tenant, user, row["RowKey"])
+    return forgotten
+
+
 def results_of(chunk_row: Any) -> dict[str, str]:
     return json.loads(chunk_row.get("results") or "{}")
 

@@ -227,8 +227,9 @@ class ChunkRun:
 
         payload = unpack(row)
         connection = connections.get(self.storage, self.tenant, self.user)
-        if connection.state != CONNECTED:
-            error = PermanentError(f"the user is {connection.state.replace('_', ' ')}", code="not_connected")
+        if connection.state != CONNECTED or payload is None:  # no payload: forgotten by "Remove sync"
+            state = connection.state if payload is not None else connections.DISCONNECTED
+            error = PermanentError(f"the user is {state.replace('_', ' ')}", code="not_connected")
             return self.give_up(self.todo, error)
         context = UserContext(
             self.tenant,

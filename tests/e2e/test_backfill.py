@@ -10,6 +10,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from shared import tables
 from shared.event_render import property_value
 from tests.conftest import Stack, wait_until
 from tests.e2e.push import openapi_contract
@@ -318,3 +319,28 @@ def test_backfilled_activities_come_back_when_their_type_is_shown_again(stack: S
     assert [property_of(e) for e in back] == [property_value(who.tenant, "call-soon")]
     assert back[0]["subject"] == recent["subject"]
 
+
+def test_remove_sync_keeps_no_content_of_backfilled_activities(stack: Stack) -> None:
+    who = connect_user(stack)
+    items, expected = make_activities(who, 25, seed=5)
+    job = run_job(stack, who, items)
+    assert completed(stack, who, job["job_id"], timeout=60)["data"]["created"] == len(expected)
+
+    answer = stack.crm.post(user_path(who.tenant, who.user, "disconnect"), {"remove_events": "none"})
+    assert answer.status_code == 200, answer.text
+
+    rows = list(
+        stack.storage.table(tables.JOBS).query_entities(
+            "PartitionKey eq @pk", parameters={"pk": tables.key(who.tenant, who.user)}
+        )
+    )
+    chunks = [row for row in rows if row["RowKey"].startswith("chunk|")]
+    assert chunks and not any("p0" in row for row in chunks)  # their counts stay, their content goes
+    kept = list(
+        stack.storage.table(tables.ACTIVITIES).query_entities(
+            "PartitionKey eq @pk", parameters={"pk": tables.key(who.tenant)}
+        )
+    )
+    assert {tables.unkey(row["RowKey"])[0] for row in kept} >= set(expected)  # they were kept...
+    assert not any("p0" in row for row in kept)  # ...and now only their versions are
+    assert backfill_status(stack, who)["created"] == len(expected)
