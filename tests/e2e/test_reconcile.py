@@ -242,6 +242,48 @@ def test_a_removed_subscription_is_recreated(stack: Stack, ana: CrmUser) -> None
     stack.callbacks.wait_for(DELETED)
 
 
+def test_reauthorization_required_reauthorizes_the_same_subscription(stack: Stack, ana: CrmUser) -> None:
+    before = stack.control.subscriptions(ana.oid)
+    assert len(before) == 1
+
+    def reauthorized() -> int:
+        counted = stack.control.counters(ana.oid)["mailboxes"].get(ana.oid, {}).get("requests", {})
+        return sum(
+            n
+            for endpoint, n in counted.items()
+            if endpoint.startswith("POST /subscriptions/") and endpoint.endswith("/reauthorize")
+        )
+
+    stack.control.send_lifecycle(before[0]["id"], "reauthorizationRequired")
+    wait_until(reauthorized, what="POST /subscriptions/{id}/reauthorize")
+    assert [s["id"] for s in stack.control.subscriptions(ana.oid)] == [before[0]["id"]]  # not a new one
+    assert status(stack, ana)["state"] == "connected"
+    # It still delivers: a change in Outlook reaches the CRM.
+    event = pushed(stack, ana)
+    stack.control.user_delete_event(ana.oid, event["id"])
+    stack.callbacks.wait_for(DELETED)
+
+
+def test_missed_notifications_are_caught_by_a_reconcile(stack: Stack, ana: CrmUser) -> None:
+    event = pushed(stack, ana)
+    stack.control.set_notifications(drop_probability=1.0)
+    mark = stack.control.deliveries()["last_seq"]
+    stack.control.user_move_event(
+        ana.oid,
+        event["id"],
+        start={"dateTime": "2027-01-21T09:00:00", "timeZone": "UTC"},
+        end={"dateTime": "2027-01-21T10:00:00", "timeZone": "UTC"},
+    )
+    stack.control.deliveries(after=mark, at_least=1, timeout=10, mailbox=ana.oid, outcome="dropped")
+    assert of(stack, ana, CHANGED) == []
+    stack.control.set_notifications(drop_probability=0.0)
+
+    # Graph tells us it could not deliver some notifications: the reconcile finds the move.
+    stack.control.send_lifecycle(stack.control.subscriptions(ana.oid)[0]["id"], "missed")
+    stack.callbacks.wait_for(CHANGED)
+    assert [c["data"]["start"] for c in of(stack, ana, CHANGED)] == ["2027-01-21T09:00:00Z"]
+
+
 def test_a_mass_deletion_is_held_flagged_and_released_on_confirmation(stack: Stack, ana: CrmUser) -> None:
     count = 22  # over 20 and over half of the linked events
     for i in range(count):
