@@ -47,7 +47,7 @@ def _path(tenant: str, user: str, action: str) -> str:
 
 
 def _connect(stack: Any, tenant: str, user: str) -> str:
-    import requests
+    from tests.support.sign_in import sign_in
 
     upn = "bench@contoso.example"
     mailbox = stack.control.add_user(upn, display_name="Bench", time_zone="Romance Standard Time")
@@ -59,10 +59,7 @@ def _connect(stack: Any, tenant: str, user: str) -> str:
     }
     started = stack.crm.post(_path(tenant, user, "connect"), body)
     started.raise_for_status()
-    at_microsoft = requests.get(
-        started.json()["authorization_url"], verify=stack.emulator.ca_path, allow_redirects=False, timeout=30
-    )
-    landed = requests.get(at_microsoft.headers["Location"], allow_redirects=False, timeout=60)
+    landed = sign_in(started.json()["authorization_url"], stack.emulator.ca_path)
     if "calendar_sync=connected" not in landed.headers.get("Location", ""):
         raise RuntimeError(f"connect failed: {landed.status_code} {landed.text[:200]}")
     return mailbox["id"]

@@ -64,6 +64,9 @@ class Identity:
                 redirect_uri=self.settings.redirect_uri,
                 login_hint=login_hint,
                 prompt="select_account",
+                # The code comes back in a form POST: never in a URL, browser history or a Referer
+                # (RFC 9700 §4.3.1, as MSAL recommends).
+                response_mode="form_post",
             )
         except Exception as error:  # noqa: BLE001 - MSAL raises plain exceptions when metadata is unreachable
             raise TransientError(f"identity provider unreachable: {type(error).__name__}") from None

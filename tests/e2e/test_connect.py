@@ -16,6 +16,7 @@ from shared import tables
 from shared.settings import parse_encryption_keys
 from shared.token_crypto import decrypt
 from tests.conftest import Stack, wait_until
+from tests.support.sign_in import at_microsoft
 
 pytestmark = pytest.mark.e2e
 RETURN_URL = "https://crm.example.com/calendars/activities?view=list"
@@ -45,13 +46,11 @@ def start_connect(stack: Stack, tenant: str, user: str, upn: str, **body) -> dic
 
 def browser(stack: Stack, authorization_url: str) -> requests.Response:
     """What the user's browser does: Microsoft's authorize page (auto-consent), then our callback."""
-    at_microsoft = requests.get(
-        authorization_url, verify=stack.emulator.ca_path, allow_redirects=False, timeout=30
-    )
-    assert at_microsoft.status_code == 302, at_microsoft.text
-    callback = at_microsoft.headers["Location"]
-    assert callback.startswith(f"{stack.url}/api/auth/callback?")
-    return requests.get(callback, allow_redirects=False, timeout=60)
+    answer = at_microsoft(authorization_url, stack.emulator.ca_path)
+    # form_post: the code travels in a POST body, never in a URL the browser keeps or sends on.
+    assert (answer.method, answer.url) == ("POST", f"{stack.url}/api/auth/callback")
+    assert "state" in answer.fields and ("code" in answer.fields or "error" in answer.fields)
+    return answer.deliver()
 
 
 def connect(stack: Stack, tenant: str, user: str, upn: str = "ana@contoso.example") -> dict:
@@ -151,13 +150,10 @@ def test_refused_consent_redirects_with_an_error(stack: Stack) -> None:
 def test_a_replayed_callback_is_rejected_with_a_page_not_a_500(stack: Stack, ana: dict) -> None:
     tenant, user = ids()
     started = start_connect(stack, tenant, user, ana["upn"])
-    at_microsoft = requests.get(
-        started["authorization_url"], verify=stack.emulator.ca_path, allow_redirects=False, timeout=30
-    )
-    callback = at_microsoft.headers["Location"]
-    assert requests.get(callback, allow_redirects=False, timeout=60).status_code == 302
+    answer = at_microsoft(started["authorization_url"], stack.emulator.ca_path)
+    assert answer.deliver().status_code == 302
 
-    replay = requests.get(callback, allow_redirects=False, timeout=60, headers={"Accept-Language": "es-CO"})
+    replay = answer.deliver(**{"Accept-Language": "es-CO"})
     assert replay.status_code == 400
     assert replay.headers["Content-Type"].startswith("text/html")
     assert "venció o ya se usó" in replay.text
@@ -168,6 +164,16 @@ def test_a_replayed_callback_is_rejected_with_a_page_not_a_500(stack: Stack, ana
         headers={"Accept-Language": "en-US,en;q=0.8"},
     )
     assert unknown.status_code == 400 and "expired or was already used" in unknown.text
+    # Junk posted to the callback: the same page, never a 500.
+    for junk in (b"\xff\xfe", b"state=" + b"x" * 70_000, b'{"state": "x"}', b"&".join([b"a=1"] * 50)):
+        posted = requests.post(
+            f"{stack.url}/api/auth/callback",
+            data=junk,
+            headers={"Content-Type": "application/x-www-form-urlencoded", "Accept-Language": "en"},
+            allow_redirects=False,
+            timeout=30,
+        )
+        assert posted.status_code == 400 and "expired or was already used" in posted.text, junk[:20]
 
 
 def test_connect_rejects_a_foreign_return_url_and_bad_signatures(stack: Stack) -> None:

@@ -37,6 +37,7 @@ from tests.e2e.push.conftest import (
     upsert,
     user_path,
 )
+from tests.support.sign_in import SignInAnswer, at_microsoft
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
@@ -137,10 +138,8 @@ def _start(stack: Stack, tenant: str, user: str, upn: str, return_url: str = RET
     return stack.crm.post(user_path(tenant, user, "connect"), body)
 
 
-def _at_microsoft(stack: Stack, authorization_url: str) -> str:
-    answer = requests.get(authorization_url, verify=stack.emulator.ca_path, allow_redirects=False, timeout=30)
-    assert answer.status_code == 302, answer.text
-    return answer.headers["Location"]
+def _at_microsoft(stack: Stack, authorization_url: str) -> SignInAnswer:
+    return at_microsoft(authorization_url, stack.emulator.ca_path)
 
 
 def test_oauth_state_is_single_use_expires_and_uses_pkce_and_return_urls_are_allowlisted(
@@ -167,9 +166,10 @@ def test_oauth_state_is_single_use_expires_and_uses_pkce_and_return_urls_are_all
         UTC
     ) + timedelta(minutes=10, seconds=5)
     callback = _at_microsoft(stack, started["authorization_url"])
-    first = requests.get(callback, allow_redirects=False, timeout=60)
+    assert callback.method == "POST" and "code" not in urlsplit(callback.url).query  # form_post
+    first = callback.deliver()
     assert "calendar_sync=connected" in first.headers["Location"]
-    again = requests.get(callback, allow_redirects=False, timeout=60)  # the same state, replayed
+    again = callback.deliver()  # the same state, replayed
     assert again.status_code == 400 and "Location" not in again.headers  # unknown state: no redirect
 
     # A flow older than 10 minutes: age its stored row, as time would.
@@ -179,7 +179,7 @@ def test_oauth_state_is_single_use_expires_and_uses_pkce_and_return_urls_are_all
     row = flows.get_entity(tables.key(state), "")
     row["expires_at"] = datetime.now(UTC) - timedelta(seconds=1)
     flows.update_entity(row)
-    late = requests.get(_at_microsoft(stack, second["authorization_url"]), allow_redirects=False, timeout=60)
+    late = _at_microsoft(stack, second["authorization_url"]).deliver()
     assert "calendar_sync=error" in late.headers["Location"] and "reason=expired" in late.headers["Location"]
 
 
@@ -188,9 +188,7 @@ def _connect_as(stack: Stack, tenant: str, user: str) -> CrmUser:
     mailbox = stack.control.add_user(upn, time_zone="Romance Standard Time", locale="es-ES")
     started = _start(stack, tenant, user, upn)
     assert started.status_code == 200, started.text
-    landed = requests.get(
-        _at_microsoft(stack, started.json()["authorization_url"]), allow_redirects=False, timeout=60
-    )
+    landed = _at_microsoft(stack, started.json()["authorization_url"]).deliver()
     assert "calendar_sync=connected" in landed.headers["Location"]
     return CrmUser(tenant, user, mailbox["id"], upn)
 

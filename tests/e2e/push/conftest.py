@@ -18,6 +18,7 @@ import requests
 from shared.event_render import PROPERTY_ID
 from tests.conftest import Stack, wait_until
 from tests.e2e.push import openapi_contract
+from tests.support.sign_in import sign_in
 
 RETURN_URL = "https://crm.example.com/calendars/activities"
 EVENTS_PATH = "/api/crm/events"
@@ -74,11 +75,7 @@ def connect_user(
     started = stack.crm.post(user_path(tenant, user, "connect"), body)
     assert started.status_code == 200, started.text
     openapi_contract.check("POST", "/api/tenants/{tenant}/users/{user}/connect", started, body)
-    at_microsoft = requests.get(
-        started.json()["authorization_url"], verify=stack.emulator.ca_path, allow_redirects=False, timeout=30
-    )
-    assert at_microsoft.status_code == 302, at_microsoft.text
-    landed = requests.get(at_microsoft.headers["Location"], allow_redirects=False, timeout=60)
+    landed = sign_in(started.json()["authorization_url"], stack.emulator.ca_path)
     assert landed.status_code == 302 and "calendar_sync=connected" in landed.headers["Location"], landed.text
     return CrmUser(tenant, user, mailbox["id"], upn)
 

@@ -10,6 +10,7 @@ import requests
 from shared import tables
 from tests.conftest import Stack, wait_until
 from tests.e2e.push.conftest import RETURN_URL, connect_user, ours, status, synced, upsert, user_path
+from tests.support.sign_in import sign_in
 
 pytestmark = pytest.mark.e2e
 
@@ -17,10 +18,7 @@ pytestmark = pytest.mark.e2e
 def reconnect(stack: Stack, tenant: str, user: str, upn: str) -> None:
     body = {"return_url": RETURN_URL, "time_zone": "America/Bogota", "locale": "es", "login_hint": upn}
     started = stack.crm.post(user_path(tenant, user, "connect"), body).json()
-    at_microsoft = requests.get(
-        started["authorization_url"], verify=stack.emulator.ca_path, allow_redirects=False, timeout=30
-    )
-    landed = requests.get(at_microsoft.headers["Location"], allow_redirects=False, timeout=60)
+    landed = sign_in(started["authorization_url"], stack.emulator.ca_path)
     assert "calendar_sync=connected" in landed.headers["Location"]
 
 
