@@ -217,7 +217,6 @@ def accept_page(
     services: Any, tenant: str, user: str, request: BackfillRequest, now: datetime
 ) -> dict[str, Any]:
     """Store one page, settle what is out of the window, queue the rest; the job's progress."""
-    from shared.push import pack
 
     _connected(services, tenant, user)
     storage = services.storage
@@ -237,7 +236,7 @@ def accept_page(
                 "n": len(group),
                 "received_at": now,
                 "results": "{}",
-                **pack([i.raw for i in group]),
+                **tables.pack([i.raw for i in group]),
             }
         )
     marker = {

@@ -167,7 +167,7 @@ def get_chunk(storage: Any, tenant: str, user: str, key: str) -> Any:
 
 
 def forget_payloads(storage: Any, tenant: str, user: str) -> int:
-    """"Remove sync": the user's backfill pages keep no CRM content. Each chunk row loses its
+    """ "Remove sync": the user's backfill pages keep no CRM content. Each chunk row loses its
     activities and keeps its counts (ETag-guarded, so a worker settling it meanwhile keeps its
     results); a job still running then fails its remaining items as not connected."""
     table = storage.table(tables.JOBS)
@@ -183,9 +183,10 @@ def forget_payloads(storage: Any, tenant: str, user: str) -> int:
         for _ in range(_RETRIES):
             if row is None or "p0" not in row:
                 break
-            kept = {k: v for k, v in row.items() if not (k[0] == "p" and k[1:].isdigit())}
             try:
-                tables.write(table, kept, tables.etag_of(row), "forgetting a backfill page")
+                tables.write(
+                    table, tables.without_payload(row), tables.etag_of(row), "forgetting a backfill page"
+                )
                 forgotten += 1
                 break
             except ConflictError:

@@ -223,9 +223,7 @@ class ChunkRun:
         if not self.todo:
             backfill_jobs.finish(self.storage, job)
             return DONE
-        from shared.push import unpack
-
-        payload = unpack(row)
+        payload = tables.unpack(row)
         connection = connections.get(self.storage, self.tenant, self.user)
         if connection.state != CONNECTED or payload is None:  # no payload: forgotten by "Remove sync"
             state = connection.state if payload is not None else connections.DISCONNECTED
@@ -291,7 +289,7 @@ class ChunkRun:
 
     def _known_types(self, type_ids: set[str], received_at: Any) -> dict[str, ActivityType]:
         """Activity types the CRM changed after this page was received (their flag wins)."""
-        from shared.push import known_type
+        from shared.kept_activities import known_type
 
         if received_at is None:
             return {}

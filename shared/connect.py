@@ -350,10 +350,10 @@ def disconnect(services: Any, tenant: str, user: str, remove_events: str, now: d
         remove_subscription(services, token, current.subscription_id)
     removed = removal.remove_events(services, token, tenant, user, remove_events, now) if token else 0
     services.identity.forget(tenant, user)
-    from shared import backfill_jobs
-    from shared.push import forget_payloads
+    from shared import backfill_jobs, kept_activities
 
-    forget_payloads(services, tenant, user)  # no CRM content is kept for a user who removed sync
+    # No CRM content is kept for a user who removed sync (versions and counts stay).
+    kept_activities.forget(services.storage, tenant, user)
     backfill_jobs.forget_payloads(services.storage, tenant, user)
     connections.update(
         services.storage,

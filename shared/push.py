@@ -17,22 +17,22 @@ Worker (``process``), one message at a time, never sleeping:
   gone). The link is stored ETag-guarded; a concurrent write makes it plan again. An Update that
   finds the event deleted in Outlook creates it again (a new CRM change is the newest intent; the
   reconcile has already told the CRM about the deletion).
-- Payload keeping: the latest ``activity.upserted`` data per (tenant, activity) is kept, compressed,
-  in ``Activities`` (dropped when the activity is deleted); backfilled items inside the window are
-  kept the same way (``shared.backfill_worker``). It serves ``Replay`` (an activity type's
-  calendar flag turned back on recreates that type's events) and owner changes (the previous
-  owner's event is removed).
-- ``activity_type.updated``: the type is remembered in ``ActivityTypes`` (latest ``occurred_at``
-  wins; it overrides older copies inside activities), then one message per user of the tenant
-  fans out. Flag off removes that type's events for every user (an explicit CRM instruction, so
+- Payload keeping (``shared.kept_activities``): the latest ``activity.upserted`` data per
+  (tenant, activity) is kept (dropped when the activity is deleted); backfilled items inside the
+  window are kept the same way. It serves ``Replay`` (an activity type's calendar flag turned
+  back on recreates that type's events) and owner changes (the previous owner's event is removed).
+- ``activity_type.updated``: the type is remembered (``shared.kept_activities``; the latest
+  ``occurred_at`` wins and overrides older copies inside activities), then one message per user
+  of the tenant fans out. Flag off removes that type's events for every user (an explicit CRM instruction, so
   the mass-deletion guard counts it as confirmed); flag on replays each kept payload.
 - ``user.updated``: the connection's locale and CRM time zone.
 
-Failures (see ``shared.throttle``): throttling closes the mailbox gate and re-queues with the
-delay Graph asked for; transient errors re-queue with backoff; a permanent error (a Graph 400)
-marks the link ``failed`` with ``last_error``, adds it to the connection's recent errors (status)
-and sends ``activity.sync_failed`` once, without retrying; an AuthError moves the user to
-``reauth_required`` (one callback, however many messages fail).
+Graph is called through ``shared.mailbox_client``. Failures (see ``shared.throttle``): throttling
+closes the mailbox gate and re-queues with the delay Graph asked for; transient errors re-queue
+with backoff; a permanent error (a Graph 400) marks the link ``failed`` with ``last_error``, adds
+it to the connection's recent errors (status) and sends ``activity.sync_failed`` once, without
+retrying; an AuthError moves the user to ``reauth_required`` (one callback, however many messages
+fail).
 """
 
 from __future__ import annotations
@@ -40,14 +40,13 @@ from __future__ import annotations
 import json
 import logging
 import threading
-import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from shared import callbacks, connections, links, queues, tables
+from shared import callbacks, connections, kept_activities, links, queues, tables
 from shared.connections import CONNECTED, Connection, iso
 from shared.contract import ValidationError, parse_activity, parse_crm_event
 from shared.errors import (
@@ -60,7 +59,8 @@ from shared.errors import (
 )
 from shared.event_render import PROPERTY_ID
 from shared.event_time import graph_to_utc
-from shared.model import Activity, ActivityDeleted, ActivityType, ActivityTypeUpdated, CrmEvent
+from shared.mailbox_client import MailboxClient
+from shared.model import Activity, ActivityDeleted, ActivityTypeUpdated, CrmEvent
 from shared.sync_plan import (
     UNCHANGED,
     Create,
@@ -77,15 +77,13 @@ from shared.sync_plan import (
     plan_type_update,
     plan_upsert,
 )
-from shared.throttle import InFlight, MailboxGate, MailboxGated, next_step
+from shared.throttle import MailboxGated, next_step
 
 log = logging.getLogger(__name__)
 
 MESSAGE_VERSION = 1
 MAX_INLINE_BYTES = 45_000  # a queue message holds 64 KiB after base64 (x 4/3)
-CHUNK_BYTES = 60_000  # Edm.Binary properties hold 64 KiB each
 LAST_SYNC_EVERY = timedelta(seconds=60)  # last_sync_at is written at most this often per user
-PREFER = {"Prefer": 'IdType="ImmutableId"'}  # event ids that survive moves between folders
 LOOKUP_SELECT = "id,changeKey,webLink,start,end"
 CREATING = "creating"  # link extra: a create was (maybe) sent and its answer not yet stored
 
@@ -136,7 +134,7 @@ def accept(storage: Any, raw: dict[str, Any], event: CrmEvent, now: datetime) ->
     }
     encoded = _encode(message)
     if len(encoded) > MAX_INLINE_BYTES:
-        entity.update(pack(raw))
+        entity.update(tables.pack(raw))
         message = {**message, "event": None, "event_ref": event.id}
         encoded = _encode(message)
     table = storage.table(tables.DEDUP)
@@ -181,25 +179,6 @@ def _queued(table: Any, entity: dict[str, Any]) -> bool:
 
 def _encode(message: dict[str, Any]) -> bytes:
     return json.dumps(message, ensure_ascii=False, separators=(",", ":")).encode()
-
-
-def pack(obj: Any) -> dict[str, bytes]:
-    """JSON, compressed, split over Edm.Binary properties ``p0``, ``p1``, ..."""
-    data = zlib.compress(_encode(obj), 6)
-    return {
-        f"p{i}": data[start : start + CHUNK_BYTES] for i, start in enumerate(range(0, len(data), CHUNK_BYTES))
-    }
-
-
-def unpack(row: Any) -> Any:
-    chunks = []
-    index = 0
-    while f"p{index}" in row:
-        chunks.append(bytes(row[f"p{index}"]))
-        index += 1
-    if not chunks:
-        return None
-    return json.loads(zlib.decompress(b"".join(chunks)))
 
 
 # === worker ======================================================================================
@@ -260,7 +239,7 @@ def _load_event(services: Any, message: dict[str, Any]) -> dict[str, Any]:
         row = services.storage.table(tables.DEDUP).get_entity(
             tables.key(message["tenant"]), tables.key(message["event_ref"])
         )
-    return unpack(row)
+    return tables.unpack(row)
 
 
 def _dispatch(services: Any, message: dict[str, Any], now: datetime) -> str:
@@ -319,7 +298,7 @@ def _upsert(
     connection = connections.get(services.storage, tenant, user)
     if activity.owner_user_id == user:
         keep_payload(services, tenant, activity, data, occurred_at)
-    known = known_type(services.storage, tenant, activity.type.id, newer_than=occurred_at)
+    known = kept_activities.known_type(services.storage, tenant, activity.type.id, newer_than=occurred_at)
     policy = services.settings.completed_activities
     context = _context(connection)
     return _sync(
@@ -332,7 +311,7 @@ def _upsert(
 
 
 def _replay(services: Any, tenant: str, user: str, activity_id: str, now: datetime) -> str:
-    kept = _kept_payload(services, tenant, activity_id)
+    kept = kept_activities.payload(services.storage, tenant, activity_id)
     if kept is None:
         return DONE
     data, occurred_at = kept
@@ -340,7 +319,7 @@ def _replay(services: Any, tenant: str, user: str, activity_id: str, now: dateti
     if activity.owner_user_id != user:
         return DONE
     connection = connections.get(services.storage, tenant, user)
-    known = known_type(services.storage, tenant, activity.type.id, newer_than=occurred_at)
+    known = kept_activities.known_type(services.storage, tenant, activity.type.id, newer_than=occurred_at)
     policy = services.settings.completed_activities
     context = _context(connection)
     return _sync(
@@ -356,7 +335,7 @@ def _replay(services: Any, tenant: str, user: str, activity_id: str, now: dateti
 
 def _deleted(services: Any, tenant: str, user: str, deleted: ActivityDeleted, now: datetime) -> str:
     connection = connections.get(services.storage, tenant, user)
-    _drop_payload(services, tenant, deleted)
+    kept_activities.drop(services.storage, tenant, deleted)
     context = _context(connection)
     return _sync(services, connection, deleted.id, now, lambda link: plan_deletion(deleted, link, context))
 
@@ -376,7 +355,7 @@ def _user_updated(services: Any, tenant: str, user: str, locale: str, time_zone:
 
 
 def _fan_out_type(services: Any, tenant: str, update: ActivityTypeUpdated, occurred_at: datetime) -> str:
-    if not _keep_type(services, tenant, update, occurred_at):
+    if not kept_activities.keep_type(services.storage, tenant, update, occurred_at):
         return DONE  # a newer change of this type is known; its own fan-out does the work
     with tables.storage_errors("listing the tenant's users"):
         rows = list(
@@ -403,33 +382,26 @@ def _fan_out_type(services: Any, tenant: str, update: ActivityTypeUpdated, occur
 def enqueue_replays(services: Any, tenant: str, user: str) -> int:
     """Queue a replay of every kept activity this user owns (after a reconnect from
     ``reauth_required``, so what the CRM pushed while the grant was broken is not lost)."""
-    with tables.storage_errors("listing a user's kept activities"):
-        rows = list(
-            services.storage.table(tables.ACTIVITIES).query_entities(
-                "PartitionKey eq @pk and owner eq @owner and deleted eq false",
-                parameters={"pk": tables.key(tenant), "owner": user},
-                select=["RowKey"],
-            )
-        )
-    for row in rows:
+    activity_ids = kept_activities.owned_by(services.storage, tenant, user)
+    for activity_id in activity_ids:
         message = {
             "v": MESSAGE_VERSION,
             "kind": "replay",
             "tenant": tenant,
             "user": user,
-            "activity_id": tables.unkey(row["RowKey"])[0],
+            "activity_id": activity_id,
             "attempt": 0,
             "throttled": 0,
         }
         with tables.storage_errors("queueing a replay"):
             services.storage.send(queues.ACTIVITY_SYNC, _encode(message))
-    return len(rows)
+    return len(activity_ids)
 
 
 def _type_for_user(
     services: Any, tenant: str, user: str, update: ActivityTypeUpdated, occurred_at: datetime, now: datetime
 ) -> str:
-    latest = _type_row(services.storage, tenant, update.id)
+    latest = kept_activities.type_row(services.storage, tenant, update.id)
     if latest is not None and _aware(latest["occurred_at"]) > occurred_at:
         return DONE  # superseded
     connection = connections.get(services.storage, tenant, user)
@@ -745,7 +717,7 @@ def _give_up(services: Any, message: dict[str, Any], error: SyncError) -> str:
 def _subject_of(services: Any, message: dict[str, Any]) -> tuple[str, int, str | None] | None:
     """(activity id, version, type id) a failed message was about, if it was about one activity."""
     if message["kind"] == "replay":
-        kept = _kept_payload(services, message["tenant"], message["activity_id"])
+        kept = kept_activities.payload(services.storage, message["tenant"], message["activity_id"])
         version = kept[0].get("version", 0) if kept else 0
         return message["activity_id"], int(version), None
     if message["kind"] != "event":
@@ -760,50 +732,21 @@ def _subject_of(services: Any, message: dict[str, Any]) -> tuple[str, int, str |
     return str(data.get("id")), int(data.get("version", 0)), type_id
 
 
-# --- kept payloads and types ------------------------------------------------------------------------
-
-
-def _kept_row(services: Any, tenant: str, activity_id: str) -> Any:
-    table = services.storage.table(tables.ACTIVITIES)
-    return tables.read(table, tables.key(tenant), tables.key(activity_id), "reading a kept activity")
-
-
-def _kept_payload(services: Any, tenant: str, activity_id: str) -> tuple[dict[str, Any], datetime] | None:
-    row = _kept_row(services, tenant, activity_id)
-    if row is None or row.get("deleted"):
-        return None
-    data = unpack(row)
-    return (data, _aware(row["occurred_at"])) if data else None
-
-
 def keep_payload(
     services: Any, tenant: str, activity: Activity, data: dict[str, Any], occurred_at: datetime
 ) -> None:
-    """Keep the newest payload of an activity (pushed or backfilled); tell a previous owner's
-    worker to let go of it."""
-
-    table = services.storage.table(tables.ACTIVITIES)
-    for _ in range(5):
-        row = _kept_row(services, tenant, activity.id)
-        if row is not None and int(row["version"]) >= activity.version:
-            return
-        previous_owner = row.get("owner") if row is not None else None
-        if previous_owner and previous_owner != activity.owner_user_id:
-            _forward_to_previous_owner(services, tenant, previous_owner, activity, data, occurred_at)
-        entity = {
-            "PartitionKey": tables.key(tenant),
-            "RowKey": tables.key(activity.id),
-            "owner": activity.owner_user_id,
-            "version": activity.version,
-            "occurred_at": occurred_at,
-            "deleted": False,
-            **pack(data),
-        }
-        try:
-            tables.write(table, entity, tables.etag_of(row), "keeping an activity")
-            return
-        except ConflictError:
-            continue
+    """Keep the newest payload of an activity (pushed or backfilled, ``shared.kept_activities``);
+    when its owner changed, the previous owner's worker is told to let go of its event."""
+    kept_activities.keep(
+        services.storage,
+        tenant,
+        activity,
+        data,
+        occurred_at,
+        tell_previous_owner=lambda owner: _forward_to_previous_owner(
+            services, tenant, owner, activity, data, occurred_at
+        ),
+    )
 
 
 def _forward_to_previous_owner(
@@ -833,139 +776,5 @@ def _forward_to_previous_owner(
         services.storage.send(queues.ACTIVITY_SYNC, encoded)
 
 
-def forget_payloads(services: Any, tenant: str, user: str) -> int:
-    """ "Remove sync": keep no CRM content of this user's activities (versions stay, to keep order)."""
-    from azure.data.tables import UpdateMode
-
-    table = services.storage.table(tables.ACTIVITIES)
-    with tables.storage_errors("forgetting a user's kept activities"):
-        rows = list(
-            table.query_entities(
-                "PartitionKey eq @pk and owner eq @owner",
-                parameters={"pk": tables.key(tenant), "owner": user},
-                select=["PartitionKey", "RowKey", "owner", "version", "occurred_at", "deleted"],
-            )
-        )
-        for row in rows:
-            table.upsert_entity(dict(row), mode=UpdateMode.REPLACE)  # the same row without p0, p1, ...
-    return len(rows)
-
-
-def _drop_payload(services: Any, tenant: str, deleted: ActivityDeleted) -> None:
-    """A deleted activity's content is not kept; its version stays (a late upsert stays stale)."""
-    from azure.data.tables import UpdateMode
-
-    row = _kept_row(services, tenant, deleted.id)
-    if row is None or int(row["version"]) > deleted.version or row.get("deleted"):
-        return
-    entity = {
-        "PartitionKey": tables.key(tenant),
-        "RowKey": tables.key(deleted.id),
-        "owner": row.get("owner"),
-        "version": deleted.version,
-        "occurred_at": row["occurred_at"],
-        "deleted": True,
-    }
-    with tables.storage_errors("dropping a kept activity"):
-        services.storage.table(tables.ACTIVITIES).upsert_entity(entity, mode=UpdateMode.REPLACE)
-
-
-def _type_row(storage: Any, tenant: str, type_id: str) -> Any:
-    table = storage.table(tables.ACTIVITY_TYPES)
-    return tables.read(table, tables.key(tenant), tables.key(type_id), "reading an activity type")
-
-
-def known_type(storage: Any, tenant: str, type_id: str, *, newer_than: datetime) -> ActivityType | None:
-    """The type as last updated by the CRM, when that update is newer than the activity's copy
-    (push and backfill both let it override the copy inside an activity)."""
-    row = _type_row(storage, tenant, type_id)
-    if row is None or _aware(row["occurred_at"]) <= newer_than:
-        return None
-    return ActivityType(type_id, row["name"], bool(row["show_in_calendar"]))
-
-
-def _keep_type(services: Any, tenant: str, update: ActivityTypeUpdated, occurred_at: datetime) -> bool:
-    """Store the type change unless a newer one is known; True when this change is the latest."""
-
-    table = services.storage.table(tables.ACTIVITY_TYPES)
-    for _ in range(5):
-        row = _type_row(services.storage, tenant, update.id)
-        if row is not None and _aware(row["occurred_at"]) > occurred_at:
-            return False
-        entity = {
-            "PartitionKey": tables.key(tenant),
-            "RowKey": tables.key(update.id),
-            "name": update.name,
-            "show_in_calendar": update.show_in_calendar,
-            "occurred_at": occurred_at,
-        }
-        try:
-            tables.write(table, entity, tables.etag_of(row), "keeping an activity type")
-            return True
-        except ConflictError:
-            continue
-    raise ConflictError("the activity type kept changing")
-
-
 def _aware(value: datetime) -> datetime:
     return value if value.tzinfo else value.replace(tzinfo=UTC)
-
-
-# --- Graph for one mailbox -----------------------------------------------------------------------------
-
-
-class MailboxClient:
-    """Graph calls for one user's mailbox: a token on first use, the shared throttle gate checked
-    before the first call (and after any throttle seen here), at most 4 requests in flight, and a
-    throttle answer closing the gate for everyone."""
-
-    def __init__(self, services: Any, tenant: str, user: str) -> None:
-        self.services = services
-        self.tenant, self.user = tenant, user
-        self.gate = MailboxGate(services.storage, tenant, user)
-        self.mailbox = tables.key(tenant, user)
-        self._token: str | None = None
-        self._checked = False
-        self.wrote = False
-
-    def call(
-        self,
-        method: str,
-        path: str,
-        *,
-        json: Any = None,
-        params: dict[str, str] | None = None,
-        prefer: str | None = None,
-    ) -> Any:
-        """``prefer``: more Graph preferences (e.g. ``odata.maxpagesize=100``), sent with ours."""
-        if not self._checked:
-            self.gate.check()
-            self._checked = True
-        else:
-            self.gate.check_local()
-        if self._token is None:
-            self._token = self.services.identity.access_token(self.tenant, self.user)
-        try:
-            answer = self._send(method, path, json, params, prefer)
-        except AuthError:
-            # The access token may have been revoked early: one refresh, then the verdict stands.
-            self._token = self.services.identity.access_token(self.tenant, self.user, force_refresh=True)
-            answer = self._send(method, path, json, params, prefer)
-        if method != "GET":
-            self.wrote = True
-        return answer
-
-    def _send(
-        self, method: str, path: str, json: Any, params: dict[str, str] | None, prefer: str | None
-    ) -> Any:
-        headers = {"Prefer": f"{PREFER['Prefer']}, {prefer}"} if prefer else PREFER
-        with InFlight.slot(self.mailbox):
-            try:
-                return self.services.graph.call(
-                    self._token, method, path, json=json, params=params, headers=headers
-                )
-            except MailboxGated:
-                raise
-            except ThrottledError as throttled:
-                self.gate.close(throttled.retry_after)
-                raise

@@ -165,7 +165,7 @@ def held_deletions(storage: Any, tenant: str, user: str) -> int:
 
 def _run(services: Any, message: dict[str, Any], now: datetime) -> str:
     from shared import notifications, subscriptions
-    from shared.push import MailboxClient
+    from shared.mailbox_client import MailboxClient
 
     tenant, user = str(message["tenant"]), str(message["user"])
     notifications.clear_pending(services.storage, tenant, user)  # before reading delta: see the module doc

@@ -4,11 +4,17 @@ storage errors into the error tree (shared/errors.py).
 Keys: Table Storage forbids ``/ \\ # ?`` and control characters in PartitionKey and RowKey, and CRM
 or Graph ids may contain any of them. ``key()`` percent-escapes exactly those (and ``%`` itself),
 so keys stay readable, unique and reversible.
+
+Payloads: a JSON document kept in a row (a CRM activity, a backfill page) is compressed and split
+over ``Edm.Binary`` properties ``p0``, ``p1``, ... (``pack`` / ``unpack``), 64 KiB being the most one
+property holds.
 """
 
 from __future__ import annotations
 
+import json
 import re
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -118,3 +124,32 @@ def write(table: Any, entity: dict[str, Any], etag: str | None, what: str) -> di
         return table.update_entity(
             entity, mode=UpdateMode.REPLACE, etag=etag, match_condition=MatchConditions.IfNotModified
         )
+
+
+# --- payloads -------------------------------------------------------------------------------------
+
+PAYLOAD_PART_BYTES = 60_000  # Edm.Binary properties hold 64 KiB each
+
+
+def pack(obj: Any) -> dict[str, bytes]:
+    """JSON, compressed, split over Edm.Binary properties ``p0``, ``p1``, ..."""
+    data = zlib.compress(json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode(), 6)
+    return {
+        f"p{i}": data[start : start + PAYLOAD_PART_BYTES]
+        for i, start in enumerate(range(0, len(data), PAYLOAD_PART_BYTES))
+    }
+
+
+def unpack(row: Any) -> Any:
+    """The document ``pack`` stored in ``row``, or None when the row holds none."""
+    parts = []
+    while f"p{len(parts)}" in row:
+        parts.append(bytes(row[f"p{len(parts)}"]))
+    if not parts:
+        return None
+    return json.loads(zlib.decompress(b"".join(parts)))
+
+
+def without_payload(row: Any) -> dict[str, Any]:
+    """The row's own properties, its packed document left out."""
+    return {k: v for k, v in dict(row).items() if not (k[:1] == "p" and k[1:].isdigit())}

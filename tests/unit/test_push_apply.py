@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from shared import push
+from shared import push, tables
 from shared.errors import PermanentError, ThrottledError
 from shared.event_render import PROPERTY_ID, property_value
 from shared.graph import GraphResponse, NotFoundError
@@ -167,11 +167,11 @@ def test_messages_route_to_the_owner_and_big_events_are_packed() -> None:
     assert push.message_for(typed, {})["user"] is None
 
     big = {"description": "ñ" * 30000, "nested": [1, 2, 3]}
-    packed = push.pack(big)
-    assert all(isinstance(v, bytes) and len(v) <= push.CHUNK_BYTES for v in packed.values())
-    assert push.unpack(packed) == big
+    packed = tables.pack(big)
+    assert all(isinstance(v, bytes) and len(v) <= tables.PAYLOAD_PART_BYTES for v in packed.values())
+    assert tables.unpack(packed) == big
     noise = {"d": __import__("os").urandom(200_000).hex()}
-    assert len(push.pack(noise)) > 1 and push.unpack(push.pack(noise)) == noise
+    assert len(tables.pack(noise)) > 1 and tables.unpack(tables.pack(noise)) == noise
 
 
 def test_extras_follow_the_event() -> None:
