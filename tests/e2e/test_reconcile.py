@@ -153,17 +153,23 @@ def test_a_deletion_in_outlook_is_reported_and_a_newer_crm_version_creates_it_ag
     assert again[0]["subject"] == "Reprogramada desde el CRM"
 
 
-def test_lost_notifications_are_caught_by_the_sweep(stack: Stack, ana: CrmUser) -> None:
-    event = pushed(stack, ana)
+def move_unnoticed(stack: Stack, who: CrmUser, event: dict[str, Any], day: str) -> None:
+    """The user moves the event to 09:00 UTC on ``day`` and Graph's notification of it is lost."""
     stack.control.set_notifications(drop_probability=1.0)
     mark = stack.control.deliveries()["last_seq"]
     stack.control.user_move_event(
-        ana.oid,
+        who.oid,
         event["id"],
-        start={"dateTime": "2027-01-20T09:00:00", "timeZone": "UTC"},
-        end={"dateTime": "2027-01-20T10:00:00", "timeZone": "UTC"},
+        start={"dateTime": f"{day}T09:00:00", "timeZone": "UTC"},
+        end={"dateTime": f"{day}T10:00:00", "timeZone": "UTC"},
     )
-    stack.control.deliveries(after=mark, at_least=1, timeout=10, mailbox=ana.oid, outcome="dropped")
+    stack.control.deliveries(after=mark, at_least=1, timeout=10, mailbox=who.oid, outcome="dropped")
+    stack.control.set_notifications(drop_probability=0.0)
+
+
+def test_lost_notifications_are_caught_by_the_sweep(stack: Stack, ana: CrmUser) -> None:
+    event = pushed(stack, ana)
+    move_unnoticed(stack, ana, event, "2027-01-20")
     # Six hours and more since this user's last reconcile: the sweep takes them first.
     stack.storage.table(tables.CONNECTIONS).update_entity(
         {
@@ -266,17 +272,8 @@ def test_reauthorization_required_reauthorizes_the_same_subscription(stack: Stac
 
 def test_missed_notifications_are_caught_by_a_reconcile(stack: Stack, ana: CrmUser) -> None:
     event = pushed(stack, ana)
-    stack.control.set_notifications(drop_probability=1.0)
-    mark = stack.control.deliveries()["last_seq"]
-    stack.control.user_move_event(
-        ana.oid,
-        event["id"],
-        start={"dateTime": "2027-01-21T09:00:00", "timeZone": "UTC"},
-        end={"dateTime": "2027-01-21T10:00:00", "timeZone": "UTC"},
-    )
-    stack.control.deliveries(after=mark, at_least=1, timeout=10, mailbox=ana.oid, outcome="dropped")
+    move_unnoticed(stack, ana, event, "2027-01-21")
     assert of(stack, ana, CHANGED) == []
-    stack.control.set_notifications(drop_probability=0.0)
 
     # Graph tells us it could not deliver some notifications: the reconcile finds the move.
     stack.control.send_lifecycle(stack.control.subscriptions(ana.oid)[0]["id"], "missed")
