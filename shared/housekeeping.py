@@ -8,6 +8,10 @@ overlapping runs (or a run racing the code that uses the row) are harmless.
 - ``Subscriptions``: rows of subscriptions expired over a day ago (Graph dropped them; a current
   subscription is renewed days before it expires).
 - ``ReconcilePending``: markers whose run never came and that no notification replaced.
+- ``Jobs``: the pages (chunk rows, with the CRM's activities) and page markers of a backfill job
+  completed over ``JOB_PAGES_DAYS`` ago, or left unfinished over ``ABANDONED_JOB_DAYS`` (the CRM
+  never sent its last page). The job row stays: ``status`` still shows its counts, and the
+  activities themselves are kept in ``Activities`` as pushed ones are.
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ DEDUP_DAYS = 7
 DEDUP_PAYLOAD_DAYS = 21
 SUBSCRIPTION_GRACE = timedelta(days=1)
 MARKER_GRACE = timedelta(hours=1)
+JOB_PAGES_DAYS = 7
+ABANDONED_JOB_DAYS = 30
 
 
 def clean_up(services: Any, now: datetime) -> dict[str, int]:
@@ -31,6 +37,7 @@ def clean_up(services: Any, now: datetime) -> dict[str, int]:
         "dedup": _old_dedup(storage, now),
         "subscriptions": _expired_subscriptions(storage, now),
         "pending_markers": _stale_markers(storage, now),
+        "backfill_pages": _finished_backfill_pages(storage, now),
     }
 
 
@@ -82,6 +89,31 @@ def _stale_markers(storage: Any, now: datetime) -> int:
     table = storage.table(tables.RECONCILE_PENDING)
     rows = _query(table, "expires_at lt @cutoff", {"cutoff": now - MARKER_GRACE}, ["PartitionKey", "RowKey"])
     return _delete(table, rows)
+
+
+def _finished_backfill_pages(storage: Any, now: datetime) -> int:
+    table = storage.table(tables.JOBS)
+    abandoned = now - timedelta(days=ABANDONED_JOB_DAYS)
+    jobs = _query(
+        table,
+        "updated_at lt @cutoff",  # only job rows carry updated_at
+        {"cutoff": now - timedelta(days=JOB_PAGES_DAYS)},
+        ["PartitionKey", "job_id", "state", "updated_at"],
+    )
+    deleted = 0
+    for job in jobs:
+        if job.get("state") != "completed" and _aware(job["updated_at"]) >= abandoned:
+            continue
+        for kind in ("chunk", "page"):
+            prefix = f"{kind}|{tables.key(job['job_id'])}|"
+            pages = _query(
+                table,
+                "PartitionKey eq @pk and RowKey ge @lo and RowKey lt @hi",
+                {"pk": job["PartitionKey"], "lo": prefix, "hi": prefix[:-1] + "}"},
+                ["PartitionKey", "RowKey"],
+            )
+            deleted += _delete(table, pages)
+    return deleted
 
 
 def _expired(value: Any, cutoff: datetime) -> bool:
