@@ -22,7 +22,9 @@ For each message, never sleeping:
 Pacing: the shared ``MailboxGate`` is checked before each ``$batch``; a ``$batch`` takes all
 ``MAX_IN_FLIGHT`` (4) ``InFlight`` slots of the mailbox, since Outlook runs four of its requests
 at a time (graph-facts §1.3), so in one process at most one ``$batch`` (or four single pushes) is
-in flight per mailbox. Waiting for those slots blocks on a semaphore; nothing polls or sleeps.
+in flight per mailbox, and the mailbox's ``BatchLease`` keeps other processes' batches out
+meanwhile (one that finds it taken comes back a second later). Waiting for the slots blocks on a
+semaphore; nothing polls or sleeps.
 """
 
 from __future__ import annotations
@@ -65,7 +67,15 @@ from shared.event_time import graph_to_utc
 from shared.graph import BATCH_LIMIT, GraphResponse, NotFoundError, error_for
 from shared.model import Activity, ActivityType
 from shared.sync_plan import Create, Decision, Delete, Link, Nothing, Update, UserContext, adopt, after
-from shared.throttle import MAX_IN_FLIGHT, InFlight, MailboxGate, MailboxGated, next_step
+from shared.throttle import (
+    MAX_IN_FLIGHT,
+    BatchLease,
+    InFlight,
+    MailboxBusy,
+    MailboxGate,
+    MailboxGated,
+    next_step,
+)
 
 log = logging.getLogger(__name__)
 
@@ -591,7 +601,7 @@ class ChunkRun:
         self.gate.check()
         if self._graph_token is None:
             self._graph_token = self.services.identity.access_token(self.tenant, self.user)
-        with batch_slots(self.mailbox):
+        with batch_slots(self.mailbox), BatchLease(self.storage, self.tenant, self.user).held():
             self.gate.check_local()
             try:
                 try:
@@ -699,6 +709,8 @@ def process(services: Any, raw: bytes, now: datetime | None = None) -> str:
     run = ChunkRun(services, msg, now or datetime.now(UTC))
     try:
         return run.run()
+    except MailboxBusy as busy:  # another process's $batch: wait, without spending the retry budget
+        return run.requeue_all("wait", busy.retry_after)
     except MailboxGated as gated:
         return run.requeue_all("throttled", gated.retry_after)
     except ThrottledError as throttled:

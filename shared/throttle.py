@@ -6,6 +6,13 @@
   queue with a visibility delay of the time left. The function never sleeps.
 - **In flight** (per mailbox, per process): at most ``MAX_IN_FLIGHT`` (4) Graph requests at once,
   the Outlook MailboxConcurrency limit (graph-facts §1.2).
+- **Batch lease** (per mailbox, shared by every process): a ``$batch`` runs four requests at once
+  in the mailbox, all it may, so two instances must not send one each at the same time (scale-out
+  during a large backfill would otherwise meet MailboxConcurrency 429s and rest the mailbox). A
+  ``MailboxGates`` row (RowKey ``batch``) holds ``held_until``, taken ETag-guarded and given back
+  after the call; a holder that dies frees it after ``BATCH_LEASE_SECONDS``. Work that finds it
+  held goes back to the queue for ``BATCH_BUSY_DELAY`` seconds (``MailboxBusy``), spending none of
+  its retry budget.
 - **Retry policy** (``next_step``): a message carries its own counters (``attempt`` for transient
   failures, ``throttled`` for throttling) and is re-enqueued with a delay rather than failed back
   to the host, so the poison queue only ever holds messages that cannot be read or that crash the
@@ -20,6 +27,7 @@ The decisions (``gate_wait``, ``next_step``, ``backoff_seconds``) are pure; ``Ma
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 import threading
@@ -32,6 +40,8 @@ from typing import Any, Literal
 from shared import tables
 from shared.errors import ConflictError, ThrottledError
 
+log = logging.getLogger(__name__)
+
 MAX_IN_FLIGHT = 4
 MAX_ATTEMPTS = 8  # transient failures of one message (about 2 minutes of backoff in total)
 MAX_THROTTLED = 60  # throttled rounds of one message
@@ -41,13 +51,25 @@ MAX_DELAY = (
     6 * 3600
 )  # what a queue visibility delay is allowed to be here (Retry-After is trusted up to this)
 SLOT_TIMEOUT = 60.0  # waiting for one of the 4 slots longer than this re-queues the message instead
+BATCH_LEASE_SECONDS = 30.0  # longer than a $batch of 20 takes; a dead holder frees it after this
+BATCH_BUSY_DELAY = 1.0  # another process's $batch takes about a second
 
 
 class MailboxGated(ThrottledError):
     """The mailbox's gate is closed: do not call Graph now, come back in ``retry_after`` seconds."""
 
-    def __init__(self, retry_after: float) -> None:
-        super().__init__("the mailbox is throttled", retry_after=retry_after, code="mailbox_gated")
+    def __init__(
+        self, retry_after: float, message: str = "the mailbox is throttled", code: str = "mailbox_gated"
+    ) -> None:
+        super().__init__(message, retry_after=retry_after, code=code)
+
+
+class MailboxBusy(MailboxGated):
+    """Another process is sending a ``$batch`` to this mailbox: come back shortly. Not a throttle:
+    the message's retry budget is not spent."""
+
+    def __init__(self, retry_after: float = BATCH_BUSY_DELAY) -> None:
+        super().__init__(retry_after, "another $batch is in flight", "mailbox_busy")
 
 
 # --- pure decisions --------------------------------------------------------------------------------
@@ -171,6 +193,45 @@ class MailboxGate:
         with self._lock:
             known = self._local.get(self.pk)
             self._local[self.pk] = max(until, known) if known else until
+
+
+class BatchLease:
+    """One ``$batch`` per mailbox at a time across processes (see the module docstring)."""
+
+    ROW = "batch"
+
+    def __init__(self, storage: Any, tenant: str, user: str) -> None:
+        self.table = storage.table(tables.MAILBOX_GATES)
+        self.pk = tables.key(tenant, user)
+
+    @contextmanager
+    def held(self, now: datetime | None = None) -> Iterator[None]:
+        """Hold the lease for the ``with`` block; raise MailboxBusy if someone else holds it."""
+        now = now or datetime.now(UTC)
+        row = tables.read(self.table, self.pk, self.ROW, "reading the mailbox's batch lease")
+        left = gate_wait(_aware(row.get("held_until")) if row else None, now)
+        if left > 0:
+            raise MailboxBusy(min(left, BATCH_BUSY_DELAY))
+        entity = {
+            "PartitionKey": self.pk,
+            "RowKey": self.ROW,
+            "held_until": now + timedelta(seconds=BATCH_LEASE_SECONDS),
+        }
+        try:
+            taken = tables.write(self.table, entity, tables.etag_of(row), "taking the mailbox's batch lease")
+        except ConflictError:
+            raise MailboxBusy() from None  # another process took it a moment ago
+        try:
+            yield
+        finally:
+            self._give_back(taken.get("etag"))
+
+    def _give_back(self, etag: str | None) -> None:
+        entity = {"PartitionKey": self.pk, "RowKey": self.ROW, "held_until": datetime.now(UTC)}
+        try:
+            tables.write(self.table, entity, etag, "giving back the mailbox's batch lease")
+        except Exception as error:  # noqa: BLE001 - it expires by itself; the batch's outcome matters more
+            log.warning("The mailbox's batch lease was not given back (%s); it expires by itself", error)
 
 
 def _aware(value: datetime | None) -> datetime | None:

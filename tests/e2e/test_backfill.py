@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import copy
+import json
 import random
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
 
+from local.azurite import free_port
+from local.processes import Service
 from shared import tables
 from shared.event_render import property_value
-from tests.conftest import Stack, wait_until
+from tests.conftest import ROOT, Stack, wait_until
 from tests.e2e.push import openapi_contract
 from tests.e2e.push.conftest import (
     BASE_ACTIVITY,
@@ -344,3 +348,33 @@ def test_remove_sync_keeps_no_content_of_backfilled_activities(stack: Stack) -> 
     assert {tables.unkey(row["RowKey"])[0] for row in kept} >= set(expected)  # they were kept...
     assert not any("p0" in row for row in kept)  # ...and now only their versions are
     assert backfill_status(stack, who)["created"] == len(expected)
+
+
+def test_two_hosts_never_send_batches_to_one_mailbox_at_the_same_time(stack: Stack, tmp_path: Path) -> None:
+    """Scale-out: a second instance works the same backfill. Outlook runs four requests of a
+    mailbox at once and a $batch uses all four, so overlapping batches would meet 429s; the
+    mailbox's batch lease keeps them apart."""
+    who = connect_user(stack)
+    stack.control.set_notifications(paused=True)  # our creates would start reconciles (more Graph calls)
+    # Outlook takes a while per create; a $batch of 20 then lasts about half a second.
+    stack.control.add_fault("latency", latency_ms=100, inner=True, method="POST", mailbox=who.oid)
+    one_at_a_time = json.loads((ROOT / "host.json").read_text())
+    one_at_a_time["extensions"]["queues"]["batchSize"] = 1  # so the first host cannot take every chunk
+    (tmp_path / "host.json").write_text(json.dumps(one_at_a_time))
+    second = Service(
+        "host-2",
+        ["-m", "local.host", "--port", str(free_port()), "--host-json", str(tmp_path / "host.json")],
+        dict(stack.host.env),
+    ).start()
+    try:
+        items, expected = make_activities(who, 600, seed=11)
+        job = run_job(stack, who, items)
+        done = completed(stack, who, job["job_id"], timeout=180)["data"]
+    finally:
+        second.stop()
+    assert done["created"] == len(expected) and done["failed"] == 0
+    check_events(stack, who, expected)
+    for host in (stack.host, second):  # both instances worked on the job
+        assert any("Executed 'backfill_chunk'" in line for line in host.output), host.name
+    throttled = stack.control.counters(who.oid)["mailboxes"][who.oid]["throttled"]
+    assert throttled == {}  # not one MailboxConcurrency 429 (without the lease: dozens)
