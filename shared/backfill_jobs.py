@@ -91,12 +91,6 @@ def chunk_key(job_id: str, page: str, index: int) -> str:
     return f"chunk|{tables.key(job_id)}|{page}|{index:03d}"
 
 
-def _aware(value: Any) -> datetime | None:
-    if value is None:
-        return None
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
-
-
 def job_from_row(tenant: str, user: str, row: Any) -> Job:
     return Job(
         tenant,
@@ -107,8 +101,8 @@ def job_from_row(tenant: str, user: str, row: Any) -> Job:
         last_page=bool(row.get("last_page")),
         state=row.get("state", RECEIVING),
         pages=int(row.get("pages", 0)),
-        started_at=_aware(row.get("started_at")) or datetime.now(UTC),
-        completed_at=_aware(row.get("completed_at")),
+        started_at=tables.aware(row.get("started_at")) or datetime.now(UTC),
+        completed_at=tables.aware(row.get("completed_at")),
         callback_id=row.get("callback_id"),
         callback_sent=bool(row.get("callback_sent")),
         errors=tuple(json.loads(row.get("errors") or "[]")),

@@ -294,7 +294,7 @@ class ChunkRun:
         are not kept: nothing should ever put them in the calendar."""
         from shared.push import keep_payload
 
-        occurred_at = self.now if received_at is None else _aware(received_at)
+        occurred_at = self.now if received_at is None else tables.aware(received_at)
         keep_payload(self.services, self.tenant, activity, data, occurred_at)
 
     def _known_types(self, type_ids: set[str], received_at: Any) -> dict[str, ActivityType]:
@@ -303,7 +303,7 @@ class ChunkRun:
 
         if received_at is None:
             return {}
-        received = _aware(received_at)
+        received = tables.aware(received_at)
         found = {t: known_type(self.storage, self.tenant, t, newer_than=received) for t in type_ids}
         return {t: activity_type for t, activity_type in found.items() if activity_type is not None}
 
@@ -676,10 +676,6 @@ class ChunkRun:
             if i not in self.results:
                 self.fail(i, None, error)
         return self._close()
-
-
-def _aware(value: datetime) -> datetime:
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 def merge_retries(retries: list[Retry]) -> list[Retry]:

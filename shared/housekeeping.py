@@ -17,7 +17,7 @@ overlapping runs (or a run racing the code that uses the row) are harmless.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from shared import tables
@@ -74,7 +74,7 @@ def _old_dedup(storage: Any, now: datetime) -> int:
         table, "received_at lt @cutoff", {"cutoff": cutoff}, ["PartitionKey", "RowKey", "received_at", "p0"]
     )
     return _delete(
-        table, [r for r in rows if r.get("p0") is None or _aware(r["received_at"]) < payload_cutoff]
+        table, [r for r in rows if r.get("p0") is None or tables.aware(r["received_at"]) < payload_cutoff]
     )
 
 
@@ -102,7 +102,7 @@ def _finished_backfill_pages(storage: Any, now: datetime) -> int:
     )
     deleted = 0
     for job in jobs:
-        if job.get("state") != "completed" and _aware(job["updated_at"]) >= abandoned:
+        if job.get("state") != "completed" and tables.aware(job["updated_at"]) >= abandoned:
             continue
         for kind in ("chunk", "page"):
             prefix = f"{kind}|{tables.key(job['job_id'])}|"
@@ -118,11 +118,11 @@ def _finished_backfill_pages(storage: Any, now: datetime) -> int:
 
 def _expired(value: Any, cutoff: datetime) -> bool:
     if isinstance(value, datetime):
-        return _aware(value) < cutoff
+        return tables.aware(value) < cutoff
     if not isinstance(value, str) or not value:
         return False
     try:
-        return _aware(datetime.fromisoformat(_trim(value))) < cutoff
+        return tables.aware(datetime.fromisoformat(_trim(value))) < cutoff
     except ValueError:
         return False
 
@@ -136,7 +136,3 @@ def _trim(text: str) -> str:
         zone = rest[len(digits) :]
         text = f"{head}.{digits[:6].ljust(6, '0')}{zone}"
     return text
-
-
-def _aware(value: datetime) -> datetime:
-    return value if value.tzinfo else value.replace(tzinfo=UTC)

@@ -17,7 +17,7 @@ back to an older version.
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from shared import tables
@@ -41,7 +41,7 @@ def payload(storage: Any, tenant: str, activity_id: str) -> tuple[dict[str, Any]
     if found is None or found.get("deleted"):
         return None
     data = tables.unpack(found)
-    return (data, _aware(found["occurred_at"])) if data else None
+    return (data, tables.aware(found["occurred_at"])) if data else None
 
 
 def keep(
@@ -141,7 +141,7 @@ def known_type(storage: Any, tenant: str, type_id: str, *, newer_than: datetime)
     """The type as last updated by the CRM, when that update is newer than the activity's copy
     (push and backfill both let it override the copy inside an activity)."""
     found = type_row(storage, tenant, type_id)
-    if found is None or _aware(found["occurred_at"]) <= newer_than:
+    if found is None or tables.aware(found["occurred_at"]) <= newer_than:
         return None
     return ActivityType(type_id, found["name"], bool(found["show_in_calendar"]))
 
@@ -151,7 +151,7 @@ def keep_type(storage: Any, tenant: str, update: ActivityTypeUpdated, occurred_a
     table = storage.table(tables.ACTIVITY_TYPES)
     for _ in range(_RETRIES):
         current = type_row(storage, tenant, update.id)
-        if current is not None and _aware(current["occurred_at"]) > occurred_at:
+        if current is not None and tables.aware(current["occurred_at"]) > occurred_at:
             return False
         entity = {
             "PartitionKey": tables.key(tenant),
@@ -166,7 +166,3 @@ def keep_type(storage: Any, tenant: str, update: ActivityTypeUpdated, occurred_a
         except ConflictError:
             continue
     raise ConflictError("the activity type kept changing")
-
-
-def _aware(value: datetime) -> datetime:
-    return value if value.tzinfo else value.replace(tzinfo=UTC)

@@ -107,7 +107,7 @@ def request_reconcile(storage: Any, tenant: str, user: str, message: dict[str, A
         except ResourceNotFoundError:
             continue  # the worker took it just now: mark again
         expires_at = row.get("expires_at")
-        if expires_at is not None and _aware(expires_at) > now:
+        if expires_at is not None and tables.aware(expires_at) > now:
             return False  # a run is pending and will read delta after this change
         try:
             with tables.storage_errors("renewing a stale pending reconcile"):
@@ -163,7 +163,3 @@ def _subscription(storage: Any, subscription_id: str) -> Any:
         _known.clear()
     _known[subscription_id] = (time.monotonic(), row)
     return row
-
-
-def _aware(value: datetime) -> datetime:
-    return value if value.tzinfo else value.replace(tzinfo=UTC)

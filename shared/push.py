@@ -402,7 +402,7 @@ def _type_for_user(
     services: Any, tenant: str, user: str, update: ActivityTypeUpdated, occurred_at: datetime, now: datetime
 ) -> str:
     latest = kept_activities.type_row(services.storage, tenant, update.id)
-    if latest is not None and _aware(latest["occurred_at"]) > occurred_at:
+    if latest is not None and tables.aware(latest["occurred_at"]) > occurred_at:
         return DONE  # superseded
     connection = connections.get(services.storage, tenant, user)
     context = _context(connection)
@@ -774,7 +774,3 @@ def _forward_to_previous_owner(
         encoded = _encode({**message, "event": {**raw, "data": data}})
     with tables.storage_errors("telling the previous owner"):
         services.storage.send(queues.ACTIVITY_SYNC, encoded)
-
-
-def _aware(value: datetime) -> datetime:
-    return value if value.tzinfo else value.replace(tzinfo=UTC)

@@ -17,7 +17,8 @@ import re
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from datetime import UTC, datetime
+from typing import Any, overload
 
 from shared.errors import ConflictError, PermanentError, ThrottledError, TransientError
 
@@ -124,6 +125,17 @@ def write(table: Any, entity: dict[str, Any], etag: str | None, what: str) -> di
         return table.update_entity(
             entity, mode=UpdateMode.REPLACE, etag=etag, match_condition=MatchConditions.IfNotModified
         )
+
+
+@overload
+def aware(value: datetime) -> datetime: ...
+@overload
+def aware(value: None) -> None: ...
+def aware(value: datetime | None) -> datetime | None:
+    """A datetime read back from a table, as UTC: Azurite returns some without their zone."""
+    if value is None:
+        return None
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 # --- payloads -------------------------------------------------------------------------------------

@@ -157,7 +157,7 @@ class MailboxGate:
         now = now or datetime.now(UTC)
         self.check_local(now)
         row = self._read()
-        wait = gate_wait(_aware(row.get("throttled_until")) if row else None, now)
+        wait = gate_wait(tables.aware(row.get("throttled_until")) if row else None, now)
         if wait > 0:
             self._remember(now + timedelta(seconds=wait))
             raise MailboxGated(wait)
@@ -168,7 +168,7 @@ class MailboxGate:
         table = self.storage.table(tables.MAILBOX_GATES)
         for _ in range(5):
             row = self._read()
-            current = _aware(row.get("throttled_until")) if row else None
+            current = tables.aware(row.get("throttled_until")) if row else None
             until = closed_until(current, now, retry_after)
             self._remember(until)
             if current is not None and until <= current:
@@ -209,7 +209,7 @@ class BatchLease:
         """Hold the lease for the ``with`` block; raise MailboxBusy if someone else holds it."""
         now = now or datetime.now(UTC)
         row = tables.read(self.table, self.pk, self.ROW, "reading the mailbox's batch lease")
-        left = gate_wait(_aware(row.get("held_until")) if row else None, now)
+        left = gate_wait(tables.aware(row.get("held_until")) if row else None, now)
         if left > 0:
             raise MailboxBusy(min(left, BATCH_BUSY_DELAY))
         entity = {
@@ -232,12 +232,6 @@ class BatchLease:
             tables.write(self.table, entity, etag, "giving back the mailbox's batch lease")
         except Exception as error:  # noqa: BLE001 - it expires by itself; the batch's outcome matters more
             log.warning("The mailbox's batch lease was not given back (%s); it expires by itself", error)
-
-
-def _aware(value: datetime | None) -> datetime | None:
-    if value is None:
-        return None
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 class InFlight:

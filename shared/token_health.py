@@ -8,7 +8,7 @@ import logging
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from shared import connections
+from shared import connections, tables
 from shared.errors import AuthError, SyncError
 from shared.reauth import require_reauth
 from shared.token_crypto import UndecryptableError
@@ -25,7 +25,7 @@ def refresh_idle_grants(services: Any, now: datetime | None = None) -> dict[str,
             continue
         tally["checked"] += 1
         refreshed_at = services.identity.refreshed_at(connection.tenant, connection.user)
-        if refreshed_at is not None and now - _aware(refreshed_at) < IDLE_LIMIT:
+        if refreshed_at is not None and now - tables.aware(refreshed_at) < IDLE_LIMIT:
             continue
         try:
             services.identity.access_token(connection.tenant, connection.user, force_refresh=True)
@@ -37,7 +37,3 @@ def refresh_idle_grants(services: Any, now: datetime | None = None) -> dict[str,
             log.warning("Token refresh will be tried again next run: %s", error.message)
             tally["failed"] += 1
     return tally
-
-
-def _aware(moment: datetime) -> datetime:
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
