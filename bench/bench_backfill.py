@@ -22,13 +22,10 @@ from __future__ import annotations
 import json
 import os
 import sys
-import tempfile
 import threading
 import time
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
@@ -40,53 +37,6 @@ LIMIT = int(os.environ.get("BENCH_BACKFILL_LIMIT", "1000"))
 WINDOW = float(os.environ.get("BENCH_BACKFILL_WINDOW", "30"))
 PAGE = 500
 ZONES = ["America/Bogota", "Europe/Madrid", "Asia/Tokyo", "America/New_York", "UTC"]
-
-
-def _path(tenant: str, user: str, action: str) -> str:
-    return f"/api/tenants/{quote(tenant, safe='')}/users/{quote(user, safe='')}/{action}"
-
-
-def _connect(stack: Any, tenant: str, user: str) -> str:
-    from tests.support.sign_in import sign_in
-
-    upn = "bench@contoso.example"
-    mailbox = stack.control.add_user(upn, display_name="Bench", time_zone="Romance Standard Time")
-    body = {
-        "return_url": "https://crm.example.com/calendar",
-        "time_zone": "America/Bogota",
-        "locale": "es",
-        "login_hint": upn,
-    }
-    started = stack.crm.post(_path(tenant, user, "connect"), body)
-    started.raise_for_status()
-    landed = sign_in(started.json()["authorization_url"], stack.emulator.ca_path)
-    if "calendar_sync=connected" not in landed.headers.get("Location", ""):
-        raise RuntimeError(f"connect failed: {landed.status_code} {landed.text[:200]}")
-    return mailbox["id"]
-
-
-def _activities(user: str, count: int) -> list[dict[str, Any]]:
-    now = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
-    items = []
-    for n in range(count):
-        start = now + timedelta(days=1 + n % 300, hours=n % 11)
-        items.append(
-            {
-                "id": f"bench-{n:05d}",
-                "version": 1,
-                "owner_user_id": user,
-                "type": {"id": "meeting", "name": "Reunión", "show_in_calendar": True},
-                "status": "planned",
-                "subject": f"Reunión {n}",
-                "description": "Revisar la propuesta.",
-                "start": start.isoformat(),
-                "end": (start + timedelta(minutes=30)).isoformat(),
-                "time_zone": ZONES[n % len(ZONES)],
-                "all_day": False,
-                "url": f"https://crm.example.com/activities/bench-{n:05d}",
-            }
-        )
-    return items
 
 
 class Sampler(threading.Thread):
@@ -132,50 +82,43 @@ def _steady_rate(samples: list[tuple[float, int, int]]) -> tuple[float | None, f
 
 
 def run() -> dict[str, Any]:
-    from local.azurite import Azurite
-    from local.dev_settings import new_secrets
-    from local.emulator import start_emulator
+    from bench.stack import planned_activities, running_stack
     from shared.event_render import PROPERTY_ID, property_value
-    from tests.support.stack import launch_stack
+    from tests.e2e.push.conftest import connect_user, user_path
 
-    tenant, user = "bench-tenant", "bench-user"
-    with Azurite(Path(tempfile.mkdtemp(prefix="bench-azurite-"))) as azurite, start_emulator() as emulator:
-        os.environ["REQUESTS_CA_BUNDLE"] = emulator.ca_path
-        stack = launch_stack(azurite, emulator, new_secrets())
-        try:
-            mailbox = _connect(stack, tenant, user)
-            stack.control.set_notifications(paused=True)
-            stack.control.set_throttling(limit=LIMIT, window_seconds=WINDOW)
-            stack.control.reset_counters()
-            items = _activities(user, COUNT)
-            sampler = Sampler(stack.control, mailbox)
-            sampler.start()
-            started = time.monotonic()
-            job_id = None
-            for start in range(0, COUNT, PAGE):
-                body: dict[str, Any] = {
-                    "activities": items[start : start + PAGE],
-                    "last_page": start + PAGE >= COUNT,
-                }
-                if job_id:
-                    body["job_id"] = job_id
-                answer = stack.crm.post(_path(tenant, user, "backfill"), body)
-                if answer.status_code != 202:
-                    raise RuntimeError(f"page refused: {answer.status_code} {answer.text[:300]}")
-                job_id = answer.json()["job_id"]
-            done = stack.callbacks.wait_for("backfill.completed", timeout=1200)[0]["data"]
-            wall = time.monotonic() - started
-            sampler.stopping.set()
-            sampler.join()
-            sampler.samples.append((time.monotonic(), *sampler.read()))
-            counters = stack.control.counters(mailbox)["mailboxes"][mailbox]
-            events = [
-                e
-                for e in stack.control.events(mailbox)
-                if any(p["id"] == PROPERTY_ID for p in e["singleValueExtendedProperties"])
-            ]
-        finally:
-            stack.close()
+    with running_stack() as stack:
+        who = connect_user(stack)
+        tenant, mailbox = who.tenant, who.oid
+        stack.control.set_notifications(paused=True)
+        stack.control.set_throttling(limit=LIMIT, window_seconds=WINDOW)
+        stack.control.reset_counters()
+        items = planned_activities(who.user, COUNT, prefix="bench", zones=ZONES)
+        sampler = Sampler(stack.control, mailbox)
+        sampler.start()
+        started = time.monotonic()
+        job_id = None
+        for start in range(0, COUNT, PAGE):
+            body: dict[str, Any] = {
+                "activities": items[start : start + PAGE],
+                "last_page": start + PAGE >= COUNT,
+            }
+            if job_id:
+                body["job_id"] = job_id
+            answer = stack.crm.post(user_path(tenant, who.user, "backfill"), body)
+            if answer.status_code != 202:
+                raise RuntimeError(f"page refused: {answer.status_code} {answer.text[:300]}")
+            job_id = answer.json()["job_id"]
+        done = stack.callbacks.wait_for("backfill.completed", timeout=1200)[0]["data"]
+        wall = time.monotonic() - started
+        sampler.stopping.set()
+        sampler.join()
+        sampler.samples.append((time.monotonic(), *sampler.read()))
+        counters = stack.control.counters(mailbox)["mailboxes"][mailbox]
+        events = [
+            e
+            for e in stack.control.events(mailbox)
+            if any(p["id"] == PROPERTY_ID for p in e["singleValueExtendedProperties"])
+        ]
     values: dict[str, int] = {}
     for event in events:
         value = next(p["value"] for p in event["singleValueExtendedProperties"] if p["id"] == PROPERTY_ID)

@@ -38,7 +38,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from bench.stack import graph_requests, running_stack
+from bench.stack import graph_requests, planned_activities, running_stack
 from tests.conftest import wait_until
 from tests.e2e.push.conftest import CrmUser, connect_user, ours, property_of, user_path
 
@@ -50,32 +50,8 @@ BACKFILL_PAGE = 500
 MOVES, DELETES, EDITS = 5, 2, 3
 
 
-def _activities(who: CrmUser, count: int) -> list[dict[str, Any]]:
-    now = datetime.now(UTC).replace(minute=0, second=0, microsecond=0, tzinfo=None)
-    items = []
-    for n in range(count):
-        start = now + timedelta(days=1 + n % 300, hours=n % 11)
-        items.append(
-            {
-                "id": f"rec-{n:05d}",
-                "version": 1,
-                "owner_user_id": who.user,
-                "type": {"id": "meeting", "name": "Reunión", "show_in_calendar": True},
-                "status": "planned",
-                "subject": f"Reunión {n}",
-                "description": "Revisar la propuesta.",
-                "start": start.isoformat(),
-                "end": (start + timedelta(minutes=30)).isoformat(),
-                "time_zone": "America/Bogota",
-                "all_day": False,
-                "url": f"https://crm.example.com/activities/rec-{n:05d}",
-            }
-        )
-    return items
-
-
 def _backfill(stack: Any, who: CrmUser, count: int) -> dict[str, Any]:
-    items = _activities(who, count)
+    items = planned_activities(who.user, count, prefix="rec")
     job_id = None
     for first in range(0, count, BACKFILL_PAGE):
         body: dict[str, Any] = {

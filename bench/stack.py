@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from local.azurite import Azurite
 from local.dev_settings import new_secrets
@@ -41,3 +43,32 @@ def graph_requests(stack: Stack, mailbox: str, prefix: str = "") -> int:
     optionally only those whose endpoint contains ``prefix``."""
     counted = stack.control.counters(mailbox)["mailboxes"].get(mailbox, {}).get("requests", {})
     return sum(n for endpoint, n in counted.items() if prefix in endpoint)
+
+
+def planned_activities(
+    owner: str, count: int, *, prefix: str, zones: Sequence[str] = ("America/Bogota",)
+) -> list[dict[str, Any]]:
+    """``count`` planned half-hour meetings on the coming days, as the CRM would send them: wall
+    clock in each activity's zone (the zones taken in turn), ids ``<prefix>-00000`` on."""
+    now = datetime.now(UTC).replace(minute=0, second=0, microsecond=0, tzinfo=None)
+    items = []
+    for n in range(count):
+        start = now + timedelta(days=1 + n % 300, hours=n % 11)
+        activity_id = f"{prefix}-{n:05d}"
+        items.append(
+            {
+                "id": activity_id,
+                "version": 1,
+                "owner_user_id": owner,
+                "type": {"id": "meeting", "name": "Reunión", "show_in_calendar": True},
+                "status": "planned",
+                "subject": f"Reunión {n}",
+                "description": "Revisar la propuesta.",
+                "start": start.isoformat(),
+                "end": (start + timedelta(minutes=30)).isoformat(),
+                "time_zone": zones[n % len(zones)],
+                "all_day": False,
+                "url": f"https://crm.example.com/activities/{activity_id}",
+            }
+        )
+    return items
