@@ -1,6 +1,11 @@
 """A dev host that runs ``function_app.py`` as the Azure Functions host would, with no Core Tools:
 HTTP triggers, queue triggers and output bindings against Storage (Azurite), timers, and the admin
-endpoint. Everything comes from the app's own registrations and ``host.json``."""
+endpoint. Everything comes from the app's own registrations and ``host.json``.
+
+A function whose app setting ``AzureWebJobs.<name>.Disabled`` is ``true`` is ignored by its
+trigger, as the Functions host does (disable-function.md): its route answers 404, its queue is not
+polled, its timer does not fire; the admin endpoint still runs it. The tests' stacks use this to
+keep the timers to themselves and run them when a test asks."""
 
 from __future__ import annotations
 
@@ -8,6 +13,7 @@ import contextlib
 import importlib
 import json
 import logging
+import os
 import re
 import sys
 import threading
@@ -63,30 +69,37 @@ class DevHost:
         self.specs = index(app)
         prefix, self.queue_options = read_host_json(host_json)
         self.by_name = {spec.name.lower(): spec for spec in self.specs}
+        self.disabled = {spec.name for spec in self.specs if is_disabled(spec.name, os.environ)}
+        enabled = [spec for spec in self.specs if spec.name not in self.disabled]
         self.stopping = threading.Event()
         self.timers = [TimerRunner(s, self.stopping) for s in self.specs if s.trigger_type == "timerTrigger"]
         self.pollers = [
             QueuePoller(s, self.queue_options, self.stopping)
-            for s in self.specs
+            for s in enabled
             if s.trigger_type == "queueTrigger"
         ]
         self.server = make_server(
-            bind, port, WsgiApp(build_routes(self.specs, prefix), self.run_now), threaded=True
+            bind, port, WsgiApp(build_routes(enabled, prefix), self.run_now), threaded=True
         )
         self.port = self.server.server_port
         self.prefix = prefix
 
     def start(self) -> None:
-        for thread in [*self.timers, *self.pollers]:
+        for thread in [*self.running_timers, *self.pollers]:
             thread.start()
         threading.Thread(target=self.server.serve_forever, name="http", daemon=True).start()
         for spec in self.specs:
-            log.info("Function %s: %s", spec.name, describe(spec, self.prefix, self.port))
+            disabled = f" (disabled: AzureWebJobs.{spec.name}.Disabled)" if spec.name in self.disabled else ""
+            log.info("Function %s: %s%s", spec.name, describe(spec, self.prefix, self.port), disabled)
+
+    @property
+    def running_timers(self) -> list[TimerRunner]:
+        return [t for t in self.timers if t.spec.name not in self.disabled]
 
     def stop(self) -> None:
         self.stopping.set()
         self.server.shutdown()
-        for thread in [*self.timers, *self.pollers]:
+        for thread in [*self.running_timers, *self.pollers]:
             thread.join(timeout=30)
 
     def run_now(self, name: str, payload: str) -> bool:
@@ -112,6 +125,11 @@ class DevHost:
         with contextlib.suppress(Exception):  # logged by invoke
             _, outputs = invoke(spec, trigger)
             send_outputs(outputs)
+
+
+def is_disabled(name: str, environ: Any) -> bool:
+    """The host's per-function switch: app setting ``AzureWebJobs.<name>.Disabled`` = true."""
+    return str(environ.get(f"AzureWebJobs.{name}.Disabled", "")).strip().lower() in ("true", "1")
 
 
 def describe(spec: FunctionSpec, prefix: str, port: int) -> str:

@@ -73,6 +73,26 @@ def test_admin_endpoint_runs_a_timer_now(start_host, storage) -> None:
     assert requests.post(f"{host.ready['url']}/admin/functions/nope", json={}, timeout=10).status_code == 404
 
 
+def test_a_disabled_function_is_ignored_by_its_trigger_but_the_admin_endpoint_runs_it(
+    start_host, storage
+) -> None:
+    switches = {f"AzureWebJobs.{name}.Disabled": "true" for name in ("accept_order", "store_order", "yearly")}
+    host = start_host(app=SAMPLE, host_json=SAMPLE_HOST_JSON, **switches)
+    base = host.ready["url"]
+
+    assert requests.post(f"{base}/api/orders/d-1", json={}, timeout=10).status_code == 404  # as if absent
+    assert requests.get(f"{base}/api/crash", timeout=10).status_code == 500  # the others still serve
+    for name in ("accept_order", "store_order", "yearly"):
+        assert any(f"Function {name}:" in line and "(disabled:" in line for line in host.output), name
+    order = {"id": "d-2", "body": {"via": "admin"}, "tag": None}
+    answer = requests.post(
+        f"{base}/admin/functions/store_order", json={"input": json.dumps(order)}, timeout=10
+    )
+    assert answer.status_code == 202
+    row = wait_until(lambda: entity(storage, "SampleOrders", "orders", "d-2"), what="the admin-run order")
+    assert json.loads(row["body"]) == {"via": "admin"}
+
+
 def test_unknown_routes_and_methods_get_the_hosts_404_and_a_crash_does_not_stop_the_host(start_host) -> None:
     host = start_host(app=SAMPLE, host_json=SAMPLE_HOST_JSON)
     base = host.ready["url"]
@@ -118,3 +138,8 @@ def test_a_missing_setting_stops_the_host_at_start_with_its_name(azurite, test_s
     assert result.returncode == 2
     assert "CRM_SHARED_SECRET" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_the_test_stack_keeps_every_timer_of_the_app_for_tests_to_run(stack) -> None:
+    timers = [line for line in stack.host.output if "timerTrigger '" in line]
+    assert timers and all("(disabled: AzureWebJobs." in line for line in timers), timers
