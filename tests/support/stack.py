@@ -15,6 +15,12 @@ from shared.storage import Storage
 from tests.support.crm import CallbackReceiver, SignedClient
 
 RETURN_ORIGIN = "https://crm.example.com"
+# Timers fire only when a test runs them (POST /admin/functions/{name}): a schedule that happens to
+# come due in the middle of a test would add Graph calls and callbacks nobody asked for.
+TIMERS_OFF = {
+    f"AzureWebJobs.{name}.Disabled": "true"
+    for name in ("token_health", "renew_subscriptions", "reconcile_sweep", "clean_up")
+}
 
 
 @dataclass
@@ -60,7 +66,7 @@ def launch_stack(azurite: Azurite, emulator: Any, secrets: dict[str, str], **env
         ca_bundle=emulator.ca_path,
         return_origins=RETURN_ORIGIN,
     )
-    settings.update(env)
+    settings.update({**TIMERS_OFF, **env})
     storage = Storage(storage_settings({"AzureWebJobsStorage": azurite.connection_string}))
     empty_queues(storage)
     host = Service("host", ["-m", "local.host", "--port", str(port)], settings).start()
