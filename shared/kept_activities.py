@@ -4,9 +4,11 @@
   (``tables.pack``), with its ``version``, ``owner`` and ``occurred_at``. Pushed activities and
   backfilled ones inside the window are kept alike. It serves the replay (an activity type's
   calendar flag turned back on, a reconnect after ``reauth_required``) and owner changes (the
-  previous owner's event is removed). A deleted activity keeps only its version, with
-  ``deleted`` set, so a late upsert stays stale; "Remove sync" drops the payloads of the user's
-  activities the same way (their versions stay, to keep order).
+  previous owner's event is removed). The payload is kept only while its owner's sync is on
+  (connected, or waiting to reconnect): for anyone else the row holds only ``version`` and
+  ``owner``, which is all ordering and owner changes need. A deleted activity keeps only its
+  version, with ``deleted`` set, so a late upsert stays stale; "Remove sync" drops the payloads of
+  the user's activities the same way (their versions stay, to keep order).
 - ``ActivityTypes``: the newest ``activity_type.updated`` per (tenant, type), by ``occurred_at``;
   it overrides the copy of the type inside any activity older than it.
 
@@ -52,14 +54,21 @@ def keep(
     occurred_at: datetime,
     *,
     tell_previous_owner: Callable[[str], None],
+    with_payload: bool = True,
 ) -> None:
-    """Keep the newest payload of an activity. When its owner changed, ``tell_previous_owner``
-    runs first, so a crash before the write still leaves the previous owner told."""
+    """Keep the newest version of an activity, with its payload unless ``with_payload`` is
+    False. When its owner changed, ``tell_previous_owner`` runs first, so a crash before the
+    write still leaves the previous owner told."""
     table = storage.table(tables.ACTIVITIES)
     for _ in range(_RETRIES):
         current = row(storage, tenant, activity.id)
-        if current is not None and int(current["version"]) >= activity.version:
-            return
+        if current is not None:
+            known = int(current["version"])
+            # The same version again only fills in a payload the row lacks (a user connecting anew).
+            if known > activity.version or (
+                known == activity.version and (current.get("deleted") or "p0" in current or not with_payload)
+            ):
+                return
         previous_owner = current.get("owner") if current is not None else None
         if previous_owner and previous_owner != activity.owner_user_id:
             tell_previous_owner(previous_owner)
@@ -70,7 +79,7 @@ def keep(
             "version": activity.version,
             "occurred_at": occurred_at,
             "deleted": False,
-            **tables.pack(data),
+            **(tables.pack(data) if with_payload else {}),
         }
         try:
             tables.write(table, entity, tables.etag_of(current), "keeping an activity")

@@ -18,13 +18,14 @@ Worker (``process``), one message at a time, never sleeping:
   finds the event deleted in Outlook creates it again (a new CRM change is the newest intent; the
   reconcile has already told the CRM about the deletion).
 - Payload keeping (``shared.kept_activities``): the latest ``activity.upserted`` data per
-  (tenant, activity) is kept (dropped when the activity is deleted); backfilled items inside the
-  window are kept the same way. It serves ``Replay`` (an activity type's calendar flag turned
+  (tenant, activity) is kept while its owner's sync is on (dropped when the activity is deleted);
+  backfilled items inside the window are kept the same way. It serves ``Replay`` (an activity type's calendar flag turned
   back on recreates that type's events) and owner changes (the previous owner's event is removed).
 - ``activity_type.updated``: the type is remembered (``shared.kept_activities``; the latest
   ``occurred_at`` wins and overrides older copies inside activities), then one message per user
-  of the tenant fans out. Flag off removes that type's events for every user (an explicit CRM instruction, so
-  the mass-deletion guard counts it as confirmed); flag on replays each kept payload.
+  of the tenant fans out. Flag off removes that type's events for every user (an explicit CRM
+  instruction, so the mass-deletion guard counts it as confirmed); flag on replays each kept
+  payload.
 - ``user.updated``: the connection's locale and CRM time zone.
 
 Graph is called through ``shared.mailbox_client``. Failures (see ``shared.throttle``): throttling
@@ -297,7 +298,9 @@ def _upsert(
 ) -> str:
     connection = connections.get(services.storage, tenant, user)
     if activity.owner_user_id == user:
-        keep_payload(services, tenant, activity, data, occurred_at)
+        # CRM content is kept only for a user whose sync is on ("Remove sync" means none is kept).
+        sync_on = connection.state in (CONNECTED, connections.REAUTH_REQUIRED)
+        keep_payload(services, tenant, activity, data, occurred_at, with_payload=sync_on)
     known = kept_activities.known_type(services.storage, tenant, activity.type.id, newer_than=occurred_at)
     policy = services.settings.completed_activities
     context = _context(connection)
@@ -733,10 +736,17 @@ def _subject_of(services: Any, message: dict[str, Any]) -> tuple[str, int, str |
 
 
 def keep_payload(
-    services: Any, tenant: str, activity: Activity, data: dict[str, Any], occurred_at: datetime
+    services: Any,
+    tenant: str,
+    activity: Activity,
+    data: dict[str, Any],
+    occurred_at: datetime,
+    *,
+    with_payload: bool = True,
 ) -> None:
-    """Keep the newest payload of an activity (pushed or backfilled, ``shared.kept_activities``);
-    when its owner changed, the previous owner's worker is told to let go of its event."""
+    """Keep the newest version of an activity (pushed or backfilled, ``shared.kept_activities``),
+    with its payload unless told otherwise; when its owner changed, the previous owner's worker is
+    told to let go of its event."""
     kept_activities.keep(
         services.storage,
         tenant,
@@ -746,6 +756,7 @@ def keep_payload(
         tell_previous_owner=lambda owner: _forward_to_previous_owner(
             services, tenant, owner, activity, data, occurred_at
         ),
+        with_payload=with_payload,
     )
 
 

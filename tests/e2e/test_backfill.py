@@ -26,6 +26,7 @@ from tests.e2e.push.conftest import (
     envelope,
     ours,
     property_of,
+    reconnect,
     send,
     user_path,
     utc,
@@ -378,3 +379,25 @@ def test_two_hosts_never_send_batches_to_one_mailbox_at_the_same_time(stack: Sta
         assert any("Executed 'backfill_chunk'" in line for line in host.output), host.name
     throttled = stack.control.counters(who.oid)["mailboxes"][who.oid]["throttled"]
     assert throttled == {}  # not one MailboxConcurrency 429 (without the lease: dozens)
+
+
+def test_after_remove_sync_no_content_is_kept_until_a_new_sync_brings_it(stack: Stack) -> None:
+    who = connect_user(stack)
+    answer = stack.crm.post(user_path(who.tenant, who.user, "disconnect"), {"remove_events": "none"})
+    assert answer.status_code == 200, answer.text
+
+    # The CRM keeps pushing this user's activities: ordering is kept, their content is not.
+    while_off = activity(who, id="while-off")
+    send(stack, envelope(who.tenant, "activity.upserted", while_off))
+    activities = stack.storage.table(tables.ACTIVITIES)
+    kept = wait_until(
+        lambda: tables.read(activities, tables.key(who.tenant), tables.key("while-off"), "test"),
+        what="the pushed activity's version kept",
+    )
+    assert kept["version"] == 1 and "p0" not in kept
+
+    # Connected again, "Sync" with that same version puts it in the calendar and keeps it.
+    reconnect(stack, who.tenant, who.user, who.upn)
+    job = run_job(stack, who, [while_off])
+    assert completed(stack, who, job["job_id"], timeout=60)["data"]["created"] == 1
+    assert "p0" in tables.read(activities, tables.key(who.tenant), tables.key("while-off"), "test")

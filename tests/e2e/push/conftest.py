@@ -80,6 +80,14 @@ def connect_user(
     return CrmUser(tenant, user, mailbox["id"], upn)
 
 
+def reconnect(stack: Stack, tenant: str, user: str, upn: str) -> None:
+    """The same CRM user signs in with the same Microsoft account again."""
+    body = {"return_url": RETURN_URL, "time_zone": "America/Bogota", "locale": "es", "login_hint": upn}
+    started = stack.crm.post(user_path(tenant, user, "connect"), body).json()
+    landed = sign_in(started["authorization_url"], stack.emulator.ca_path)
+    assert "calendar_sync=connected" in landed.headers["Location"]
+
+
 @pytest.fixture()
 def ana(stack: Stack) -> CrmUser:
     return connect_user(stack)

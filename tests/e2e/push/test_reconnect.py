@@ -9,17 +9,9 @@ import requests
 
 from shared import tables
 from tests.conftest import Stack, wait_until
-from tests.e2e.push.conftest import RETURN_URL, connect_user, ours, status, synced, upsert, user_path
-from tests.support.sign_in import sign_in
+from tests.e2e.push.conftest import connect_user, ours, reconnect, status, synced, upsert
 
 pytestmark = pytest.mark.e2e
-
-
-def reconnect(stack: Stack, tenant: str, user: str, upn: str) -> None:
-    body = {"return_url": RETURN_URL, "time_zone": "America/Bogota", "locale": "es", "login_hint": upn}
-    started = stack.crm.post(user_path(tenant, user, "connect"), body).json()
-    landed = sign_in(started["authorization_url"], stack.emulator.ca_path)
-    assert "calendar_sync=connected" in landed.headers["Location"]
 
 
 def test_activities_pushed_during_reauth_required_arrive_after_reconnecting(stack: Stack) -> None:
