@@ -217,7 +217,6 @@ def accept_page(
     services: Any, tenant: str, user: str, request: BackfillRequest, now: datetime
 ) -> dict[str, Any]:
     """Store one page, settle what is out of the window, queue the rest; the job's progress."""
-
     _connected(services, tenant, user)
     storage = services.storage
     past_days = services.settings.sync_window_past_days

@@ -41,7 +41,7 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote, urlencode
 
-from shared import backfill_jobs, connections, links, tables
+from shared import backfill_jobs, connections, kept_activities, links, tables
 from shared.backfill import MESSAGE_VERSION, message
 from shared.backfill_plan import (
     COUNTED,
@@ -299,12 +299,12 @@ class ChunkRun:
 
     def _known_types(self, type_ids: set[str], received_at: Any) -> dict[str, ActivityType]:
         """Activity types the CRM changed after this page was received (their flag wins)."""
-        from shared.kept_activities import known_type
-
         if received_at is None:
             return {}
         received = tables.aware(received_at)
-        found = {t: known_type(self.storage, self.tenant, t, newer_than=received) for t in type_ids}
+        found = {
+            t: kept_activities.known_type(self.storage, self.tenant, t, newer_than=received) for t in type_ids
+        }
         return {t: activity_type for t, activity_type in found.items() if activity_type is not None}
 
     def _lookup(self, indexes: list[int], plans: dict[int, Pending]) -> None:

@@ -146,6 +146,11 @@ def type_row(storage: Any, tenant: str, type_id: str) -> Any:
     return tables.read(table, tables.key(tenant), tables.key(type_id), "reading an activity type")
 
 
+def superseded(found: Any, occurred_at: datetime) -> bool:
+    """True when the stored type row holds a change newer than one made at ``occurred_at``."""
+    return found is not None and tables.aware(found["occurred_at"]) > occurred_at
+
+
 def known_type(storage: Any, tenant: str, type_id: str, *, newer_than: datetime) -> ActivityType | None:
     """The type as last updated by the CRM, when that update is newer than the activity's copy
     (push and backfill both let it override the copy inside an activity)."""
@@ -160,7 +165,7 @@ def keep_type(storage: Any, tenant: str, update: ActivityTypeUpdated, occurred_a
     table = storage.table(tables.ACTIVITY_TYPES)
     for _ in range(_RETRIES):
         current = type_row(storage, tenant, update.id)
-        if current is not None and tables.aware(current["occurred_at"]) > occurred_at:
+        if superseded(current, occurred_at):
             return False
         entity = {
             "PartitionKey": tables.key(tenant),

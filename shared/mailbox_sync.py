@@ -68,7 +68,6 @@ def load(storage: Any, tenant: str, user: str) -> SyncState:
 
 
 def _write(storage: Any, state: SyncState) -> SyncState:
-
     entity = {name: getattr(state, name) for name in _FIELDS if getattr(state, name) is not None}
     entity.update(PartitionKey=tables.key(state.tenant, state.user), RowKey="")
     table = storage.table(tables.MAILBOX_SYNC)

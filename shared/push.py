@@ -404,9 +404,8 @@ def enqueue_replays(services: Any, tenant: str, user: str) -> int:
 def _type_for_user(
     services: Any, tenant: str, user: str, update: ActivityTypeUpdated, occurred_at: datetime, now: datetime
 ) -> str:
-    latest = kept_activities.type_row(services.storage, tenant, update.id)
-    if latest is not None and tables.aware(latest["occurred_at"]) > occurred_at:
-        return DONE  # superseded
+    if kept_activities.superseded(kept_activities.type_row(services.storage, tenant, update.id), occurred_at):
+        return DONE  # a newer change of this type is known; its own fan-out does the work
     connection = connections.get(services.storage, tenant, user)
     context = _context(connection)
     stored = links.for_user(services.storage, tenant, user)

@@ -175,12 +175,7 @@ class MailboxGate:
                 return current
             entity = {"PartitionKey": self.pk, "RowKey": "", "throttled_until": until}
             try:
-                tables.write(
-                    table,
-                    entity,
-                    tables.etag_of(row),
-                    "closing the mailbox gate",
-                )
+                tables.write(table, entity, tables.etag_of(row), "closing the mailbox gate")
                 return until
             except ConflictError:
                 continue  # another worker closed it at the same moment: read theirs and keep the later
