@@ -18,7 +18,7 @@ from functions import (
     reconcile_worker,
     timers,
 )
-from shared import settings
+from shared.rules import settings
 
 settings.get()
 

@@ -83,7 +83,7 @@ def _steady_rate(samples: list[tuple[float, int, int]]) -> tuple[float | None, f
 
 def run() -> dict[str, Any]:
     from bench.stack import planned_activities, running_stack
-    from shared.event_render import PROPERTY_ID, property_value
+    from shared.rules.event_render import PROPERTY_ID, property_value
     from tests.e2e.push.conftest import connect_user, user_path
 
     with running_stack() as stack:

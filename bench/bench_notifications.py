@@ -41,9 +41,9 @@ def main() -> None:
     from local.azurite import Azurite, free_port
     from local.dev_settings import new_secrets, service_environment
     from local.processes import Service
-    from shared import tables
-    from shared.settings import storage_settings
-    from shared.storage import Storage
+    from shared.rules.settings import storage_settings
+    from shared.store import tables
+    from shared.store.storage import Storage
 
     rng = random.Random(7)  # noqa: S311 - a reproducible workload, not security
     with tempfile.TemporaryDirectory() as workdir, Azurite(Path(workdir)) as azurite:

@@ -19,7 +19,7 @@ Passes:
    reported apart, as is every other endpoint it touched.
 
 The page size is the one the reconcile asks for with ``Prefer: odata.maxpagesize``
-(``shared.reconcile.DELTA_PAGE_SIZE``, 100; Graph's default would be 10). ``BENCH_RECONCILE_PAGE``
+(``shared.flows.reconcile.DELTA_PAGE_SIZE``, 100; Graph's default would be 10). ``BENCH_RECONCILE_PAGE``
 changes the emulator's default page, which only matters for requests that ask for none.
 
 Run: ``python -m bench.bench_reconcile``. Knobs: BENCH_RECONCILE_OURS (5000), BENCH_RECONCILE_THEIRS
@@ -87,7 +87,7 @@ def _user_events(stack: Any, who: CrmUser, count: int) -> list[str]:
 
 
 def _activity_id(event: dict[str, Any]) -> str:
-    from shared.event_render import parse_property_value
+    from shared.rules.event_render import parse_property_value
 
     parsed = parse_property_value(property_of(event))
     assert parsed is not None
@@ -102,7 +102,8 @@ def _requests(stack: Any, who: CrmUser) -> Counter[str]:
 def _one_pass(stack: Any, who: CrmUser, settle: float = 2.0) -> tuple[Counter[str], float]:
     """Ask for one reconcile and wait until it ran and nothing is left on its queue; the Graph
     requests it made (per endpoint) and its wall time."""
-    from shared import connections, mailbox_sync, queues
+    from shared.rules import queues
+    from shared.store import connections, mailbox_sync
 
     queue = stack.storage.queue(queues.MAILBOX_RECONCILE)
     before_at = connections.get(stack.storage, who.tenant, who.user).last_reconcile_at
@@ -132,7 +133,7 @@ def main() -> None:
         stack.control.set_throttling(limit=1_000_000, window_seconds=600)
         if PAGE_SIZE:
             stack.control.update_settings(delta_page_size=int(PAGE_SIZE))
-        from shared.reconcile import DELTA_PAGE_SIZE
+        from shared.flows.reconcile import DELTA_PAGE_SIZE
 
         page = int(DELTA_PAGE_SIZE.split("=")[1])  # what every delta request of the reconcile asks for
 

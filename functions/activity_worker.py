@@ -1,6 +1,6 @@
 """Queue trigger on ``activity-sync``: apply one CRM change to one user's Outlook calendar.
 
-All the rules live in ``shared.push``; it re-queues work that must wait (throttling, transient
+All the rules live in ``shared.flows.push``; it re-queues work that must wait (throttling, transient
 failures) itself, so an exception here means a message that cannot be read or a bug, and only
 those reach the poison queue."""
 
@@ -10,7 +10,7 @@ import logging
 
 import azure.functions as func
 
-from shared.queues import ACTIVITY_SYNC
+from shared.rules.queues import ACTIVITY_SYNC
 
 bp = func.Blueprint()
 log = logging.getLogger(__name__)
@@ -18,7 +18,8 @@ log = logging.getLogger(__name__)
 
 @bp.queue_trigger(arg_name="msg", queue_name=ACTIVITY_SYNC, connection="AzureWebJobsStorage")
 def sync_activity(msg: func.QueueMessage) -> None:
-    from shared import push, services
+    from shared import services
+    from shared.flows import push
 
     outcome = push.process(services.get(), msg.get_body())
     log.info("activity-sync message %s: %s", msg.id, outcome)

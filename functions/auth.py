@@ -21,8 +21,8 @@ MAX_FORM_FIELDS = 20
 
 @bp.route(route="auth/callback", methods=["GET", "POST"], auth_level=func.AuthLevel.ANONYMOUS)
 def auth_callback(req: func.HttpRequest) -> func.HttpResponse:
-    from shared import connect as use_case
     from shared import services
+    from shared.flows import connect as use_case
 
     params = auth_response(req)
     outcome = use_case.complete_connect(
@@ -57,7 +57,7 @@ def auth_response(req: func.HttpRequest) -> dict[str, str]:
 
 
 def page(key: str, locale: str, *, ok: bool) -> str:
-    from shared.messages import text
+    from shared.rules.messages import text
 
     title = text("connected_title" if ok else "error_title", locale)
     return (

@@ -1,6 +1,6 @@
 """Backfill ("Sync"): the CRM's signed page endpoint and the ``activity-backfill`` queue worker.
 
-The rules live in ``shared.backfill`` (pages, dry run, window) and ``shared.backfill_worker``
+The rules live in ``shared.flows.backfill`` (pages, dry run, window) and ``shared.flows.backfill_worker``
 (one ``$batch`` per message of up to 20 activities)."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any
 import azure.functions as func
 
 from functions.http import json_response, problem, read_json, route_ids, signed
-from shared.queues import ACTIVITY_BACKFILL
+from shared.rules.queues import ACTIVITY_BACKFILL
 
 bp = func.Blueprint()
 log = logging.getLogger(__name__)
@@ -22,7 +22,7 @@ USER_ROUTE = "tenants/{tenant}/users/{user}"
 @bp.route(route=f"{USER_ROUTE}/backfill", methods=["POST"], auth_level=func.AuthLevel.ANONYMOUS)
 @signed("The page could not be taken")
 def backfill(req: func.HttpRequest, deps: Any) -> func.HttpResponse:
-    from shared import backfill as use_case
+    from shared.flows import backfill as use_case
 
     tenant, user = route_ids(req, "tenant", "user")
     request = use_case.parse_request(read_json(req), user)
@@ -39,7 +39,8 @@ def backfill(req: func.HttpRequest, deps: Any) -> func.HttpResponse:
 
 @bp.queue_trigger(arg_name="msg", queue_name=ACTIVITY_BACKFILL, connection="AzureWebJobsStorage")
 def backfill_chunk(msg: func.QueueMessage) -> None:
-    from shared import backfill_worker, services
+    from shared import services
+    from shared.flows import backfill_worker
 
     outcome = backfill_worker.process(services.get(), msg.get_body())
     log.info("activity-backfill message %s: %s", msg.id, outcome)

@@ -6,7 +6,7 @@ import logging
 
 import azure.functions as func
 
-from shared.queues import CRM_CALLBACKS
+from shared.rules.queues import CRM_CALLBACKS
 
 bp = func.Blueprint()
 log = logging.getLogger(__name__)
@@ -14,8 +14,9 @@ log = logging.getLogger(__name__)
 
 @bp.queue_trigger(arg_name="msg", queue_name=CRM_CALLBACKS, connection="AzureWebJobsStorage")
 def deliver_crm_callback(msg: func.QueueMessage) -> None:
-    from shared import callbacks, services
-    from shared.errors import PermanentError
+    from shared import services
+    from shared.flows import callbacks
+    from shared.rules.errors import PermanentError
 
     deps = services.get()
     try:

@@ -1,6 +1,6 @@
 """The CRM's calls about a user's connection: connect, disconnect ("Remove sync") and status.
 
-Each is signed (functions/http.py); the use cases live in shared/connect.py."""
+Each is signed (functions/http.py); the use cases live in shared/flows/connect.py."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ USER_ROUTE = "tenants/{tenant}/users/{user}"
 @bp.route(route=f"{USER_ROUTE}/connect", methods=["POST"], auth_level=func.AuthLevel.ANONYMOUS)
 @signed("Sign-in cannot start")
 def connect(req: func.HttpRequest, deps: Any) -> func.HttpResponse:
-    from shared import connect as use_case
+    from shared.flows import connect as use_case
 
     tenant, user = route_ids(req, "tenant", "user")
     request = use_case.parse_connect_request(read_json(req), deps.settings.crm_return_origins)
@@ -28,7 +28,7 @@ def connect(req: func.HttpRequest, deps: Any) -> func.HttpResponse:
 @bp.route(route=f"{USER_ROUTE}/disconnect", methods=["POST"], auth_level=func.AuthLevel.ANONYMOUS)
 @signed("The sync could not be removed")
 def disconnect(req: func.HttpRequest, deps: Any) -> func.HttpResponse:
-    from shared import connect as use_case
+    from shared.flows import connect as use_case
 
     tenant, user = route_ids(req, "tenant", "user")
     choice = use_case.parse_disconnect_request(read_json(req, optional=True))
@@ -38,7 +38,7 @@ def disconnect(req: func.HttpRequest, deps: Any) -> func.HttpResponse:
 @bp.route(route=f"{USER_ROUTE}/status", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
 @signed("Status is unavailable")
 def status(req: func.HttpRequest, deps: Any) -> func.HttpResponse:
-    from shared import connect as use_case
+    from shared.flows import connect as use_case
 
     tenant, user = route_ids(req, "tenant", "user")
     return json_response(use_case.status(deps, tenant, user))

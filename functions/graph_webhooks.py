@@ -5,7 +5,7 @@
 - Otherwise each notification's ``clientState`` must match the one we gave its subscription; a
   mismatch is ignored (logged, no work) but still answered 202, as Graph expects.
 - Matching notifications enqueue few ``mailbox-reconcile`` messages per user (coalesced within
-  the request and, through a pending marker, across requests: shared/notifications.py) and the
+  the request and, through a pending marker, across requests: shared/flows/notifications.py) and the
   answer is 202 straight away: Graph drops slow endpoints. If the work cannot be stored the
   answer is 5xx, so Graph delivers again.
 """
@@ -27,7 +27,8 @@ def _handle(req: func.HttpRequest, kind: str) -> func.HttpResponse:
             charset="utf-8",
             headers={"X-Content-Type-Options": "nosniff", "Cache-Control": "no-store"},
         )
-    from shared import notifications, services
+    from shared import services
+    from shared.flows import notifications
 
     body = req.get_body()
     if len(body) > 4 * 1024 * 1024:

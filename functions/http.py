@@ -47,7 +47,7 @@ def path_and_query(req: func.HttpRequest) -> str:
 
 def authenticate(req: func.HttpRequest, secrets: tuple[str, ...]) -> None:
     """Raise Rejected(401) unless the CRM signed this exact request within the last 300 s."""
-    from shared import crm_signature
+    from shared.rules import crm_signature
 
     try:
         crm_signature.verify(
@@ -93,7 +93,7 @@ def route_ids(req: func.HttpRequest, *names: str) -> tuple[str, ...]:
 
 
 def validation_problem(error: Any) -> func.HttpResponse:
-    """A shared.contract.ValidationError as a 400 naming every bad field."""
+    """A shared.rules.contract.ValidationError as a 400 naming every bad field."""
     body = error.as_json()
     body["message"] = "Some fields are invalid: " + ", ".join(f["field"] for f in body["fields"]) + "."
     return json_response(body, 400)
@@ -110,8 +110,8 @@ def signed(
         # Not functools.wraps: the Functions worker binds parameters by the visible signature.
         def endpoint(req: func.HttpRequest) -> func.HttpResponse:
             from shared import services
-            from shared.contract import ValidationError
-            from shared.errors import SyncError
+            from shared.rules.contract import ValidationError
+            from shared.rules.errors import SyncError
 
             deps = services.get()
             try:

@@ -1,7 +1,7 @@
 """Queue trigger on ``mailbox-reconcile``: read a user's Outlook changes through delta and tell the
 CRM about reschedules and deletions of our events; act on subscription lifecycle events.
 
-The rules live in ``shared.reconcile``; it re-queues work that must wait (throttling, a busy
+The rules live in ``shared.flows.reconcile``; it re-queues work that must wait (throttling, a busy
 mailbox lease, transient failures) itself, so only unreadable messages or bugs reach the poison
 queue."""
 
@@ -13,7 +13,7 @@ from typing import Any
 import azure.functions as func
 
 from functions.http import json_response, problem, read_json, route_ids, signed
-from shared.queues import MAILBOX_RECONCILE
+from shared.rules.queues import MAILBOX_RECONCILE
 
 bp = func.Blueprint()
 log = logging.getLogger(__name__)
@@ -21,7 +21,8 @@ log = logging.getLogger(__name__)
 
 @bp.queue_trigger(arg_name="msg", queue_name=MAILBOX_RECONCILE, connection="AzureWebJobsStorage")
 def reconcile_mailbox(msg: func.QueueMessage) -> None:
-    from shared import reconcile, services
+    from shared import services
+    from shared.flows import reconcile
 
     outcome = reconcile.process(services.get(), msg.get_body())
     log.info("mailbox-reconcile message %s: %s", msg.id, outcome)
@@ -34,7 +35,7 @@ def reconcile_mailbox(msg: func.QueueMessage) -> None:
 def request_reconcile(req: func.HttpRequest, deps: Any) -> func.HttpResponse:
     """Signed CRM call: reconcile now; ``{"confirm_deletions": true}`` releases deletions held by
     the mass-deletion guard (the user confirmed they meant to delete those events)."""
-    from shared import reconcile
+    from shared.flows import reconcile
 
     tenant, user = route_ids(req, "tenant", "user")
     body = read_json(req, optional=True)

@@ -13,7 +13,8 @@ log = logging.getLogger(__name__)
 @bp.timer_trigger(arg_name="timer", schedule="0 17 3 * * *")
 def token_health(timer: func.TimerRequest) -> None:
     """Daily: refresh grants idle for 30 days, before the 90-day inactivity expiry."""
-    from shared import services, token_health
+    from shared import services
+    from shared.flows import token_health
 
     log.info("Token health: %s", token_health.refresh_idle_grants(services.get()))
 
@@ -23,7 +24,8 @@ def renew_subscriptions(timer: func.TimerRequest) -> None:
     """Hourly: renew Graph subscriptions expiring within 2 days; create missing or dropped ones."""
     from datetime import UTC, datetime
 
-    from shared import services, subscriptions
+    from shared import services
+    from shared.flows import subscriptions
 
     log.info("Subscription renewal: %s", subscriptions.renew_due(services.get(), datetime.now(UTC)))
 
@@ -33,7 +35,8 @@ def reconcile_sweep(timer: func.TimerRequest) -> None:
     """Hourly: schedule every connected user's reconcile so none waits over 6 hours (spread out)."""
     from datetime import UTC, datetime
 
-    from shared import reconcile, services
+    from shared import services
+    from shared.flows import reconcile
 
     log.info("Reconcile sweep: %s", reconcile.sweep(services.get(), datetime.now(UTC)))
 
@@ -43,6 +46,7 @@ def clean_up(timer: func.TimerRequest) -> None:
     """Daily: expired sign-in flows, old duplicate-detection rows, dead subscription rows."""
     from datetime import UTC, datetime
 
-    from shared import housekeeping, services
+    from shared import services
+    from shared.flows import housekeeping
 
     log.info("Clean-up: %s", housekeeping.clean_up(services.get(), datetime.now(UTC)))

@@ -44,7 +44,7 @@ def service_environment(
     ca_bundle: str | None = None,
     return_origins: str | None = None,
 ) -> dict[str, str]:
-    """Every setting the service reads, for a local dev host (see shared/settings.py)."""
+    """Every setting the service reads, for a local dev host (see shared/rules/settings.py)."""
     base = f"http://127.0.0.1:{host_port}"
     env = {
         "AzureWebJobsStorage": storage_connection_string,

@@ -7,8 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cache, cached_property
 
-from shared import settings as settings_module
-from shared.settings import Settings
+from shared.rules import settings as settings_module
+from shared.rules.settings import Settings
 
 
 @dataclass
@@ -17,19 +17,19 @@ class Services:
 
     @cached_property
     def storage(self):
-        from shared.storage import Storage
+        from shared.store.storage import Storage
 
         return Storage(self.settings.storage)
 
     @cached_property
     def identity(self):
-        from shared.identity import Identity
+        from shared.outlook.identity import Identity
 
         return Identity(self.settings, self.storage)
 
     @cached_property
     def graph(self):
-        from shared.graph import GraphClient
+        from shared.outlook.graph import GraphClient
 
         return GraphClient(self.settings.graph_api_base)
 

@@ -1,5 +1,5 @@
 // The Function App on Flex Consumption (Python 3.11) with its user-assigned identity, and its
-// app settings: exactly the settings shared/settings.py reads plus the platform's own.
+// app settings: exactly the settings shared/rules/settings.py reads plus the platform's own.
 param name string
 param planName string
 param location string
@@ -139,7 +139,7 @@ resource appSettings 'Microsoft.Web/sites/config@2024-04-01' = {
     // Telemetry with Entra ID auth (the component has local auth disabled).
     APPLICATIONINSIGHTS_CONNECTION_STRING: appInsights.properties.ConnectionString
     APPLICATIONINSIGHTS_AUTHENTICATION_STRING: 'ClientId=${identityClientId};Authorization=AAD'
-    // The service's own settings (shared/settings.py SETTING_NAMES).
+    // The service's own settings (shared/rules/settings.py SETTING_NAMES).
     MS_CLIENT_ID: msClientId
     MS_CLIENT_SECRET: '@Microsoft.KeyVault(SecretUri=${msClientSecret.properties.secretUri})'
     MS_TENANT: msTenant

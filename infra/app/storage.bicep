@@ -14,7 +14,7 @@ var queueNames = [
   'activity-backfill'
   'activity-backfill-poison'
 ]
-// Tables the code reads and writes (shared/tables.py TABLE_NAMES holds the same list).
+// Tables the code reads and writes (shared/store/tables.py TABLE_NAMES holds the same list).
 var tableNames = [
   'Connections'
   'Tokens'

@@ -1,7 +1,7 @@
 """The console's server: the CRM's side of the contract, for one demo user.
 
 It plays the CRM backend. It keeps the CRM's activities in memory, signs its calls to the service
-(``shared.crm_signature``, secret ``CRM_SHARED_SECRET``), receives the service's signed callbacks
+(``shared.rules.crm_signature``, secret ``CRM_SHARED_SECRET``), receives the service's signed callbacks
 and verifies them, and reads the emulated Outlook mailbox through the Graph emulator's control API.
 There is no back door: it never touches the service's tables or queues.
 
@@ -37,9 +37,9 @@ from urllib.parse import parse_qs, quote, urlsplit
 
 import requests
 
-from shared import crm_signature
-from shared.contract import ValidationError, parse_activity
-from shared.event_time import graph_all_day_dates, graph_to_utc, windows_to_iana, zone_for
+from shared.rules import crm_signature
+from shared.rules.contract import ValidationError, parse_activity
+from shared.rules.event_time import graph_all_day_dates, graph_to_utc, windows_to_iana, zone_for
 
 STATIC = Path(__file__).resolve().parent / "static"
 CONTENT_TYPES = {

@@ -27,7 +27,7 @@ def main() -> None:
     faulthandler.register(signal.SIGUSR1)  # `kill -USR1` prints every thread's stack
     sys.path.insert(0, str(Path.cwd()))
 
-    from shared.settings import SettingsError
+    from shared.rules.settings import SettingsError
 
     try:
         app = load_app(args.app)

@@ -21,8 +21,8 @@ from typing import Any
 from azure.functions.queue import QueueMessage
 
 from local.host.functions import FunctionSpec, invoke
-from shared.settings import storage_settings
-from shared.storage import Storage
+from shared.rules.settings import storage_settings
+from shared.store.storage import Storage
 
 log = logging.getLogger("host")
 # The host keeps a running message invisible for 10 minutes (renewed if longer); a message held by

@@ -14,8 +14,8 @@ import pytest
 
 from local.azurite import free_port
 from local.processes import Service
-from shared import tables
-from shared.event_render import property_value
+from shared.rules.event_render import property_value
+from shared.store import tables
 from tests.conftest import ROOT, Stack, wait_until
 from tests.e2e.push import openapi_contract
 from tests.e2e.push.conftest import (

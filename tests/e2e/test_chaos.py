@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from local.azurite import Azurite
-from shared import links, queues
+from shared.rules import queues
+from shared.store import links
 from tests.conftest import Stack, wait_until
 from tests.e2e.push.conftest import connect_user, ours, upsert
 from tests.support.chaos import HOST_ENV, ChaosConfig, restart_host, run_chaos, summary

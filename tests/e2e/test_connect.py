@@ -12,9 +12,9 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 import requests
 
-from shared import tables
-from shared.settings import parse_encryption_keys
-from shared.token_crypto import decrypt
+from shared.rules.settings import parse_encryption_keys
+from shared.store import tables
+from shared.store.token_crypto import decrypt
 from tests.conftest import Stack, wait_until
 from tests.support.sign_in import at_microsoft
 

@@ -12,8 +12,8 @@ import requests
 from azure.core.exceptions import ResourceNotFoundError
 
 from local.azurite import Azurite
-from shared.settings import storage_settings
-from shared.storage import Storage
+from shared.rules.settings import storage_settings
+from shared.store.storage import Storage
 from tests.conftest import ROOT, wait_until
 
 pytestmark = pytest.mark.e2e

@@ -1,7 +1,7 @@
 """Issue 10: schemathesis over HTTP against the running dev host, from docs/openapi.yaml.
 
 Every operation gets generated requests (valid and invalid by the schema), each sent signed with
-``shared.crm_signature.sign``, unsigned, with a wrong signature or with a stale one. Whatever comes:
+``shared.rules.crm_signature.sign``, unsigned, with a wrong signature or with a stale one. Whatever comes:
 no 5xx; a CRM-facing 4xx is JSON ``{error, message}`` (``fields`` on a validation 400); a request
 without a valid signature to a signed endpoint is 401 ``invalid_signature``. The many-thousand
 example run is in process (tests/integration/test_fuzz_handlers.py); this one proves the same over
@@ -20,7 +20,7 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from shared import crm_signature
+from shared.rules import crm_signature
 from tests.conftest import Stack
 
 pytestmark = pytest.mark.e2e

@@ -12,7 +12,7 @@ from urllib.parse import quote
 import pytest
 import requests
 
-from shared import links, tables
+from shared.store import links, tables
 from tests.conftest import Stack, wait_until
 from tests.e2e.push.conftest import CrmUser, connect_user, ours, status, synced, upsert, user_path, writes
 from tests.e2e.push.openapi_contract import check_callback

@@ -21,8 +21,9 @@ from urllib.parse import parse_qs, quote, urlsplit
 import pytest
 import requests
 
-from shared import queues, tables
-from shared.event_render import parse_property_value
+from shared.rules import queues
+from shared.rules.event_render import parse_property_value
+from shared.store import tables
 from tests.conftest import Stack, wait_until
 from tests.e2e.push.conftest import (
     RETURN_URL,

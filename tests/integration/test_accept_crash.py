@@ -14,10 +14,12 @@ from typing import Any
 import pytest
 
 from local.azurite import Azurite
-from shared import push, queues, tables
-from shared.contract import parse_crm_event
-from shared.settings import storage_settings
-from shared.storage import Storage
+from shared.flows import push
+from shared.rules import queues
+from shared.rules.contract import parse_crm_event
+from shared.rules.settings import storage_settings
+from shared.store import tables
+from shared.store.storage import Storage
 from tests.e2e.push.conftest import BASE_ACTIVITY
 
 pytestmark = pytest.mark.integration

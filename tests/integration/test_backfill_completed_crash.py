@@ -13,10 +13,11 @@ from typing import Any
 import pytest
 
 from local.azurite import Azurite
-from shared import backfill_jobs, queues, tables
-from shared.backfill_plan import Counts
-from shared.settings import storage_settings
-from shared.storage import Storage
+from shared.rules import queues
+from shared.rules.backfill_plan import Counts
+from shared.rules.settings import storage_settings
+from shared.store import backfill_jobs, tables
+from shared.store.storage import Storage
 
 pytestmark = pytest.mark.integration
 

@@ -9,10 +9,10 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from local.azurite import Azurite
-from shared import tables
-from shared.settings import storage_settings
-from shared.storage import Storage
-from shared.throttle import BATCH_BUSY_DELAY, BATCH_LEASE_SECONDS, BatchLease, MailboxBusy
+from shared.outlook.throttle import BATCH_BUSY_DELAY, BATCH_LEASE_SECONDS, BatchLease, MailboxBusy
+from shared.rules.settings import storage_settings
+from shared.store import tables
+from shared.store.storage import Storage
 
 pytestmark = pytest.mark.integration
 

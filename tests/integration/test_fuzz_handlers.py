@@ -28,9 +28,11 @@ from hypothesis import strategies as st
 from functions import crm_api, crm_events, graph_webhooks
 from local.azurite import Azurite
 from local.dev_settings import service_environment
-from shared import crm_signature, queues, services, tables
-from shared.model import EventType
-from shared.settings import load
+from shared import services
+from shared.rules import crm_signature, queues
+from shared.rules.model import EventType
+from shared.rules.settings import load
+from shared.store import tables
 from tests.e2e.push.conftest import BASE_ACTIVITY
 
 pytestmark = pytest.mark.integration

@@ -10,10 +10,11 @@ from types import SimpleNamespace
 import pytest
 
 from local.azurite import Azurite
-from shared import backfill_jobs, housekeeping, tables
-from shared.backfill_plan import Counts
-from shared.settings import storage_settings
-from shared.storage import Storage
+from shared.flows import housekeeping
+from shared.rules.backfill_plan import Counts
+from shared.rules.settings import storage_settings
+from shared.store import backfill_jobs, tables
+from shared.store.storage import Storage
 
 pytestmark = pytest.mark.integration
 

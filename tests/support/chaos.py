@@ -32,8 +32,8 @@ from zoneinfo import ZoneInfo
 import requests
 
 from local.processes import Service
-from shared import queues
-from shared.event_render import parse_property_value
+from shared.rules import queues
+from shared.rules.event_render import parse_property_value
 from tests.e2e.push.conftest import (
     EVENTS_PATH,
     CrmUser,

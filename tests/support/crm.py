@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 
 import requests
 
-from shared import crm_signature
+from shared.rules import crm_signature
 
 
 class SignedClient:

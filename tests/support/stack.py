@@ -9,9 +9,9 @@ from typing import Any
 from local.azurite import Azurite, free_port
 from local.dev_settings import service_environment
 from local.processes import Service
-from shared.queues import QUEUE_NAMES
-from shared.settings import storage_settings
-from shared.storage import Storage
+from shared.rules.queues import QUEUE_NAMES
+from shared.rules.settings import storage_settings
+from shared.store.storage import Storage
 from tests.support.crm import CallbackReceiver, SignedClient
 
 RETURN_ORIGIN = "https://crm.example.com"

@@ -5,8 +5,8 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from shared.contract import parse_activity
-from shared.model import Activity
+from shared.rules.contract import parse_activity
+from shared.rules.model import Activity
 
 BASE_ACTIVITY: dict[str, Any] = {
     "id": "act-1",

@@ -7,8 +7,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from shared.backfill import parse_request
-from shared.backfill_plan import (
+from shared.flows.backfill import parse_request
+from shared.flows.backfill_worker import Retry, merge_retries, throttle_pause
+from shared.rules.backfill_plan import (
     CHUNK_SIZE,
     CREATING,
     OUT_OF_WINDOW,
@@ -24,9 +25,8 @@ from shared.backfill_plan import (
     reason,
     tally,
 )
-from shared.backfill_worker import Retry, merge_retries, throttle_pause
-from shared.contract import ValidationError
-from shared.sync_plan import Create, Link, UserContext, after
+from shared.rules.contract import ValidationError
+from shared.rules.sync_plan import Create, Link, UserContext, after
 from tests.unit.activity_builders import activity, activity_json
 
 NOW = datetime(2025, 3, 20, 12, 0, tzinfo=UTC)

@@ -4,8 +4,15 @@ from datetime import UTC, date, datetime, timedelta, timezone
 
 import pytest
 
-from shared.contract import ValidationError, parse_activity, parse_crm_event
-from shared.model import Activity, ActivityDeleted, ActivityType, ActivityTypeUpdated, Party, UserUpdated
+from shared.rules.contract import ValidationError, parse_activity, parse_crm_event
+from shared.rules.model import (
+    Activity,
+    ActivityDeleted,
+    ActivityType,
+    ActivityTypeUpdated,
+    Party,
+    UserUpdated,
+)
 from tests.unit.activity_builders import activity_json, envelope
 
 

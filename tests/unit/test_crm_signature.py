@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shared.crm_signature import SignatureError, sign, verify
+from shared.rules.crm_signature import SignatureError, sign, verify
 
 SECRET = "s3cret-Ω"
 NOW = 1_760_000_000

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shared.event_render import (
+from shared.rules.event_render import (
     CREATE_ONLY_FIELDS,
     PROPERTY_ID,
     content_hash,
@@ -19,7 +19,7 @@ from shared.event_render import (
     render_event,
     transaction_id,
 )
-from shared.model import Party
+from shared.rules.model import Party
 from tests.unit.activity_builders import activity
 
 A = activity()

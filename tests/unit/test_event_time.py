@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from tzlocal.windows_tz import win_tz
 
-from shared.event_time import (
+from shared.rules.event_time import (
     graph_all_day_dates,
     graph_to_utc,
     iana_to_windows,
@@ -21,7 +21,7 @@ from shared.event_time import (
     windows_to_iana,
     zone_for,
 )
-from shared.model import Activity
+from shared.rules.model import Activity
 from tests.unit.activity_builders import activity
 
 PROPERTY = settings(max_examples=400, deadline=None)

@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 from pycep import BicepParser
 
-from shared import settings as app_settings
-from shared.tables import TABLE_NAMES
+from shared.rules import settings as app_settings
+from shared.store.tables import TABLE_NAMES
 
 ROOT = Path(__file__).resolve().parents[2]
 INFRA = ROOT / "infra"
@@ -24,7 +24,7 @@ MAIN = INFRA / "main.bicep"
 BICEP_FILES = sorted(INFRA.rglob("*.bicep"))
 CHECKOV = ROOT / ".venv-infra" / "bin" / "checkov"
 
-# Names the Function App may set although shared/settings.py never reads them: the platform's own.
+# Names the Function App may set although shared/rules/settings.py never reads them: the platform's own.
 PLATFORM_SETTINGS = {
     # Host storage through the managed identity; the code reads the same family (settings.py).
     **{f"AzureWebJobsStorage__{suffix}": "identity-based host storage" for suffix in app_settings.STORAGE_IDENTITY_SUFFIXES},
@@ -285,7 +285,7 @@ def test_storage_has_no_shared_keys_and_holds_the_queues_and_tables() -> None:
     assert queues == WORK_QUEUES | {f"{q}-poison" for q in WORK_QUEUES}
     tables = storage["variables"]["tableNames"]["value"]
     assert len(tables) == len(set(tables)) and TABLES_AT_LEAST <= set(tables)
-    assert set(tables) == set(TABLE_NAMES), "infra/app/storage.bicep tableNames != shared/tables.py TABLE_NAMES"
+    assert set(tables) == set(TABLE_NAMES), "infra/app/storage.bicep tableNames != shared/store/tables.py TABLE_NAMES"
     assert body(storage["resources"]["queues"]["config"])["name"] == "queue"
     assert body(storage["resources"]["tables"]["config"])["name"] == "table"
 

@@ -7,12 +7,13 @@ from typing import Any
 
 import pytest
 
-from shared import push, tables
-from shared.errors import PermanentError, ThrottledError
-from shared.event_render import PROPERTY_ID, property_value
-from shared.graph import GraphResponse, NotFoundError
-from shared.model import ActivityDeleted, CrmEvent
-from shared.sync_plan import Delete, Link, Update, UserContext, plan_deletion, plan_upsert
+from shared.flows import push
+from shared.outlook.graph import GraphResponse, NotFoundError
+from shared.rules.errors import PermanentError, ThrottledError
+from shared.rules.event_render import PROPERTY_ID, property_value
+from shared.rules.model import ActivityDeleted, CrmEvent
+from shared.rules.sync_plan import Delete, Link, Update, UserContext, plan_deletion, plan_upsert
+from shared.store import tables
 from tests.unit.activity_builders import activity, activity_json, envelope
 
 USER = UserContext(
@@ -49,7 +50,7 @@ class FakeGraph:
             }
             if self.lose_next_create:
                 self.lose_next_create = False
-                from shared.errors import TransientError
+                from shared.rules.errors import TransientError
 
                 raise TransientError("connection dropped")
             return GraphResponse(201, {}, {"id": event_id, **self.events[event_id]})
@@ -155,7 +156,7 @@ def test_a_no_op_applies_nothing() -> None:
 
 
 def test_messages_route_to_the_owner_and_big_events_are_packed() -> None:
-    from shared.contract import parse_crm_event
+    from shared.rules.contract import parse_crm_event
 
     raw = envelope("activity.upserted", activity_json(owner_user_id="user-7"))
     event: CrmEvent = parse_crm_event(raw)
@@ -194,7 +195,7 @@ def test_an_event_we_created_is_removed_when_another_worker_linked_a_different_o
     deletes its own event instead of leaving a duplicate."""
     from types import SimpleNamespace
 
-    from shared import links
+    from shared.store import links
 
     graph = FakeGraph()
     saved: dict[str, links.StoredLink] = {}
@@ -207,7 +208,7 @@ def test_an_event_we_created_is_removed_when_another_worker_linked_a_different_o
                 "POST", "me/events", json=plan_upsert(activity(), None, USER).action.event
             ).body
             saved["link"] = links.StoredLink(replace(stored.link, outlook_event_id=other["id"]), "etag-2", {})
-            from shared.errors import ConflictError
+            from shared.rules.errors import ConflictError
 
             raise ConflictError("someone else wrote first")
         saved["link"] = stored

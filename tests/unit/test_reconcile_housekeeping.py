@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from shared.housekeeping import _expired
-from shared.subscriptions import needs_renewal
+from shared.flows.housekeeping import _expired
+from shared.flows.subscriptions import needs_renewal
 
 NOW = datetime(2027, 1, 15, 12, 0, tzinfo=UTC)
 

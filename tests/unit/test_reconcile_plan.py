@@ -1,4 +1,4 @@
-"""Outlook -> CRM decisions (shared/reconcile_plan.py) and the delta reading of shared/reconcile.py
+"""Outlook -> CRM decisions (shared/rules/reconcile_plan.py) and the delta reading of shared/flows/reconcile.py
 against a fake Graph: echoes, moves, deletions, events that are not ours, all-day moves, the
 mass-deletion guard, full rounds without duplicate reports, and the sweep's spreading."""
 
@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from shared.errors import PermanentError
-from shared.reconcile import ResyncNeeded, read_delta
-from shared.reconcile_plan import (
+from shared.flows.reconcile import ResyncNeeded, read_delta
+from shared.rules.errors import PermanentError
+from shared.rules.reconcile_plan import (
     Echo,
     Gone,
     Moved,
@@ -31,7 +31,7 @@ from shared.reconcile_plan import (
     sync_window,
     times_of,
 )
-from shared.sync_plan import Link
+from shared.rules.sync_plan import Link
 
 WRITTEN = Times("2027-01-15T15:00:00Z", "2027-01-15T16:00:00Z", False)
 

@@ -4,7 +4,7 @@ import base64
 
 import pytest
 
-from shared.settings import SettingsError, load
+from shared.rules.settings import SettingsError, load
 
 KEY = base64.b64encode(bytes(32)).decode()
 VALID = {

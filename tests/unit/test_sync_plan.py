@@ -5,10 +5,10 @@ from dataclasses import replace
 
 import pytest
 
-from shared.errors import PermanentError
-from shared.event_render import property_value, transaction_id
-from shared.model import ActivityDeleted, ActivityType, ActivityTypeUpdated
-from shared.sync_plan import (
+from shared.rules.errors import PermanentError
+from shared.rules.event_render import property_value, transaction_id
+from shared.rules.model import ActivityDeleted, ActivityType, ActivityTypeUpdated
+from shared.rules.sync_plan import (
     ACTIVITY_HIDDEN,
     CANCELLED,
     COMPLETED,

@@ -5,8 +5,8 @@ from __future__ import annotations
 import random
 from datetime import UTC, datetime, timedelta
 
-from shared import throttle
-from shared.throttle import backoff_seconds, closed_until, gate_wait, next_step
+from shared.outlook import throttle
+from shared.outlook.throttle import backoff_seconds, closed_until, gate_wait, next_step
 
 NOW = datetime(2027, 1, 15, 12, 0, tzinfo=UTC)
 

@@ -15,7 +15,7 @@ from urllib.parse import quote
 import pytest
 import requests
 
-from shared.event_render import PROPERTY_ID
+from shared.rules.event_render import PROPERTY_ID
 from tests.conftest import Stack, wait_until
 from tests.e2e.push import openapi_contract
 from tests.support.sign_in import sign_in

@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from shared import tables
+from shared.store import tables
 from tests.conftest import Stack
 from tests.e2e.push import openapi_contract
 from tests.e2e.push.conftest import connect_user, ours, property_of, status, synced, upsert, user_path

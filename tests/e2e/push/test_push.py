@@ -9,9 +9,10 @@ from datetime import UTC, datetime
 
 import pytest
 
-from shared import crm_signature, links, tables
-from shared.event_render import property_value, transaction_id
-from shared.settings import load
+from shared.rules import crm_signature
+from shared.rules.event_render import property_value, transaction_id
+from shared.rules.settings import load
+from shared.store import links, tables
 from tests.conftest import Stack, wait_until
 from tests.e2e.push.conftest import (
     EVENTS_PATH,
@@ -283,7 +284,7 @@ def test_bad_inputs_get_the_documented_4xx_and_change_nothing(stack: Stack, ana:
 def test_a_permanent_graph_400_is_reported_recorded_and_not_retried(stack: Stack, ana: CrmUser) -> None:
     # Something else already used our transactionId for a different event (Graph answers 400
     # ErrorDuplicateTransactionId), and that event does not carry our property.
-    from shared.identity import Identity
+    from shared.outlook.identity import Identity
 
     settings = load(stack.host.env)
     token = Identity(settings, stack.storage).access_token(ana.tenant, ana.user)

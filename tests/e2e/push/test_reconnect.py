@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import requests
 
-from shared import tables
+from shared.store import tables
 from tests.conftest import Stack, wait_until
 from tests.e2e.push.conftest import connect_user, ours, reconnect, status, synced, upsert
 

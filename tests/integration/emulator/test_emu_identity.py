@@ -15,7 +15,7 @@ from .conftest import REDIRECT_URI, SCOPES, Graph, browser_sign_in, msal_app, ra
 pytestmark = [
     pytest.mark.integration,
     # These sign in with the identity platform's default response mode (query), on purpose; the
-    # service itself asks for form_post (shared/identity.py).
+    # service itself asks for form_post (shared/outlook/identity.py).
     pytest.mark.filterwarnings("ignore:response_mode='form_post' is recommended:UserWarning"),
 ]
 

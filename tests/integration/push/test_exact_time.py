@@ -17,17 +17,17 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tzlocal.windows_tz import win_tz
 
-from shared import push
-from shared.contract import parse_activity
-from shared.event_time import is_iana_zone
-from shared.graph import GraphClient
-from shared.mailbox_client import PREFER
-from shared.sync_plan import UserContext, plan_upsert
+from shared.flows import push
+from shared.outlook.graph import GraphClient
+from shared.outlook.mailbox_client import PREFER
+from shared.rules.contract import parse_activity
+from shared.rules.event_time import is_iana_zone
+from shared.rules.sync_plan import UserContext, plan_upsert
 
 pytestmark = [
     pytest.mark.integration,
     # These sign in with the identity platform's default response mode (query), on purpose; the
-    # service itself asks for form_post (shared/identity.py).
+    # service itself asks for form_post (shared/outlook/identity.py).
     pytest.mark.filterwarnings("ignore:response_mode='form_post' is recommended:UserWarning"),
 ]
 REDIRECT = "http://localhost:7071/api/auth/callback"

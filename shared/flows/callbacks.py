@@ -1,0 +1,69 @@
+"""Callbacks to the CRM (design §3): signed POSTs to ``CRM_CALLBACK_URL``, at least once.
+
+Producers enqueue an envelope on ``crm-callbacks`` (so a slow or down CRM never blocks sync work);
+the callback worker delivers it. Each envelope has a unique ``id`` the CRM can deduplicate on.
+A 5xx, 429 or network failure is retried by the queue; a 4xx means the CRM refuses this callback
+for good, so it is logged and dropped rather than retried forever.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+from shared.rules import crm_signature, queues
+from shared.rules.errors import PermanentError, TransientError
+from shared.store.connections import iso
+
+log = logging.getLogger(__name__)
+
+CONNECTED = "connection.connected"
+DISCONNECTED = "connection.disconnected"
+REAUTH_REQUIRED = "connection.reauth_required"
+ACTIVITY_SYNCED = "activity.synced"
+ACTIVITY_SYNC_FAILED = "activity.sync_failed"
+CHANGED_IN_OUTLOOK = "activity.changed_in_outlook"
+DELETED_IN_OUTLOOK = "activity.deleted_in_outlook"
+BACKFILL_COMPLETED = "backfill.completed"
+
+
+def envelope(
+    kind: str, tenant: str, user: str, data: dict[str, Any], now: datetime | None = None
+) -> dict[str, Any]:
+    return {
+        "id": str(uuid.uuid4()),
+        "type": kind,
+        "tenant_id": tenant,
+        "user_id": user,
+        "occurred_at": iso(now or datetime.now(UTC)),
+        "data": data,
+    }
+
+
+def enqueue(storage: Any, kind: str, tenant: str, user: str, data: dict[str, Any]) -> dict[str, Any]:
+    message = envelope(kind, tenant, user, data)
+    storage.send(queues.CRM_CALLBACKS, json.dumps(message))
+    return message
+
+
+def deliver(session: Any, url: str, secret: str, body: bytes) -> None:
+    """POST one callback, signed; raise TransientError to retry, PermanentError to give up."""
+    import requests
+
+    target = urlsplit(url)
+    path_and_query = target.path + (f"?{target.query}" if target.query else "")
+    signature = crm_signature.sign(secret, "POST", path_and_query or "/", body, time.time())
+    headers = {"Content-Type": "application/json", crm_signature.HEADER: signature}
+    try:
+        answer = session.post(url, data=body, headers=headers, timeout=(5, 30))
+    except requests.RequestException as error:
+        raise TransientError(f"CRM callback failed: {type(error).__name__}") from None
+    if answer.status_code >= 500 or answer.status_code in (408, 429):
+        raise TransientError(f"CRM answered {answer.status_code}", status=answer.status_code)
+    if answer.status_code >= 400:
+        raise PermanentError(f"CRM refused the callback with {answer.status_code}", status=answer.status_code)

@@ -1,0 +1,401 @@
+"""Connect ("Sign in with Outlook"), the OAuth callback, disconnect ("Remove sync") and status.
+
+Connect stores the MSAL auth-code flow by its ``state`` (encrypted: it holds the PKCE verifier),
+single use, for 10 minutes. The callback consumes it (an ETag-guarded delete: a replay finds
+nothing), redeems the code, stores the token cache encrypted, reads the account and the mailbox
+time zone, subscribes to the user's events, and marks the connection ``connected``.
+
+A different Microsoft account for the same CRM user: refused while a connection exists
+(``connected`` or ``reauth_required``: the user must "Remove sync" first), so events never end up
+split across two mailboxes. After a disconnect, another account may connect; the links to the old
+mailbox's events are dropped then, since they point into a mailbox we no longer reach.
+
+Reconnecting from ``reauth_required`` replays every activity the CRM pushed meanwhile (push keeps
+the latest payload of each), so nothing is lost; unchanged ones cost no Graph write. After
+"Remove sync", older activities come back through "Sync" (backfill), as the CRM's help centre says.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from shared.flows import callbacks
+from shared.rules.contract import ValidationError
+from shared.rules.errors import AuthError, ConflictError, SyncError
+from shared.rules.event_time import is_iana_zone
+from shared.rules.messages import normalize_locale, text
+from shared.store import connections, tables
+from shared.store.connections import CONNECTED, DISCONNECTED, REAUTH_REQUIRED, Connection, iso
+from shared.store.token_crypto import UndecryptableError, decrypt, encrypt
+
+log = logging.getLogger(__name__)
+FLOW_LIFETIME = timedelta(minutes=10)
+SUBSCRIPTION_MINUTES = 10080 - 15  # Outlook events allow 10,080; a margin for clock skew
+SUBSCRIBED_CHANGES = "created,updated,deleted"
+
+
+@dataclass(frozen=True)
+class ConnectRequest:
+    return_url: str | None
+    time_zone: str
+    locale: str
+    login_hint: str | None = None
+
+
+@dataclass(frozen=True)
+class CallbackOutcome:
+    """Where the browser goes after sign-in: a redirect to the CRM, or a page of ours."""
+
+    redirect_url: str | None
+    page_key: str  # messages key for the page (or for logs when redirecting)
+    locale: str
+    status: int = 302
+
+
+def parse_connect_request(body: object, allowed_origins: frozenset[str]) -> ConnectRequest:
+    """Validate the CRM's connect body; ValidationError names every bad field."""
+    errors: list[tuple[str, str]] = []
+    if not isinstance(body, dict):
+        raise ValidationError([("body", "must be a JSON object")])
+    return_url = body.get("return_url")
+    if return_url is not None:
+        if not isinstance(return_url, str) or origin_of(return_url) is None:
+            errors.append(("return_url", "must be an absolute http(s) URL"))
+        elif origin_of(return_url) not in allowed_origins:
+            errors.append(("return_url", "is not on an origin listed in CRM_RETURN_ORIGINS"))
+    time_zone = body.get("time_zone")
+    if not is_iana_zone(time_zone):
+        errors.append(("time_zone", "must be an IANA time zone such as America/Bogota"))
+    locale = body.get("locale", "es")
+    if not isinstance(locale, str) or len(locale) > 35:
+        errors.append(("locale", "must be a language tag such as es or en-US"))
+    login_hint = body.get("login_hint")
+    if login_hint is not None and (not isinstance(login_hint, str) or len(login_hint) > 320):
+        errors.append(("login_hint", "must be an email address or user name"))
+    if errors:
+        raise ValidationError(errors)
+    return ConnectRequest(return_url, str(time_zone), normalize_locale(str(locale)), login_hint or None)
+
+
+def origin_of(url: str) -> str | None:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return None
+    return f"{parts.scheme}://{parts.netloc}".lower()
+
+
+def begin_connect(
+    services: Any, tenant: str, user: str, request: ConnectRequest, now: datetime
+) -> dict[str, str]:
+    """Start sign-in: the URL to send the browser to, valid for 10 minutes."""
+    flow = services.identity.begin(request.login_hint)
+    expires_at = now + FLOW_LIFETIME
+    keys = services.settings.token_encryption_keys
+    entity = {
+        "PartitionKey": tables.key(flow["state"]),
+        "RowKey": "",
+        "flow": encrypt(json.dumps(flow).encode(), keys, _flow_aad(flow["state"])),
+        "tenant": tenant,
+        "user": user,
+        "return_url": request.return_url or "",
+        "locale": request.locale,
+        "time_zone": request.time_zone,
+        "expires_at": expires_at,
+    }
+    with tables.storage_errors("storing the sign-in flow"):
+        services.storage.table(tables.OAUTH_FLOWS).create_entity(entity)
+    return {"authorization_url": flow["auth_uri"], "expires_at": iso(expires_at)}
+
+
+def complete_connect(
+    services: Any, params: dict[str, str], accept_language: str | None, now: datetime
+) -> CallbackOutcome:
+    """The OAuth callback: never raises; every failure becomes an error redirect or page."""
+    pending = _take_flow(services, params.get("state", ""))
+    if pending is None:
+        return CallbackOutcome(None, "error_expired", normalize_locale(accept_language), status=400)
+    locale, return_url = pending["locale"], pending["return_url"] or None
+
+    def fail(reason: str, key: str) -> CallbackOutcome:
+        log.info("Sign-in for a CRM user ended with %s", reason)
+        if return_url:
+            return CallbackOutcome(with_query(return_url, calendar_sync="error", reason=reason), key, locale)
+        return CallbackOutcome(None, key, locale, status=400)
+
+    if pending["expires_at"] < now:
+        return fail("expired", "error_expired")
+    if params.get("error"):
+        denied = params["error"] in ("access_denied", "consent_required")
+        return fail(
+            "access_denied" if denied else "sign_in_failed",
+            "error_access_denied" if denied else "error_sign_in_failed",
+        )
+    tenant, user = pending["tenant"], pending["user"]
+    try:
+        claims, cache = services.identity.redeem(pending["flow"], params)
+        outcome = _connect(services, tenant, user, pending, claims, cache, now)
+    except AuthError:
+        return fail("sign_in_failed", "error_sign_in_failed")
+    except SyncError as error:
+        log.warning("Sign-in could not be completed: %s", error.message)
+        return fail("temporarily_unavailable", "error_sign_in_failed")
+    if outcome is not None:
+        return fail(outcome, f"error_{outcome}")
+    if return_url:
+        return CallbackOutcome(with_query(return_url, calendar_sync="connected"), "connected_body", locale)
+    return CallbackOutcome(None, "connected_body", locale, status=200)
+
+
+def _take_flow(services: Any, state: str) -> dict[str, Any] | None:
+    """Read and delete the stored flow in one guarded step: the second use of a state finds nothing."""
+    from azure.core import MatchConditions
+    from azure.core.exceptions import ResourceNotFoundError
+
+    if not state or len(state) > 256:
+        return None
+    table = services.storage.table(tables.OAUTH_FLOWS)
+    try:
+        with tables.storage_errors("reading the sign-in flow"):
+            row = table.get_entity(tables.key(state), "")
+            table.delete_entity(row, etag=tables.etag_of(row), match_condition=MatchConditions.IfNotModified)
+        flow = json.loads(decrypt(row["flow"], services.settings.token_encryption_keys, _flow_aad(state)))
+    except (ResourceNotFoundError, ConflictError, UndecryptableError):
+        return None
+    expires_at = row["expires_at"]
+    return {
+        **row,
+        "flow": flow,
+        "expires_at": expires_at if expires_at.tzinfo else expires_at.replace(tzinfo=UTC),
+    }
+
+
+def _connect(
+    services: Any,
+    tenant: str,
+    user: str,
+    pending: dict[str, Any],
+    claims: dict[str, Any],
+    cache: str,
+    now: datetime,
+) -> str | None:
+    """Store the grant and subscribe; returns an error reason, or None when connected."""
+    current = connections.get(services.storage, tenant, user)
+    oid = claims.get("oid")
+    if current.state in (CONNECTED, REAUTH_REQUIRED) and current.account_oid and current.account_oid != oid:
+        return "account_mismatch"
+    if current.account_oid and current.account_oid != oid:
+        _drop_links(services, tenant, user)  # they point into the previous account's mailbox
+    services.identity.save_cache(tenant, user, cache)
+    token = services.identity.access_token(tenant, user)
+    me = services.graph.call(
+        token, "GET", "me", params={"$select": "id,userPrincipalName,mail,displayName"}
+    ).body
+    mailbox = services.graph.call(token, "GET", "me/mailboxSettings", params={"$select": "timeZone"}).body
+    connection = replace(
+        current,
+        state=CONNECTED,
+        locale=pending["locale"],
+        crm_time_zone=pending["time_zone"],
+        mailbox_time_zone=(mailbox or {}).get("timeZone"),
+        account_oid=oid,
+        account_tid=claims.get("tid"),
+        account_username=claims.get("preferred_username") or (me or {}).get("userPrincipalName"),
+        connected_at=iso(now),
+        disconnected_at=None,
+    )
+    connection = subscribe(services, token, connection, now)
+    _save_latest(services, connection)
+    if current.state == REAUTH_REQUIRED:
+        from shared.flows.push import enqueue_replays
+
+        enqueue_replays(services, tenant, user)  # what the CRM pushed while the grant was broken
+    callbacks.enqueue(
+        services.storage,
+        callbacks.CONNECTED,
+        tenant,
+        user,
+        {
+            "account": connection.account_username,
+            "mailbox_time_zone": connection.mailbox_time_zone,
+        },
+    )
+    return None
+
+
+def _save_latest(services: Any, connection: Connection) -> None:
+    """Write our view of the connection over whatever a concurrent worker stored meanwhile."""
+    try:
+        connections.save(services.storage, connection)
+    except ConflictError:
+        connections.update(
+            services.storage,
+            connection.tenant,
+            connection.user,
+            lambda latest: replace(connection, etag=latest.etag),
+        )
+
+
+def subscribe(services: Any, token: str, connection: Connection, now: datetime) -> Connection:
+    """Subscribe to the user's events; on failure stay connected (pushes still work, the timer
+    sweep still reconciles) and show why in status. The renewal timer tries again."""
+    base = services.settings.public_base_url
+    client_state = secrets.token_urlsafe(32)
+    expires = now + timedelta(minutes=SUBSCRIPTION_MINUTES)
+    body = {
+        "changeType": SUBSCRIBED_CHANGES,
+        "notificationUrl": f"{base}/api/graph/notifications",
+        "lifecycleNotificationUrl": f"{base}/api/graph/lifecycle",
+        "resource": "me/events",
+        "expirationDateTime": iso(expires),
+        "clientState": client_state,
+    }
+    try:
+        created = services.graph.call(token, "POST", "subscriptions", json=body).body or {}
+    except SyncError as error:
+        log.warning("Subscription could not be created: %s", error.message)
+        return connection.with_error(
+            "subscription", f"Outlook change notifications are off for now: {error.message}", now
+        )
+    if connection.subscription_id and connection.subscription_id != created.get("id"):
+        remove_subscription(services, token, connection.subscription_id)
+    entity = {
+        "PartitionKey": tables.key(created["id"]),
+        "RowKey": "",
+        "tenant": connection.tenant,
+        "user": connection.user,
+        "client_state": client_state,
+        "expires_at": created.get("expirationDateTime", iso(expires)),
+    }
+    with tables.storage_errors("storing the subscription"):
+        services.storage.table(tables.SUBSCRIPTIONS).upsert_entity(entity)
+    return replace(
+        connection,
+        subscription_id=created["id"],
+        subscription_expires_at=created.get("expirationDateTime", iso(expires)),
+    )
+
+
+def remove_subscription(services: Any, token: str | None, subscription_id: str) -> None:
+    """Delete at Graph (a 404 means it is already gone) and forget it here."""
+    from azure.core.exceptions import ResourceNotFoundError
+
+    from shared.outlook.graph import NotFoundError
+
+    if token:
+        try:
+            services.graph.call(token, "DELETE", f"subscriptions/{subscription_id}")
+        except NotFoundError:
+            pass
+        except SyncError as error:
+            log.warning(
+                "Subscription could not be deleted at Graph (it expires by itself): %s", error.message
+            )
+    try:
+        with tables.storage_errors("forgetting the subscription"):
+            services.storage.table(tables.SUBSCRIPTIONS).delete_entity(tables.key(subscription_id), "")
+    except ResourceNotFoundError:
+        pass
+
+
+def _drop_links(services: Any, tenant: str, user: str) -> None:
+    table = services.storage.table(tables.LINKS)
+    with tables.storage_errors("dropping links to the previous mailbox"):
+        for row in table.query_entities("PartitionKey eq @pk", parameters={"pk": tables.key(tenant, user)}):
+            table.delete_entity(row["PartitionKey"], row["RowKey"])
+
+
+def with_query(url: str, **params: str) -> str:
+    parts = urlsplit(url)
+    query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k not in params]
+    return urlunsplit(parts._replace(query=urlencode([*query, *params.items()])))
+
+
+def _flow_aad(state: str) -> str:
+    return json.dumps(["oauth-flow", state])
+
+
+# --- disconnect --------------------------------------------------------------------------------------
+
+REMOVE_CHOICES = ("none", "future", "all")
+
+
+def parse_disconnect_request(body: object) -> str:
+    if body is None:
+        return "none"
+    if not isinstance(body, dict):
+        raise ValidationError([("body", "must be a JSON object")])
+    choice = body.get("remove_events", "none")
+    if choice not in REMOVE_CHOICES:
+        raise ValidationError([("remove_events", "must be one of none, future, all")])
+    return choice
+
+
+def disconnect(services: Any, tenant: str, user: str, remove_events: str, now: datetime) -> dict[str, Any]:
+    """Remove sync: subscription, chosen events, tokens; idempotent."""
+    from shared.flows import removal
+
+    current = connections.get(services.storage, tenant, user)
+    if current.state in (connections.NEVER_CONNECTED, DISCONNECTED):
+        return {"status": current.state, "message": text("disconnected", current.locale), "events_removed": 0}
+    try:
+        token = services.identity.access_token(tenant, user)
+    except (AuthError, UndecryptableError):
+        token = None  # the grant is gone: we can still forget everything on our side
+    if current.subscription_id:
+        remove_subscription(services, token, current.subscription_id)
+    removed = removal.remove_events(services, token, tenant, user, remove_events, now) if token else 0
+    services.identity.forget(tenant, user)
+    from shared.store import backfill_jobs, kept_activities
+
+    # No CRM content is kept for a user who removed sync (versions and counts stay).
+    kept_activities.forget(services.storage, tenant, user)
+    backfill_jobs.forget_payloads(services.storage, tenant, user)
+    connections.update(
+        services.storage,
+        tenant,
+        user,
+        lambda c: replace(
+            c,
+            state=DISCONNECTED,
+            disconnected_at=iso(now),
+            subscription_id=None,
+            subscription_expires_at=None,
+        ),
+    )
+    callbacks.enqueue(services.storage, callbacks.DISCONNECTED, tenant, user, {"events_removed": removed})
+    key = "disconnected" if token or remove_events == "none" else "disconnected_events_kept"
+    return {"status": DISCONNECTED, "message": text(key, current.locale), "events_removed": removed}
+
+
+# --- status ------------------------------------------------------------------------------------------
+
+
+def status(services: Any, tenant: str, user: str) -> dict[str, Any]:
+    from shared.store import backfill_jobs, links, mailbox_sync
+
+    current = connections.get(services.storage, tenant, user)
+    held = mailbox_sync.held_deletions(services.storage, tenant, user)
+    return {
+        "tenant_id": tenant,
+        "user_id": user,
+        "state": current.state,
+        "account": current.account_username,
+        "locale": current.locale,
+        "crm_time_zone": current.crm_time_zone,
+        "mailbox_time_zone": current.mailbox_time_zone,
+        "subscription_expires_at": current.subscription_expires_at,
+        "connected_at": current.connected_at,
+        "disconnected_at": current.disconnected_at,
+        "last_sync_at": current.last_sync_at,
+        "last_reconcile_at": current.last_reconcile_at,
+        "held_deletions": held,  # Outlook deletions held by the mass-deletion guard (shared/flows/reconcile.py)
+        "counts": links.counts(services.storage, tenant, user),
+        "backfill": backfill_jobs.status(services.storage, tenant, user),
+        "recent_errors": list(current.recent_errors),
+    }

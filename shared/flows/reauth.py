@@ -1,0 +1,50 @@
+"""When a user's grant stops working: move them to ``reauth_required`` and tell the CRM, once.
+
+Every path that gets an AuthError from identity (a push, a reconcile, the token health timer)
+calls ``require_reauth``; only the call that actually changes the state sends the callback, so a
+burst of failing messages yields one ``connection.reauth_required``."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+from datetime import UTC, datetime
+from typing import Any
+
+from shared.flows import callbacks
+from shared.store import connections
+from shared.store.connections import CONNECTED, REAUTH_REQUIRED
+
+log = logging.getLogger(__name__)
+
+
+def require_reauth(services: Any, tenant: str, user: str, reason: str) -> bool:
+    """Returns True when this call moved the user to reauth_required."""
+    moved = False
+
+    def change(current: connections.Connection) -> connections.Connection:
+        nonlocal moved
+        moved = current.state == CONNECTED
+        if not moved:
+            return current
+        return replace(current, state=REAUTH_REQUIRED).with_error(
+            "auth", f"Sign in with Outlook again: {reason}"
+        )
+
+    current = connections.get(services.storage, tenant, user)
+    if current.state != CONNECTED:
+        return False
+    connections.update(services.storage, tenant, user, change)
+    if moved:
+        log.warning("connection.reauth_required: a user's Microsoft grant stopped working (%s)", reason)
+        callbacks.enqueue(
+            services.storage,
+            callbacks.REAUTH_REQUIRED,
+            tenant,
+            user,
+            {
+                "reason": reason,
+                "at": connections.iso(datetime.now(UTC)),
+            },
+        )
+    return moved

@@ -1,0 +1,71 @@
+"""Graph for one user's mailbox, as the push and reconcile workers use it: a token on first use
+(refreshed once if Graph rejects it), the shared throttle gate (``shared.outlook.throttle``) checked before
+the first call, at most four requests in flight per mailbox, and a throttle answer closing the gate
+for every worker. Event ids are asked for as immutable ids, which survive moves between folders."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from shared.outlook.throttle import InFlight, MailboxGate, MailboxGated
+from shared.rules.errors import AuthError, ThrottledError
+from shared.store import tables
+
+PREFER = {"Prefer": 'IdType="ImmutableId"'}
+
+
+class MailboxClient:
+    """Graph calls for one user's mailbox: a token on first use, the shared throttle gate checked
+    before the first call (and after any throttle seen here), at most 4 requests in flight, and a
+    throttle answer closing the gate for everyone."""
+
+    def __init__(self, services: Any, tenant: str, user: str) -> None:
+        self.services = services
+        self.tenant, self.user = tenant, user
+        self.gate = MailboxGate(services.storage, tenant, user)
+        self.mailbox = tables.key(tenant, user)
+        self._token: str | None = None
+        self._checked = False
+        self.wrote = False
+
+    def call(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        params: dict[str, str] | None = None,
+        prefer: str | None = None,
+    ) -> Any:
+        """``prefer``: more Graph preferences (e.g. ``odata.maxpagesize=100``), sent with ours."""
+        if not self._checked:
+            self.gate.check()
+            self._checked = True
+        else:
+            self.gate.check_local()
+        if self._token is None:
+            self._token = self.services.identity.access_token(self.tenant, self.user)
+        try:
+            answer = self._send(method, path, json, params, prefer)
+        except AuthError:
+            # The access token may have been revoked early: one refresh, then the verdict stands.
+            self._token = self.services.identity.access_token(self.tenant, self.user, force_refresh=True)
+            answer = self._send(method, path, json, params, prefer)
+        if method != "GET":
+            self.wrote = True
+        return answer
+
+    def _send(
+        self, method: str, path: str, json: Any, params: dict[str, str] | None, prefer: str | None
+    ) -> Any:
+        headers = {"Prefer": f"{PREFER['Prefer']}, {prefer}"} if prefer else PREFER
+        with InFlight.slot(self.mailbox):
+            try:
+                return self.services.graph.call(
+                    self._token, method, path, json=json, params=params, headers=headers
+                )
+            except MailboxGated:
+                raise
+            except ThrottledError as throttled:
+                self.gate.close(throttled.retry_after)
+                raise

@@ -1,0 +1,145 @@
+"""The Graph event body for an activity, its identity on the event, and its content hash.
+
+Never renders ``attendees``: a CRM mirror must not mail the user's customers (prior-art §6), and a
+PATCH without the property leaves whatever the user added in Outlook alone.
+
+Our mark on every event we create is a single-value extended property (graph-facts §3.5):
+id ``String {PROPERTY_GUID} Name crmActivity``, value ``<tenant>|<activity id>`` where each part is
+percent-encoded, keeping only ``a-z 0-9 . _ ~ -`` literal (UTF-8, upper-case hex). So ``|`` only
+ever separates the parts, the value needs no quoting inside an OData string literal, and because
+Graph compares the value case-insensitively, no two different (tenant, activity) pairs can match
+each other (no literal upper-case letters exist in the encoding).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import html
+import json
+import re
+import uuid
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote, unquote
+
+from shared.rules.event_time import TimeNote, to_graph_times
+from shared.rules.model import Activity, Party
+
+PROPERTY_GUID = "835ac582-803a-4cbe-8e1f-6eb316b033d1"
+PROPERTY_ID = f"String {{{PROPERTY_GUID}}} Name crmActivity"
+# Namespace of our transactionIds; fixed forever, or retries after a deploy would duplicate events.
+TRANSACTION_NAMESPACE = uuid.UUID("684205ab-e7a1-43c3-9ed5-fe78f76117bd")
+CREATE_ONLY_FIELDS = ("transactionId", "singleValueExtendedProperties")
+_SAFE = "abcdefghijklmnopqrstuvwxyz0123456789._~-"
+
+LABELS = {
+    "es": {"contact": "Contacto", "company": "Empresa", "deal": "Negocio", "open": "Abrir en el CRM"},
+    "en": {"contact": "Contact", "company": "Company", "deal": "Deal", "open": "Open in CRM"},
+}
+
+
+@dataclass(frozen=True, slots=True)
+class RenderedEvent:
+    event: dict[str, Any]  # the POST body (PATCH bodies drop CREATE_ONLY_FIELDS)
+    content_hash: str
+    notes: tuple[TimeNote, ...] = ()
+
+
+def language(locale: str | None) -> str:
+    """``es`` or ``en`` from a locale such as ``en-US``; Spanish unless English is asked for."""
+    tag = (locale or "").replace("_", "-").lower()
+    return "en" if tag == "en" or tag.startswith("en-") else "es"
+
+
+def _encode(part: str) -> str:
+    return "".join(c if c in _SAFE else "".join(f"%{b:02X}" for b in c.encode()) for c in part)
+
+
+def property_value(tenant_id: str, activity_id: str) -> str:
+    return f"{_encode(tenant_id)}|{_encode(activity_id)}"
+
+
+def parse_property_value(value: str) -> tuple[str, str] | None:
+    """(tenant, activity id) from our property value, None if it is not one of ours."""
+    parts = value.split("|")
+    if len(parts) != 2 or not all(parts):
+        return None
+    try:
+        tenant, activity = (unquote(p, errors="strict") for p in parts)
+    except UnicodeDecodeError:
+        return None
+    return (tenant, activity) if property_value(tenant, activity) == value else None
+
+
+def transaction_id(tenant_id: str, user_id: str, activity_id: str, generation: int) -> str:
+    """Graph ``transactionId`` of one create: the same inputs always give the same 36-char UUID.
+
+    ``generation`` grows each time an event is created again after ours was removed, so a new
+    create is never mistaken for a retry of the old one.
+    """
+    name = json.dumps([tenant_id, user_id, activity_id, generation], ensure_ascii=False)
+    return str(uuid.uuid5(TRANSACTION_NAMESPACE, name))
+
+
+def content_hash(event: dict[str, Any]) -> str:
+    """sha256 of the canonical JSON of what the user sees (create-only fields left out)."""
+    visible = {k: v for k, v in event.items() if k not in CREATE_ONLY_FIELDS}
+    canonical = json.dumps(visible, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def patch_body(event: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in event.items() if k not in CREATE_ONLY_FIELDS}
+
+
+def _esc(text: str) -> str:
+    return html.escape(text, quote=True)
+
+
+def _party_line(label: str, party: Party) -> str:
+    bits = [_esc(party.name)]
+    if party.email:
+        href = "mailto:" + quote(party.email, safe="@.+-_~")
+        bits.append(f'<a href="{_esc(href)}">{_esc(party.email)}</a>')
+    if party.phone:
+        bits.append(_esc(party.phone))
+    return f"<p><b>{label}:</b> {' · '.join(bits)}</p>"
+
+
+def _body_html(activity: Activity, labels: dict[str, str]) -> str:
+    parts = []
+    if activity.description:
+        text = _esc(activity.description.replace("\r\n", "\n").replace("\r", "\n"))
+        parts.append(f"<p>{text.replace(chr(10), '<br>')}</p>")
+    for key in ("contact", "company", "deal"):
+        party = getattr(activity, key)
+        if party is not None:
+            parts.append(_party_line(labels[key], party))
+    parts.append(f'<p><a href="{_esc(activity.url)}">{labels["open"]}</a></p>')
+    return "<html><body>" + "".join(parts) + "</body></html>"
+
+
+def render_event(activity: Activity, *, tenant_id: str, user_id: str, generation: int = 0,
+                 mailbox_time_zone: str | None = None, locale: str | None = None) -> RenderedEvent:
+    """The Graph event for ``activity`` as seen from the mailbox's time zone and the user's locale."""
+    times = to_graph_times(activity, mailbox_time_zone)
+    subject = re.sub(r"\s*[\r\n]+\s*", " ", activity.subject).strip() or activity.type.name
+    reminder = activity.reminder_minutes
+    event: dict[str, Any] = {
+        "subject": subject,
+        "body": {"contentType": "html", "content": _body_html(activity, LABELS[language(locale)])},
+        "start": times.start,
+        "end": times.end,
+        "isAllDay": times.is_all_day,
+        "location": {"displayName": activity.location or ""},
+        "isReminderOn": reminder is not None,
+        "categories": [activity.type.name] if activity.type.name else [],
+        "showAs": "busy",
+    }
+    if reminder is not None:
+        event["reminderMinutesBeforeStart"] = reminder
+    event["transactionId"] = transaction_id(tenant_id, user_id, activity.id, generation)
+    event["singleValueExtendedProperties"] = [
+        {"id": PROPERTY_ID, "value": property_value(tenant_id, activity.id)}
+    ]
+    return RenderedEvent(event, content_hash(event), times.adjusted)

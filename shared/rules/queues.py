@@ -1,0 +1,7 @@
+"""Queue names, in one place: the triggers in functions/, the senders in shared/ and infra/ agree."""
+
+ACTIVITY_SYNC = "activity-sync"
+MAILBOX_RECONCILE = "mailbox-reconcile"
+CRM_CALLBACKS = "crm-callbacks"
+ACTIVITY_BACKFILL = "activity-backfill"  # backfill chunks of up to 20 activities (shared/flows/backfill_worker.py)
+QUEUE_NAMES = (ACTIVITY_SYNC, MAILBOX_RECONCILE, CRM_CALLBACKS, ACTIVITY_BACKFILL)

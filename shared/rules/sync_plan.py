@@ -1,0 +1,276 @@
+"""Plan, then apply (vdirsyncer): what one CRM change means for one user's Outlook calendar.
+
+Pure. Each ``plan_*`` returns ``Decision(action, link)``: the Graph write to do (or ``Nothing``)
+and the ``Link`` row to store once it has succeeded (``after`` fills in what Graph returns).
+The worker applies it; redelivery just plans the same thing again.
+
+Rules (design §4):
+- Eligible = user connected, owner is this user, status ``planned``, type flag on, activity flag
+  on. Losing eligibility deletes our event (only ever one whose id is in our link).
+  ``completed`` keeps the event untouched unless ``completed_activities="remove"``.
+- Order: an upsert with a version lower than the link's is ignored, an equal one too (a duplicate)
+  unless ``replay=True`` (backfill, type flag turned back on): a replay carries the same content,
+  so it only re-decides against the current type flag, mailbox and connection.
+- Deletions leave a tombstone at their version; an upsert must be strictly newer to bring the
+  activity back (so at equal versions a deletion beats an upsert). A deletion older than an
+  applied upsert is stale (the activity was restored and changed since).
+- Every version seen is recorded, even without an event, so a late older upsert cannot create an
+  event for an activity that was already cancelled.
+- Unchanged content hash -> no write. Creating again after a removal uses a new ``generation``,
+  hence a new ``transactionId``.
+- Not connected: nothing is written; deletions still record their tombstone (keeping the event
+  id, removed by ``pending_deletions`` after reconnecting).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+from typing import Any, Literal
+
+from shared.rules.errors import PermanentError
+from shared.rules.event_render import patch_body, property_value, render_event
+from shared.rules.event_time import TimeNote
+from shared.rules.model import Activity, ActivityDeleted, ActivityType, ActivityTypeUpdated
+
+CompletedPolicy = Literal["keep", "remove"]
+
+# Reasons carried by Nothing / Delete / Replay (stable strings: they reach callbacks and status).
+NOT_CONNECTED = "not_connected"
+STALE = "stale_version"
+DELETED = "deleted"
+UNCHANGED = "unchanged"
+COMPLETED = "completed"
+COMPLETED_KEPT = "completed_kept"
+CANCELLED = "cancelled"
+OWNER_CHANGED = "owner_changed"
+ACTIVITY_HIDDEN = "activity_hidden"
+TYPE_HIDDEN = "type_hidden"
+TYPE_CHANGED = "type_changed"
+
+# Mass-deletion guard: refuse more than MASS_DELETE_MIN deletions that are also more than
+# MASS_DELETE_SHARE of the user's linked events, unless confirmed.
+MASS_DELETE_MIN = 20
+MASS_DELETE_SHARE = 0.5
+
+
+@dataclass(frozen=True, slots=True)
+class Link:
+    """What we know about (user, activity): the one row that makes every write idempotent."""
+
+    activity_id: str
+    version: int  # highest CRM version seen (upsert or deletion)
+    outlook_event_id: str | None = None  # our event, None when there is none
+    content_hash: str | None = None  # of the rendered event last written
+    change_key: str | None = None  # Graph changeKey after our last write (spots our own echoes)
+    generation: int = 0  # of the last create; transactionId input
+    tombstone: bool = False  # deleted in the CRM at ``version``
+    type_id: str | None = None  # to find a type's events on activity_type.updated
+
+
+@dataclass(frozen=True, slots=True)
+class UserContext:
+    tenant_id: str
+    user_id: str
+    connected: bool
+    mailbox_time_zone: str | None = None  # Windows id from mailboxSettings
+    locale: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Create:
+    event: dict[str, Any]
+    transaction_id: str
+    lookup_value: str  # look the event up by our property first: a crash may have left one
+    content_hash: str
+
+
+@dataclass(frozen=True, slots=True)
+class Update:
+    event_id: str
+    patch: dict[str, Any]
+    content_hash: str
+
+
+@dataclass(frozen=True, slots=True)
+class Delete:
+    event_id: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Nothing:
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Replay:
+    """Re-plan this activity with ``replay=True`` from its latest payload (if the worker keeps one)."""
+
+    activity_id: str
+    reason: str
+
+
+Action = Create | Update | Delete | Nothing | Replay
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    action: Action
+    link: Link | None  # to store once the action succeeded; may equal the input (then skip)
+    notes: tuple[TimeNote, ...] = ()
+
+
+class MassDeletionRefused(PermanentError):
+    """A plan would delete most of a user's events at once: hold it and flag it for a human."""
+
+    def __init__(self, deletes: int, linked: int) -> None:
+        super().__init__(f"refusing to delete {deletes} of {linked} linked events without confirmation",
+                         code="mass_deletion_guard")
+        self.deletes, self.linked = deletes, linked
+
+
+def _without_event(link: Link) -> Link:
+    return replace(link, outlook_event_id=None, content_hash=None, change_key=None)
+
+
+def _ineligible(activity: Activity, type_: ActivityType, user: UserContext) -> str | None:
+    if activity.owner_user_id != user.user_id:
+        return OWNER_CHANGED
+    if activity.status == "cancelled":
+        return CANCELLED
+    if not activity.show_in_calendar:
+        return ACTIVITY_HIDDEN
+    if not type_.show_in_calendar:
+        return TYPE_HIDDEN
+    if activity.status == "completed":
+        return COMPLETED
+    return None
+
+
+def plan_upsert(activity: Activity, link: Link | None, user: UserContext, *,
+                completed_activities: CompletedPolicy = "keep", activity_type: ActivityType | None = None,
+                replay: bool = False) -> Decision:
+    """Decide for ``activity.upserted`` (or a backfill item). ``activity_type``: the latest type
+    record the worker knows, which overrides the (possibly older) copy inside the activity."""
+    if not user.connected:
+        return Decision(Nothing(NOT_CONNECTED), link)
+    if link is not None:
+        if link.tombstone and activity.version <= link.version:
+            return Decision(Nothing(DELETED), link)
+        if activity.version < link.version or (activity.version == link.version and not replay):
+            return Decision(Nothing(STALE), link)
+
+    type_ = activity_type or activity.type
+    event_id = link.outlook_event_id if link else None
+    seen = replace(link or Link(activity.id, activity.version), version=activity.version,
+                   tombstone=False, type_id=type_.id)
+    reason = _ineligible(activity, type_, user)
+    if reason == COMPLETED and completed_activities == "keep" and event_id:
+        return Decision(Nothing(COMPLETED_KEPT), seen)
+    if reason is not None:
+        if event_id:
+            return Decision(Delete(event_id, reason), _without_event(seen))
+        return Decision(Nothing(reason), seen)
+
+    generation = seen.generation if event_id else seen.generation + 1
+    rendered = render_event(replace(activity, type=type_), tenant_id=user.tenant_id, user_id=user.user_id,
+                            generation=generation, mailbox_time_zone=user.mailbox_time_zone,
+                            locale=user.locale)
+    new_hash = rendered.content_hash
+    if event_id is None:
+        create = Create(rendered.event, rendered.event["transactionId"],
+                        property_value(user.tenant_id, activity.id), new_hash)
+        return Decision(create, replace(_without_event(seen), generation=generation, content_hash=new_hash),
+                        rendered.notes)
+    if new_hash == seen.content_hash:
+        return Decision(Nothing(UNCHANGED), seen, rendered.notes)
+    return Decision(Update(event_id, patch_body(rendered.event), new_hash),
+                    replace(seen, content_hash=new_hash), rendered.notes)
+
+
+def plan_deletion(deleted: ActivityDeleted, link: Link | None, user: UserContext) -> Decision:
+    """Decide for ``activity.deleted``: remove our event and leave a tombstone."""
+    if link is not None and not link.tombstone and deleted.version < link.version:
+        return Decision(Nothing(STALE), link)
+    version = max(deleted.version, link.version) if link else deleted.version
+    tomb = replace(link or Link(deleted.id, version), version=version, tombstone=True)
+    event_id = link.outlook_event_id if link else None
+    if event_id is None:
+        return Decision(Nothing(DELETED), tomb)
+    if not user.connected:
+        return Decision(Nothing(NOT_CONNECTED), tomb)  # keeps the id for pending_deletions
+    return Decision(Delete(event_id, DELETED), _without_event(tomb))
+
+
+def pending_deletions(links: Iterable[Link], user: UserContext) -> list[Decision]:
+    """Events of activities deleted while the user was not connected."""
+    if not user.connected:
+        return []
+    return [Decision(Delete(link.outlook_event_id, DELETED), _without_event(link))
+            for link in links if link.tombstone and link.outlook_event_id]
+
+
+def plan_type_update(update: ActivityTypeUpdated, links: Iterable[Link], user: UserContext) -> list[Decision]:
+    """Decide for ``activity_type.updated`` over the user's links.
+
+    Flag off: delete the events of that type. Flag on (or a rename): the events need the
+    activities' content, so each live link of that type gets a ``Replay``.
+    """
+    decisions = []
+    for link in links:
+        if link.type_id != update.id or link.tombstone:
+            continue
+        if update.show_in_calendar:
+            decisions.append(Decision(Replay(link.activity_id, TYPE_CHANGED), link))
+        elif link.outlook_event_id and user.connected:
+            decisions.append(Decision(Delete(link.outlook_event_id, TYPE_HIDDEN), _without_event(link)))
+    return decisions
+
+
+def check_mass_deletion(decisions: Iterable[Decision], linked_events: int, *, confirmed: bool = False,
+                        min_count: int = MASS_DELETE_MIN, max_share: float = MASS_DELETE_SHARE) -> None:
+    """Raise ``MassDeletionRefused`` if the plan deletes more than ``min_count`` events that are
+    also more than ``max_share`` of ``linked_events`` (the user's events we link to).
+    ``confirmed`` is for explicit user requests, e.g. "Remove sync" with ``remove_events=all``."""
+    deletes = sum(isinstance(d.action, Delete) for d in decisions)
+    if not confirmed and deletes > min_count and deletes > max_share * linked_events:
+        raise MassDeletionRefused(deletes, linked_events)
+
+
+def after(decision: Decision, *, event_id: str | None = None, change_key: str | None = None) -> Link | None:
+    """The link to store once the action succeeded, with what Graph answered."""
+    link = decision.link
+    if link is None or not isinstance(decision.action, Create | Update):
+        return link
+    if isinstance(decision.action, Create):
+        if not event_id:
+            raise ValueError("a created event needs its id")
+        link = replace(link, outlook_event_id=event_id)
+    return replace(link, change_key=change_key)
+
+
+def adopt(decision: Decision, event_id: str) -> Decision:
+    """A ``Create`` whose lookup by our property found ``event_id`` (a create that crashed before its
+    link was stored): PATCH that event instead of creating a duplicate."""
+    create = decision.action
+    if not isinstance(create, Create) or decision.link is None:
+        raise ValueError("only a planned Create can adopt an existing event")
+    patch = patch_body(create.event)
+    return Decision(Update(event_id, patch, create.content_hash),
+                    replace(decision.link, outlook_event_id=event_id), decision.notes)
+
+
+BackfillCategory = Literal["create", "update", "unchanged", "ineligible"]
+
+
+def backfill_category(decision: Decision) -> BackfillCategory:
+    """How a backfill dry run reports a decision."""
+    action = decision.action
+    if isinstance(action, Create):
+        return "create"
+    if isinstance(action, Update):
+        return "update"
+    if isinstance(action, Nothing) and action.reason in (UNCHANGED, STALE, COMPLETED_KEPT):
+        return "unchanged"
+    return "ineligible"

@@ -1,0 +1,117 @@
+"""A CRM user's connection to their Outlook mailbox, one row per (tenant, user) in ``Connections``.
+
+States: ``never_connected`` (no row) -> ``connected`` <-> ``reauth_required`` -> ``disconnected``
+-> ``connected`` again. Every write is ETag-guarded; ``update`` re-reads and re-applies a change
+when someone else wrote first, so concurrent workers never lose each other's fields.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any
+
+from shared.rules.errors import ConflictError
+from shared.store import tables
+
+NEVER_CONNECTED = "never_connected"
+CONNECTED = "connected"
+REAUTH_REQUIRED = "reauth_required"
+DISCONNECTED = "disconnected"
+MAX_RECENT_ERRORS = 10
+
+
+@dataclass(frozen=True)
+class Connection:
+    tenant: str
+    user: str
+    state: str = NEVER_CONNECTED
+    locale: str = "es"
+    crm_time_zone: str | None = None
+    mailbox_time_zone: str | None = None  # Windows name, as mailboxSettings gives it
+    account_oid: str | None = None
+    account_tid: str | None = None
+    account_username: str | None = None
+    connected_at: str | None = None
+    disconnected_at: str | None = None
+    subscription_id: str | None = None
+    subscription_expires_at: str | None = None
+    last_sync_at: str | None = None
+    last_reconcile_at: str | None = None
+    recent_errors: tuple[dict[str, str], ...] = field(default=())
+    etag: str | None = None
+
+    def with_error(self, kind: str, message: str, now: datetime | None = None) -> Connection:
+        """Remember a failure the user should see in status (newest first, a few kept)."""
+        entry = {"at": iso(now or datetime.now(UTC)), "kind": kind, "message": message}
+        return replace(self, recent_errors=(entry, *self.recent_errors)[:MAX_RECENT_ERRORS])
+
+
+def iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def get(storage: Any, tenant: str, user: str) -> Connection:
+    row = tables.read(
+        storage.table(tables.CONNECTIONS), tables.key(tenant), tables.key(user), "reading the connection"
+    )
+    return Connection(tenant, user) if row is None else _from_row(row)
+
+
+def _from_row(row: Any) -> Connection:
+    values = {
+        k: row[k] for k in Connection.__dataclass_fields__ if k in row and k not in ("etag", "recent_errors")
+    }
+    errors = tuple(json.loads(row.get("recent_errors") or "[]"))
+    return Connection(**values, recent_errors=errors, etag=tables.etag_of(row))
+
+
+def save(storage: Any, connection: Connection) -> Connection:
+    """Insert a new row, or replace the one read (ETag): ConflictError if it changed meanwhile."""
+    from azure.core import MatchConditions
+    from azure.data.tables import UpdateMode
+
+    entity = {
+        k: v for k, v in asdict(connection).items() if k not in ("tenant", "user", "etag") and v is not None
+    }
+    entity.update(
+        PartitionKey=tables.key(connection.tenant),
+        RowKey=tables.key(connection.user),
+        recent_errors=json.dumps(list(connection.recent_errors)),
+        tenant=connection.tenant,
+        user=connection.user,
+    )
+    table = storage.table(tables.CONNECTIONS)
+    with tables.storage_errors("saving the connection"):
+        if connection.etag is None:
+            metadata = table.create_entity(entity)
+        else:
+            metadata = table.update_entity(
+                entity,
+                mode=UpdateMode.REPLACE,
+                etag=connection.etag,
+                match_condition=MatchConditions.IfNotModified,
+            )
+    return replace(connection, etag=metadata.get("etag"))
+
+
+def update(storage: Any, tenant: str, user: str, change: Callable[[Connection], Connection]) -> Connection:
+    """Read, change, write; on a concurrent write, read again and re-apply ``change``."""
+    for _ in range(10):
+        current = get(storage, tenant, user)
+        try:
+            return save(storage, change(current))
+        except ConflictError:
+            continue
+    raise ConflictError("the connection kept changing while being updated")
+
+
+def list_connected(storage: Any) -> list[Connection]:
+    """Every connection in a state that has tokens (for timers)."""
+    with tables.storage_errors("listing connections"):
+        rows = storage.table(tables.CONNECTIONS).query_entities(
+            "state eq @a or state eq @b", parameters={"a": CONNECTED, "b": REAUTH_REQUIRED}
+        )
+        return [_from_row(row) for row in rows]

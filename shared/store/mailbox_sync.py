@@ -1,0 +1,102 @@
+"""The ``MailboxSync`` row: per (tenant, user), what the reconcile needs between runs.
+
+- ``delta_link`` (never logged: it is a bearer of the mailbox's sync state), the ``window`` it
+  was started with and the ``account_oid`` of the mailbox it belongs to: a different window (it
+  slides daily) or account starts a new round.
+- ``held_deletions`` / ``held_since``: the mass-deletion guard's flag, shown by status.
+- A lease (``lease_id``, ``lease_until``): one reconcile or subscription change per user at a
+  time, across processes. Claiming is an ETag-guarded write; a crashed holder's lease expires.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from shared.rules.errors import ConflictError, ThrottledError
+from shared.store import tables
+
+log = logging.getLogger(__name__)
+LEASE = timedelta(minutes=10)
+BUSY_RETRY_SECONDS = 5.0
+
+
+class Busy(ThrottledError):
+    """Another run holds this user's lease: come back later (never wait here)."""
+
+    def __init__(self, retry_after: float = BUSY_RETRY_SECONDS) -> None:
+        super().__init__("another reconcile of this mailbox is running", retry_after=retry_after, code="busy")
+
+
+@dataclass(frozen=True)
+class SyncState:
+    tenant: str
+    user: str
+    delta_link: str | None = None
+    window: str | None = None
+    account_oid: str | None = None
+    held_deletions: int = 0
+    held_since: str | None = None
+    lease_id: str | None = None
+    lease_until: datetime | None = None
+    etag: str | None = None
+
+    def __repr__(self) -> str:  # never print the delta link
+        return f"SyncState({self.tenant!r}, {self.user!r}, held={self.held_deletions}, lease={self.lease_id})"
+
+
+_FIELDS = ("delta_link", "window", "account_oid", "held_deletions", "held_since", "lease_id", "lease_until")
+
+
+def _read(storage: Any, tenant: str, user: str) -> Any:
+    table = storage.table(tables.MAILBOX_SYNC)
+    return tables.read(table, tables.key(tenant, user), "", "reading the mailbox sync state")
+
+
+def load(storage: Any, tenant: str, user: str) -> SyncState:
+    row = _read(storage, tenant, user)
+    if row is None:
+        return SyncState(tenant, user)
+    values = {name: row.get(name) for name in _FIELDS}
+    values["held_deletions"] = int(values["held_deletions"] or 0)
+    if values["lease_until"] is not None and values["lease_until"].tzinfo is None:
+        values["lease_until"] = values["lease_until"].replace(tzinfo=UTC)
+    return SyncState(tenant, user, **values, etag=tables.etag_of(row))
+
+
+def _write(storage: Any, state: SyncState) -> SyncState:
+    entity = {name: getattr(state, name) for name in _FIELDS if getattr(state, name) is not None}
+    entity.update(PartitionKey=tables.key(state.tenant, state.user), RowKey="")
+    table = storage.table(tables.MAILBOX_SYNC)
+    metadata = tables.write(table, entity, state.etag, "saving the mailbox sync state")
+    return replace(state, etag=metadata.get("etag"))
+
+
+def claim(storage: Any, tenant: str, user: str, now: datetime) -> SyncState:
+    """Take the user's lease, or raise Busy while someone else holds it."""
+    state = load(storage, tenant, user)
+    if state.lease_id and state.lease_until and state.lease_until > now:
+        raise Busy(min(BUSY_RETRY_SECONDS, max(1.0, (state.lease_until - now).total_seconds())))
+    try:
+        return _write(storage, replace(state, lease_id=uuid.uuid4().hex, lease_until=now + LEASE))
+    except ConflictError:
+        raise Busy() from None  # someone claimed it at the same moment
+
+
+def release(storage: Any, state: SyncState, **changes: Any) -> SyncState:
+    """Store ``changes`` and give the lease back (ConflictError if the lease was lost meanwhile)."""
+    return _write(storage, replace(state, lease_id=None, lease_until=None, **changes))
+
+
+def release_quietly(storage: Any, state: SyncState) -> None:
+    try:
+        release(storage, state)
+    except Exception as error:  # noqa: BLE001 - the lease expires by itself; the original error matters
+        log.info("A mailbox lease was not released (it expires by itself): %s", type(error).__name__)
+
+
+def held_deletions(storage: Any, tenant: str, user: str) -> int:
+    return load(storage, tenant, user).held_deletions
