@@ -37,8 +37,11 @@ $(NPM_STAMP): package.json package-lock.json
 run: setup
 	$(PY) -m local.run
 
+# Style, the layer contract (import-linter, pyproject.toml) and strict types on the pure core.
 lint: setup
 	$(PY) -m ruff check .
+	$(VENV)/bin/lint-imports --no-cache
+	$(PY) -m mypy
 
 test: lint $(CHROMIUM)
 	$(PY) -m pytest

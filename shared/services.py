@@ -1,10 +1,13 @@
 """The adapters one process needs, built on first use and reused by every invocation.
 
-Triggers get them from ``services.get()``; tests build a ``Services`` of their own."""
+This is the composition root of the adapters: triggers get the process's one ``AppServices`` from
+``services.get()`` and hand it to a flow, which sees it only as ``shared.ports.Services``; tests
+build an ``AppServices`` of their own, or a fake that satisfies the same ports."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from functools import cache, cached_property
 
 from shared.rules import settings as settings_module
@@ -12,7 +15,9 @@ from shared.rules.settings import Settings
 
 
 @dataclass
-class Services:
+class AppServices:
+    """The real adapters behind ``shared.ports.Services``, each built on first use."""
+
     settings: Settings
 
     @cached_property
@@ -40,7 +45,10 @@ class Services:
 
         return requests.Session()
 
+    def now(self) -> datetime:
+        return datetime.now(UTC)
+
 
 @cache
-def get() -> Services:
-    return Services(settings_module.get())
+def get() -> AppServices:
+    return AppServices(settings_module.get())

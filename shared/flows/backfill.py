@@ -36,6 +36,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
+from shared.ports import Services, Storage
 from shared.rules import queues
 from shared.rules.backfill_plan import (
     CATEGORIES,
@@ -148,7 +149,7 @@ def _context(connection: connections.Connection) -> UserContext:
     )
 
 
-def _connected(services: Any, tenant: str, user: str) -> connections.Connection:
+def _connected(services: Services, tenant: str, user: str) -> connections.Connection:
     connection = connections.get(services.storage, tenant, user)
     if connection.state != CONNECTED:
         raise NotConnected(f"the user is {connection.state.replace('_', ' ')}", code="not_connected")
@@ -158,7 +159,7 @@ def _connected(services: Any, tenant: str, user: str) -> connections.Connection:
 # --- dry run ---------------------------------------------------------------------------------------
 
 
-def dry_run(services: Any, tenant: str, user: str, request: BackfillRequest, now: datetime) -> dict[str, Any]:
+def dry_run(services: Services, tenant: str, user: str, request: BackfillRequest, now: datetime) -> dict[str, Any]:
     """The plan for this page, decided as the real run decides; nothing is written."""
     connection = _connected(services, tenant, user)
     context = _context(connection)
@@ -215,7 +216,7 @@ def message(tenant: str, user: str, job_id: str, chunk: str, **extra: Any) -> by
 
 
 def accept_page(
-    services: Any, tenant: str, user: str, request: BackfillRequest, now: datetime
+    services: Services, tenant: str, user: str, request: BackfillRequest, now: datetime
 ) -> dict[str, Any]:
     """Store one page, settle what is out of the window, queue the rest; the job's progress."""
     _connected(services, tenant, user)
@@ -297,7 +298,7 @@ def accept_page(
     return answer
 
 
-def _enqueue(storage: Any, tenant: str, user: str, job_id: str, keys: list[str]) -> None:
+def _enqueue(storage: Storage, tenant: str, user: str, job_id: str, keys: list[str]) -> None:
     """One message per chunk, then the chunks are marked ``queued`` (one transaction)."""
     if not keys:
         return
@@ -314,7 +315,7 @@ def _enqueue(storage: Any, tenant: str, user: str, job_id: str, keys: list[str])
     transact(storage, tables.JOBS, ops, "marking backfill work queued")
 
 
-def _never_queued(storage: Any, tenant: str, user: str, job_id: str, page: str) -> list[str]:
+def _never_queued(storage: Storage, tenant: str, user: str, job_id: str, page: str) -> list[str]:
     """The same page again: chunks stored but never queued (a crash right after storing the page)."""
     prefix = chunk_key(job_id, page, 0)[:-3]
     with tables.storage_errors("reading a backfill page"):
@@ -330,10 +331,10 @@ def page_marker(job_id: str, page: str) -> str:
     return f"page|{tables.key(job_id)}|{page}"
 
 
-def _page_seen(storage: Any, tenant: str, user: str, job_id: str, page: str) -> bool:
+def _page_seen(storage: Storage, tenant: str, user: str, job_id: str, page: str) -> bool:
     """Each accepted page leaves a marker row (written in the page's transaction)."""
     return backfill_jobs.get_chunk(storage, tenant, user, page_marker(job_id, page)) is not None
 
 
-def status(services: Any, tenant: str, user: str) -> dict[str, Any] | None:
+def status(services: Services, tenant: str, user: str) -> dict[str, Any] | None:
     return backfill_jobs.status(services.storage, tenant, user)

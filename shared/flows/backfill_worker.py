@@ -52,6 +52,7 @@ from shared.outlook.throttle import (
     MailboxGated,
     next_step,
 )
+from shared.ports import Services, Storage
 from shared.rules.backfill_plan import (
     COUNTED,
     CREATING,
@@ -129,7 +130,7 @@ def _link_entity(tenant: str, user: str, link: Link, extra: dict[str, Any]) -> d
     return entity
 
 
-def read_links(storage: Any, tenant: str, user: str, activity_ids: list[str]) -> dict[str, links.StoredLink]:
+def read_links(storage: Storage, tenant: str, user: str, activity_ids: list[str]) -> dict[str, links.StoredLink]:
     found: dict[str, links.StoredLink] = {}
     table = storage.table(tables.LINKS)
     for start in range(0, len(activity_ids), MAX_FILTER_IDS):
@@ -199,7 +200,7 @@ class Retry:
 
 
 class ChunkRun:
-    def __init__(self, services: Any, msg: dict[str, Any], now: datetime) -> None:
+    def __init__(self, services: Services, msg: dict[str, Any], now: datetime) -> None:
         self.services = services
         self.storage = services.storage
         self.msg = msg
@@ -696,7 +697,7 @@ def merge_retries(retries: list[Retry]) -> list[Retry]:
     return list(merged.values())
 
 
-def process(services: Any, raw: bytes, now: datetime | None = None) -> str:
+def process(services: Services, raw: bytes, now: datetime | None = None) -> str:
     """Handle one ``activity-backfill`` message; re-queues what must wait itself. Raises only for
     a message that cannot be read (the host's poison queue) or an unknown error (a bug)."""
     msg = json.loads(raw)

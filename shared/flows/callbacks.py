@@ -11,41 +11,27 @@ from __future__ import annotations
 import json
 import logging
 import time
-import uuid
-from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
+from shared.ports import Storage
 from shared.rules import crm_signature, queues
+from shared.rules.callback_messages import (  # noqa: F401 - the kinds are part of this module's face
+    ACTIVITY_SYNC_FAILED,
+    ACTIVITY_SYNCED,
+    BACKFILL_COMPLETED,
+    CHANGED_IN_OUTLOOK,
+    CONNECTED,
+    DELETED_IN_OUTLOOK,
+    DISCONNECTED,
+    REAUTH_REQUIRED,
+    envelope,
+)
 from shared.rules.errors import PermanentError, TransientError
-from shared.store.connections import iso
 
 log = logging.getLogger(__name__)
 
-CONNECTED = "connection.connected"
-DISCONNECTED = "connection.disconnected"
-REAUTH_REQUIRED = "connection.reauth_required"
-ACTIVITY_SYNCED = "activity.synced"
-ACTIVITY_SYNC_FAILED = "activity.sync_failed"
-CHANGED_IN_OUTLOOK = "activity.changed_in_outlook"
-DELETED_IN_OUTLOOK = "activity.deleted_in_outlook"
-BACKFILL_COMPLETED = "backfill.completed"
-
-
-def envelope(
-    kind: str, tenant: str, user: str, data: dict[str, Any], now: datetime | None = None
-) -> dict[str, Any]:
-    return {
-        "id": str(uuid.uuid4()),
-        "type": kind,
-        "tenant_id": tenant,
-        "user_id": user,
-        "occurred_at": iso(now or datetime.now(UTC)),
-        "data": data,
-    }
-
-
-def enqueue(storage: Any, kind: str, tenant: str, user: str, data: dict[str, Any]) -> dict[str, Any]:
+def enqueue(storage: Storage, kind: str, tenant: str, user: str, data: dict[str, Any]) -> dict[str, Any]:
     message = envelope(kind, tenant, user, data)
     storage.send(queues.CRM_CALLBACKS, json.dumps(message))
     return message

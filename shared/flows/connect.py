@@ -26,6 +26,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from shared.flows import callbacks
+from shared.ports import Services
 from shared.rules.contract import ValidationError
 from shared.rules.errors import AuthError, ConflictError, SyncError
 from shared.rules.event_time import is_iana_zone
@@ -91,7 +92,7 @@ def origin_of(url: str) -> str | None:
 
 
 def begin_connect(
-    services: Any, tenant: str, user: str, request: ConnectRequest, now: datetime
+    services: Services, tenant: str, user: str, request: ConnectRequest, now: datetime
 ) -> dict[str, str]:
     """Start sign-in: the URL to send the browser to, valid for 10 minutes."""
     flow = services.identity.begin(request.login_hint)
@@ -114,7 +115,7 @@ def begin_connect(
 
 
 def complete_connect(
-    services: Any, params: dict[str, str], accept_language: str | None, now: datetime
+    services: Services, params: dict[str, str], accept_language: str | None, now: datetime
 ) -> CallbackOutcome:
     """The OAuth callback: never raises; every failure becomes an error redirect or page."""
     pending = _take_flow(services, params.get("state", ""))
@@ -152,7 +153,7 @@ def complete_connect(
     return CallbackOutcome(None, "connected_body", locale, status=200)
 
 
-def _take_flow(services: Any, state: str) -> dict[str, Any] | None:
+def _take_flow(services: Services, state: str) -> dict[str, Any] | None:
     """Read and delete the stored flow in one guarded step: the second use of a state finds nothing."""
     from azure.core import MatchConditions
     from azure.core.exceptions import ResourceNotFoundError
@@ -176,7 +177,7 @@ def _take_flow(services: Any, state: str) -> dict[str, Any] | None:
 
 
 def _connect(
-    services: Any,
+    services: Services,
     tenant: str,
     user: str,
     pending: dict[str, Any],
@@ -228,7 +229,7 @@ def _connect(
     return None
 
 
-def _save_latest(services: Any, connection: Connection) -> None:
+def _save_latest(services: Services, connection: Connection) -> None:
     """Write our view of the connection over whatever a concurrent worker stored meanwhile."""
     try:
         connections.save(services.storage, connection)
@@ -241,7 +242,7 @@ def _save_latest(services: Any, connection: Connection) -> None:
         )
 
 
-def subscribe(services: Any, token: str, connection: Connection, now: datetime) -> Connection:
+def subscribe(services: Services, token: str, connection: Connection, now: datetime) -> Connection:
     """Subscribe to the user's events; on failure stay connected (pushes still work, the timer
     sweep still reconciles) and show why in status. The renewal timer tries again."""
     base = services.settings.public_base_url
@@ -281,7 +282,7 @@ def subscribe(services: Any, token: str, connection: Connection, now: datetime) 
     )
 
 
-def remove_subscription(services: Any, token: str | None, subscription_id: str) -> None:
+def remove_subscription(services: Services, token: str | None, subscription_id: str) -> None:
     """Delete at Graph (a 404 means it is already gone) and forget it here."""
     from azure.core.exceptions import ResourceNotFoundError
 
@@ -303,7 +304,7 @@ def remove_subscription(services: Any, token: str | None, subscription_id: str) 
         pass
 
 
-def _drop_links(services: Any, tenant: str, user: str) -> None:
+def _drop_links(services: Services, tenant: str, user: str) -> None:
     table = services.storage.table(tables.LINKS)
     with tables.storage_errors("dropping links to the previous mailbox"):
         for row in table.query_entities("PartitionKey eq @pk", parameters={"pk": tables.key(tenant, user)}):
@@ -336,7 +337,7 @@ def parse_disconnect_request(body: object) -> str:
     return choice
 
 
-def disconnect(services: Any, tenant: str, user: str, remove_events: str, now: datetime) -> dict[str, Any]:
+def disconnect(services: Services, tenant: str, user: str, remove_events: str, now: datetime) -> dict[str, Any]:
     """Remove sync: subscription, chosen events, tokens; idempotent."""
     from shared.flows import removal
 
@@ -376,7 +377,7 @@ def disconnect(services: Any, tenant: str, user: str, remove_events: str, now: d
 # --- status ------------------------------------------------------------------------------------------
 
 
-def status(services: Any, tenant: str, user: str) -> dict[str, Any]:
+def status(services: Services, tenant: str, user: str) -> dict[str, Any]:
     from shared.store import backfill_jobs, links, mailbox_sync
 
     current = connections.get(services.storage, tenant, user)

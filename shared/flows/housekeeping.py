@@ -20,6 +20,7 @@ from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import Any
 
+from shared.ports import Services, Storage
 from shared.store import tables
 
 DEDUP_DAYS = 7
@@ -30,7 +31,7 @@ JOB_PAGES_DAYS = 7
 ABANDONED_JOB_DAYS = 30
 
 
-def clean_up(services: Any, now: datetime) -> dict[str, int]:
+def clean_up(services: Services, now: datetime) -> dict[str, int]:
     storage = services.storage
     return {
         "oauth_flows": _expired_flows(storage, now),
@@ -60,13 +61,13 @@ def _query(table: Any, query: str, parameters: dict[str, Any], select: list[str]
         return list(table.query_entities(query, parameters=parameters, select=select))
 
 
-def _expired_flows(storage: Any, now: datetime) -> int:
+def _expired_flows(storage: Storage, now: datetime) -> int:
     table = storage.table(tables.OAUTH_FLOWS)
     rows = _query(table, "expires_at lt @now", {"now": now}, ["PartitionKey", "RowKey"])
     return _delete(table, rows)
 
 
-def _old_dedup(storage: Any, now: datetime) -> int:
+def _old_dedup(storage: Storage, now: datetime) -> int:
     table = storage.table(tables.DEDUP)
     cutoff = now - timedelta(days=DEDUP_DAYS)
     payload_cutoff = now - timedelta(days=DEDUP_PAYLOAD_DAYS)
@@ -78,20 +79,20 @@ def _old_dedup(storage: Any, now: datetime) -> int:
     )
 
 
-def _expired_subscriptions(storage: Any, now: datetime) -> int:
+def _expired_subscriptions(storage: Storage, now: datetime) -> int:
     table = storage.table(tables.SUBSCRIPTIONS)
     with tables.storage_errors("listing subscriptions"):
         rows = list(table.list_entities(select=["PartitionKey", "RowKey", "expires_at"]))
     return _delete(table, [r for r in rows if _expired(r.get("expires_at"), now - SUBSCRIPTION_GRACE)])
 
 
-def _stale_markers(storage: Any, now: datetime) -> int:
+def _stale_markers(storage: Storage, now: datetime) -> int:
     table = storage.table(tables.RECONCILE_PENDING)
     rows = _query(table, "expires_at lt @cutoff", {"cutoff": now - MARKER_GRACE}, ["PartitionKey", "RowKey"])
     return _delete(table, rows)
 
 
-def _finished_backfill_pages(storage: Any, now: datetime) -> int:
+def _finished_backfill_pages(storage: Storage, now: datetime) -> int:
     table = storage.table(tables.JOBS)
     abandoned = now - timedelta(days=ABANDONED_JOB_DAYS)
     jobs = _query(

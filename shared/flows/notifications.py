@@ -25,6 +25,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from shared.ports import Storage
 from shared.rules import queues
 from shared.rules.errors import ConflictError
 from shared.store import tables
@@ -42,7 +43,7 @@ class MalformedNotification(ValueError):
     """The body is not Graph's notification collection."""
 
 
-def accept(storage: Any, body: bytes, kind: str, now: datetime | None = None) -> int:
+def accept(storage: Storage, body: bytes, kind: str, now: datetime | None = None) -> int:
     """Enqueue reconcile work for every authentic notification; return how many users it touched."""
     try:
         payload = json.loads(body)
@@ -85,7 +86,7 @@ def accept(storage: Any, body: bytes, kind: str, now: datetime | None = None) ->
     return len(work)
 
 
-def request_reconcile(storage: Any, tenant: str, user: str, message: dict[str, Any], now: datetime) -> bool:
+def request_reconcile(storage: Storage, tenant: str, user: str, message: dict[str, Any], now: datetime) -> bool:
     """Queue a reconcile for the user unless one is already pending; True when one was queued."""
     from azure.core import MatchConditions
     from azure.core.exceptions import ResourceNotFoundError
@@ -136,7 +137,7 @@ def request_reconcile(storage: Any, tenant: str, user: str, message: dict[str, A
     return True
 
 
-def clear_pending(storage: Any, tenant: str, user: str) -> None:
+def clear_pending(storage: Storage, tenant: str, user: str) -> None:
     """The worker's first step: later notifications queue a new run."""
     from azure.core.exceptions import ResourceNotFoundError
 
@@ -147,7 +148,7 @@ def clear_pending(storage: Any, tenant: str, user: str) -> None:
         pass
 
 
-def _subscription(storage: Any, subscription_id: str) -> Any:
+def _subscription(storage: Storage, subscription_id: str) -> Any:
     from azure.core.exceptions import ResourceNotFoundError
 
     if not subscription_id or len(subscription_id) > 256:

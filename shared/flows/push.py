@@ -50,6 +50,7 @@ from typing import Any
 from shared.flows import callbacks
 from shared.outlook.mailbox_client import MailboxClient
 from shared.outlook.throttle import MailboxGated, next_step
+from shared.ports import Services, Storage
 from shared.rules import queues
 from shared.rules.contract import ValidationError, parse_activity, parse_crm_event
 from shared.rules.errors import (
@@ -120,7 +121,7 @@ def message_for(event: CrmEvent, raw: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def accept(storage: Any, raw: dict[str, Any], event: CrmEvent, now: datetime) -> str:
+def accept(storage: Storage, raw: dict[str, Any], event: CrmEvent, now: datetime) -> str:
     """Record the event id once and queue the work; ``DUPLICATE`` when the id was seen before.
 
     The Dedup row is written first, so two concurrent deliveries of one id queue it once. If
@@ -187,7 +188,7 @@ def _encode(message: dict[str, Any]) -> bytes:
 # === worker ======================================================================================
 
 
-def process(services: Any, raw: bytes, now: datetime | None = None) -> str:
+def process(services: Services, raw: bytes, now: datetime | None = None) -> str:
     """Handle one ``activity-sync`` message; re-queues it itself when it must be tried later.
 
     Raises only for a message that cannot be read (so the host moves it to the poison queue) or
@@ -219,7 +220,7 @@ def process(services: Any, raw: bytes, now: datetime | None = None) -> str:
         return _give_up(services, message, error)
 
 
-def _retry_later(services: Any, message: dict[str, Any], kind: str, retry_after: float) -> str:
+def _retry_later(services: Services, message: dict[str, Any], kind: str, retry_after: float) -> str:
     step = next_step("throttled", message.get("attempt", 0), message.get("throttled", 0), retry_after)
     if not step.retry:
         return _give_up(
@@ -228,14 +229,14 @@ def _retry_later(services: Any, message: dict[str, Any], kind: str, retry_after:
     return _requeue(services, message, step.delay, step.attempt, step.throttled)
 
 
-def _requeue(services: Any, message: dict[str, Any], delay: int, attempt: int, throttled: int) -> str:
+def _requeue(services: Services, message: dict[str, Any], delay: int, attempt: int, throttled: int) -> str:
     again = {**message, "attempt": attempt, "throttled": throttled}
     with tables.storage_errors("re-queueing work"):
         services.storage.send(queues.ACTIVITY_SYNC, _encode(again), delay_seconds=delay)
     return REQUEUED
 
 
-def _load_event(services: Any, message: dict[str, Any]) -> dict[str, Any]:
+def _load_event(services: Services, message: dict[str, Any]) -> dict[str, Any]:
     if message.get("event") is not None:
         return message["event"]
     with tables.storage_errors("reading a kept event"):
@@ -245,7 +246,7 @@ def _load_event(services: Any, message: dict[str, Any]) -> dict[str, Any]:
     return tables.unpack(row)
 
 
-def _dispatch(services: Any, message: dict[str, Any], now: datetime) -> str:
+def _dispatch(services: Services, message: dict[str, Any], now: datetime) -> str:
     kind = message["kind"]
     tenant, user = message["tenant"], message.get("user")
     if kind == "replay":
@@ -290,7 +291,7 @@ def _context(connection: Connection) -> UserContext:
 
 
 def _upsert(
-    services: Any,
+    services: Services,
     tenant: str,
     user: str,
     activity: Activity,
@@ -315,7 +316,7 @@ def _upsert(
     )
 
 
-def _replay(services: Any, tenant: str, user: str, activity_id: str, now: datetime) -> str:
+def _replay(services: Services, tenant: str, user: str, activity_id: str, now: datetime) -> str:
     kept = kept_activities.payload(services.storage, tenant, activity_id)
     if kept is None:
         return DONE
@@ -338,14 +339,14 @@ def _replay(services: Any, tenant: str, user: str, activity_id: str, now: dateti
     )
 
 
-def _deleted(services: Any, tenant: str, user: str, deleted: ActivityDeleted, now: datetime) -> str:
+def _deleted(services: Services, tenant: str, user: str, deleted: ActivityDeleted, now: datetime) -> str:
     connection = connections.get(services.storage, tenant, user)
     kept_activities.drop(services.storage, tenant, deleted)
     context = _context(connection)
     return _sync(services, connection, deleted.id, now, lambda link: plan_deletion(deleted, link, context))
 
 
-def _user_updated(services: Any, tenant: str, user: str, locale: str, time_zone: str) -> str:
+def _user_updated(services: Services, tenant: str, user: str, locale: str, time_zone: str) -> str:
     from shared.rules.messages import normalize_locale
 
     if connections.get(services.storage, tenant, user).state == connections.NEVER_CONNECTED:
@@ -359,7 +360,7 @@ def _user_updated(services: Any, tenant: str, user: str, locale: str, time_zone:
     return DONE
 
 
-def _fan_out_type(services: Any, tenant: str, update: ActivityTypeUpdated, occurred_at: datetime) -> str:
+def _fan_out_type(services: Services, tenant: str, update: ActivityTypeUpdated, occurred_at: datetime) -> str:
     if not kept_activities.keep_type(services.storage, tenant, update, occurred_at):
         return DONE  # a newer change of this type is known; its own fan-out does the work
     with tables.storage_errors("listing the tenant's users"):
@@ -384,7 +385,7 @@ def _fan_out_type(services: Any, tenant: str, update: ActivityTypeUpdated, occur
     return DONE
 
 
-def enqueue_replays(services: Any, tenant: str, user: str) -> int:
+def enqueue_replays(services: Services, tenant: str, user: str) -> int:
     """Queue a replay of every kept activity this user owns (after a reconnect from
     ``reauth_required``, so what the CRM pushed while the grant was broken is not lost)."""
     activity_ids = kept_activities.owned_by(services.storage, tenant, user)
@@ -404,7 +405,7 @@ def enqueue_replays(services: Any, tenant: str, user: str) -> int:
 
 
 def _type_for_user(
-    services: Any, tenant: str, user: str, update: ActivityTypeUpdated, occurred_at: datetime, now: datetime
+    services: Services, tenant: str, user: str, update: ActivityTypeUpdated, occurred_at: datetime, now: datetime
 ) -> str:
     if kept_activities.superseded(kept_activities.type_row(services.storage, tenant, update.id), occurred_at):
         return DONE  # a newer change of this type is known; its own fan-out does the work
@@ -455,7 +456,7 @@ def _one_at_a_time(tenant: str, user: str, activity_id: str) -> Iterator[None]:
 
 
 def _sync(
-    services: Any,
+    services: Services,
     connection: Connection,
     activity_id: str,
     now: datetime,
@@ -551,7 +552,7 @@ class Applied:
 
 
 def _record_intent(
-    services: Any, tenant: str, user: str, activity_id: str, stored: links.StoredLink | None
+    services: Services, tenant: str, user: str, activity_id: str, stored: links.StoredLink | None
 ) -> links.StoredLink:
     """Write-ahead: mark the link "creating" before the POST. A retry that finds the mark looks
     the event up by our property first (the answer may have been lost); a link without it was
@@ -635,7 +636,7 @@ def _extra(stored: links.StoredLink | None, applied: Applied) -> dict[str, Any]:
 
 
 def _report(
-    services: Any, tenant: str, user: str, decision: Decision, applied: Applied, extra: dict[str, Any]
+    services: Services, tenant: str, user: str, decision: Decision, applied: Applied, extra: dict[str, Any]
 ) -> None:
     """``activity.synced`` when Outlook now shows this version (or no longer shows the activity)."""
     action, link = applied.action, applied.link
@@ -659,7 +660,7 @@ def _report(
     callbacks.enqueue(services.storage, callbacks.ACTIVITY_SYNCED, tenant, user, data)
 
 
-def _touch_last_sync(services: Any, connection: Connection, now: datetime) -> None:
+def _touch_last_sync(services: Services, connection: Connection, now: datetime) -> None:
     last = connection.last_sync_at
     if last and now - _instant(last) < LAST_SYNC_EVERY:
         return
@@ -674,7 +675,7 @@ def _touch_last_sync(services: Any, connection: Connection, now: datetime) -> No
 # --- giving up ------------------------------------------------------------------------------------
 
 
-def _give_up(services: Any, message: dict[str, Any], error: SyncError) -> str:
+def _give_up(services: Services, message: dict[str, Any], error: SyncError) -> str:
     """Record a failure the user must see, tell the CRM, and stop retrying this message."""
     tenant, user = message["tenant"], message.get("user")
     subject = _subject_of(services, message)
@@ -718,7 +719,7 @@ def _give_up(services: Any, message: dict[str, Any], error: SyncError) -> str:
     return DONE
 
 
-def _subject_of(services: Any, message: dict[str, Any]) -> tuple[str, int, str | None] | None:
+def _subject_of(services: Services, message: dict[str, Any]) -> tuple[str, int, str | None] | None:
     """(activity id, version, type id) a failed message was about, if it was about one activity."""
     if message["kind"] == "replay":
         kept = kept_activities.payload(services.storage, message["tenant"], message["activity_id"])
@@ -737,7 +738,7 @@ def _subject_of(services: Any, message: dict[str, Any]) -> tuple[str, int, str |
 
 
 def keep_payload(
-    services: Any,
+    services: Services,
     tenant: str,
     activity: Activity,
     data: dict[str, Any],
@@ -762,7 +763,7 @@ def keep_payload(
 
 
 def _forward_to_previous_owner(
-    services: Any, tenant: str, owner: str, activity: Activity, data: dict[str, Any], occurred_at: datetime
+    services: Services, tenant: str, owner: str, activity: Activity, data: dict[str, Any], occurred_at: datetime
 ) -> None:
     raw = {
         "id": f"owner-change:{activity.id}:{activity.version}",

@@ -9,16 +9,16 @@ from __future__ import annotations
 import logging
 from dataclasses import replace
 from datetime import UTC, datetime
-from typing import Any
 
 from shared.flows import callbacks
+from shared.ports import Services
 from shared.store import connections
 from shared.store.connections import CONNECTED, REAUTH_REQUIRED
 
 log = logging.getLogger(__name__)
 
 
-def require_reauth(services: Any, tenant: str, user: str, reason: str) -> bool:
+def require_reauth(services: Services, tenant: str, user: str, reason: str) -> bool:
     """Returns True when this call moved the user to reauth_required."""
     moved = False
 

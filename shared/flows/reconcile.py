@@ -40,6 +40,7 @@ from typing import Any
 
 from shared.flows import callbacks
 from shared.outlook.throttle import next_step
+from shared.ports import Services, Storage
 from shared.rules import queues
 from shared.rules.errors import (
     AuthError,
@@ -100,7 +101,7 @@ class PassResult:
 # === entry points ====================================================================================
 
 
-def process(services: Any, raw: bytes, now: datetime | None = None) -> str:
+def process(services: Services, raw: bytes, now: datetime | None = None) -> str:
     """Handle one ``mailbox-reconcile`` message; re-queues it itself when it must wait."""
     from shared.flows.reauth import require_reauth
     from shared.store.token_crypto import UndecryptableError
@@ -131,7 +132,7 @@ def process(services: Any, raw: bytes, now: datetime | None = None) -> str:
         return _give_up(services, tenant, user, error)
 
 
-def request(services: Any, tenant: str, user: str, *, confirm_deletions: bool = False) -> None:
+def request(services: Services, tenant: str, user: str, *, confirm_deletions: bool = False) -> None:
     """Queue a reconcile now (the CRM asked; with ``confirm_deletions`` held deletions are released)."""
     message = {
         "tenant": tenant,
@@ -143,7 +144,7 @@ def request(services: Any, tenant: str, user: str, *, confirm_deletions: bool = 
     services.storage.send(queues.MAILBOX_RECONCILE, json.dumps(message))
 
 
-def sweep(services: Any, now: datetime) -> dict[str, int]:
+def sweep(services: Services, now: datetime) -> dict[str, int]:
     """Timer: schedule a reconcile of every connected user, at least every 6 hours, spread out."""
     from shared.rules.reconcile_plan import SweepUser, plan_sweep
 
@@ -165,14 +166,14 @@ def sweep(services: Any, now: datetime) -> dict[str, int]:
     return {"connected": len(users), "scheduled": len(planned)}
 
 
-def held_deletions(storage: Any, tenant: str, user: str) -> int:
+def held_deletions(storage: Storage, tenant: str, user: str) -> int:
     return mailbox_sync.held_deletions(storage, tenant, user)
 
 
 # === one run =========================================================================================
 
 
-def _run(services: Any, message: dict[str, Any], now: datetime) -> str:
+def _run(services: Services, message: dict[str, Any], now: datetime) -> str:
     from shared.flows import notifications, subscriptions
     from shared.outlook.mailbox_client import MailboxClient
 
@@ -240,7 +241,7 @@ def _run(services: Any, message: dict[str, Any], now: datetime) -> str:
 
 
 def delta_pass(
-    services: Any, client: Any, connection: Connection, state: Any, now: datetime, *, confirm: bool = False
+    services: Services, client: Any, connection: Connection, state: Any, now: datetime, *, confirm: bool = False
 ) -> PassResult:
     settings = services.settings
     window = sync_window(now, settings.sync_window_past_days, settings.sync_window_future_days)
@@ -368,7 +369,7 @@ def _stored_after(stored: links.StoredLink, decision: Decision, now: datetime) -
     return links.StoredLink(link, stored.etag, extra)
 
 
-def apply(services: Any, tenant: str, user: str, decision: Decision, now: datetime) -> bool:
+def apply(services: Services, tenant: str, user: str, decision: Decision, now: datetime) -> bool:
     """Report (Moved, Gone) and store what was seen; True when a callback was queued."""
     snapshot = decision.tracked
     if isinstance(decision, Echo) and _already_observed(snapshot, decision.seen):
@@ -411,13 +412,13 @@ def _already_observed(tracked: Tracked, seen: Seen) -> bool:
 # === failures ========================================================================================
 
 
-def _requeue(services: Any, message: dict[str, Any], delay: int, attempt: int, throttled: int) -> str:
+def _requeue(services: Services, message: dict[str, Any], delay: int, attempt: int, throttled: int) -> str:
     again = {**message, "attempt": attempt, "throttled": throttled}
     services.storage.send(queues.MAILBOX_RECONCILE, json.dumps(again), delay_seconds=delay)
     return REQUEUED
 
 
-def _give_up(services: Any, tenant: str, user: str, error: SyncError) -> str:
+def _give_up(services: Services, tenant: str, user: str, error: SyncError) -> str:
     """Stop retrying this run (the sweep comes back later) and show why in status."""
     text = f"{error.code}: {error.message}" if error.code else error.message
     log.warning("Reconcile given up for now (%s)", error.code or type(error).__name__)

@@ -11,9 +11,9 @@ import logging
 import time
 from dataclasses import replace
 from datetime import datetime
-from typing import Any
 
 from shared.outlook.graph import BATCH_LIMIT, error_for
+from shared.ports import Services
 from shared.rules.errors import ConflictError, ThrottledError
 from shared.store import links
 
@@ -23,7 +23,7 @@ MAX_WAIT_SECONDS = 10.0
 IMMUTABLE_IDS = {"Prefer": 'IdType="ImmutableId"'}  # our links hold immutable ids, as push stores them
 
 
-def remove_events(services: Any, token: str, tenant: str, user: str, choice: str, now: datetime) -> int:
+def remove_events(services: Services, token: str, tenant: str, user: str, choice: str, now: datetime) -> int:
     if choice == "none":
         return 0
     targets = [
@@ -72,7 +72,7 @@ def _ends_after(stored: links.StoredLink, now: datetime) -> bool:
     return end is None or datetime.fromisoformat(end.replace("Z", "+00:00")) > now
 
 
-def _forget_event(services: Any, tenant: str, user: str, stored: links.StoredLink) -> None:
+def _forget_event(services: Services, tenant: str, user: str, stored: links.StoredLink) -> None:
     """The link stays (its version still guards ordering); only the event is gone."""
     gone = replace(stored.link, outlook_event_id=None, content_hash=None, change_key=None)
     extra = {k: v for k, v in stored.extra.items() if k not in ("state", "end_utc", "web_link")}

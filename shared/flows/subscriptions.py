@@ -15,8 +15,8 @@ from __future__ import annotations
 import logging
 from dataclasses import replace
 from datetime import datetime, timedelta
-from typing import Any
 
+from shared.ports import Services
 from shared.rules.errors import AuthError, SyncError
 from shared.store import connections, mailbox_sync, tables
 from shared.store.connections import CONNECTED, MAX_RECENT_ERRORS, Connection, iso
@@ -35,7 +35,7 @@ def needs_renewal(expires_at: str | None, now: datetime) -> bool:
 
 
 def maintain(
-    services: Any, connection: Connection, now: datetime, *, reauthorize: bool = False, recreate: bool = False
+    services: Services, connection: Connection, now: datetime, *, reauthorize: bool = False, recreate: bool = False
 ) -> Connection:
     """Renew, reauthorize or recreate the user's subscription (the caller holds the lease)."""
     from shared.outlook.graph import NotFoundError
@@ -58,7 +58,7 @@ def maintain(
 
 
 def on_lifecycle(
-    services: Any, connection: Connection, events: set[str], subscription_ids: set[str], now: datetime
+    services: Services, connection: Connection, events: set[str], subscription_ids: set[str], now: datetime
 ) -> Connection:
     """Act on lifecycle notifications about the user's current subscription (others are stale)."""
     current = connection.subscription_id
@@ -76,7 +76,7 @@ def on_lifecycle(
     return connection
 
 
-def _renew(services: Any, token: str, connection: Connection, now: datetime) -> Connection:
+def _renew(services: Services, token: str, connection: Connection, now: datetime) -> Connection:
     from azure.data.tables import UpdateMode
 
     from shared.flows.connect import SUBSCRIPTION_MINUTES
@@ -103,7 +103,7 @@ def _renew(services: Any, token: str, connection: Connection, now: datetime) -> 
     )
 
 
-def _recreate(services: Any, token: str, connection: Connection, now: datetime) -> Connection:
+def _recreate(services: Services, token: str, connection: Connection, now: datetime) -> Connection:
     from shared.flows.connect import remove_subscription, subscribe
 
     fresh = subscribe(services, token, connection, now)
@@ -134,7 +134,7 @@ def _recreate(services: Any, token: str, connection: Connection, now: datetime) 
     return saved
 
 
-def renew_due(services: Any, now: datetime) -> dict[str, int]:
+def renew_due(services: Services, now: datetime) -> dict[str, int]:
     """Timer: renew every subscription expiring within ``RENEW_WITHIN``; create missing ones."""
     from shared.flows.reauth import require_reauth
     from shared.store.token_crypto import UndecryptableError

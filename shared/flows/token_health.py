@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import logging
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 from shared.flows.reauth import require_reauth
+from shared.ports import Services
 from shared.rules.errors import AuthError, SyncError
 from shared.store import connections, tables
 from shared.store.token_crypto import UndecryptableError
@@ -17,7 +17,7 @@ log = logging.getLogger(__name__)
 IDLE_LIMIT = timedelta(days=30)
 
 
-def refresh_idle_grants(services: Any, now: datetime | None = None) -> dict[str, int]:
+def refresh_idle_grants(services: Services, now: datetime | None = None) -> dict[str, int]:
     now = now or datetime.now(UTC)
     tally = {"checked": 0, "refreshed": 0, "reauth_required": 0, "failed": 0}
     for connection in connections.list_connected(services.storage):

@@ -17,9 +17,9 @@ from __future__ import annotations
 import email.utils
 import threading
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
+from shared.ports import GraphResponse
 from shared.rules.errors import AuthError, PermanentError, SyncError, ThrottledError, TransientError
 
 DEFAULT_TIMEOUT = (5, 30)  # connect, read
@@ -28,13 +28,6 @@ BATCH_LIMIT = 20
 
 class NotFoundError(PermanentError):
     """The item is not there (any more)."""
-
-
-@dataclass(frozen=True)
-class GraphResponse:
-    status: int
-    headers: dict[str, str]
-    body: Any = field(default=None)
 
 
 def retry_after_seconds(headers: dict[str, str], default: float) -> float:

@@ -18,6 +18,7 @@ import threading
 from datetime import UTC, datetime
 from typing import Any
 
+from shared.ports import Storage
 from shared.rules.errors import AuthError, ConflictError, TransientError
 from shared.rules.settings import Settings
 from shared.store import tables
@@ -35,7 +36,7 @@ _GRANT_ERRORS = {
 
 
 class Identity:
-    def __init__(self, settings: Settings, storage: Any) -> None:
+    def __init__(self, settings: Settings, storage: Storage) -> None:
         self.settings = settings
         self.storage = storage
         self._http_cache: dict[Any, Any] = {}  # OpenID metadata, shared by every MSAL app of the process

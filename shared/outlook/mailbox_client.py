@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from shared.outlook.throttle import InFlight, MailboxGate, MailboxGated
+from shared.ports import Services
 from shared.rules.errors import AuthError, ThrottledError
 from shared.store import tables
 
@@ -19,7 +20,7 @@ class MailboxClient:
     before the first call (and after any throttle seen here), at most 4 requests in flight, and a
     throttle answer closing the gate for everyone."""
 
-    def __init__(self, services: Any, tenant: str, user: str) -> None:
+    def __init__(self, services: Services, tenant: str, user: str) -> None:
         self.services = services
         self.tenant, self.user = tenant, user
         self.gate = MailboxGate(services.storage, tenant, user)

@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
+from shared.ports import Storage
 from shared.rules.errors import ConflictError, ThrottledError
 from shared.store import tables
 
@@ -138,7 +139,7 @@ class MailboxGate:
     _local: dict[str, datetime] = {}
     _lock = threading.Lock()
 
-    def __init__(self, storage: Any, tenant: str, user: str) -> None:
+    def __init__(self, storage: Storage, tenant: str, user: str) -> None:
         self.storage = storage
         self.pk = tables.key(tenant, user)
 
@@ -195,7 +196,7 @@ class BatchLease:
 
     ROW = "batch"
 
-    def __init__(self, storage: Any, tenant: str, user: str) -> None:
+    def __init__(self, storage: Storage, tenant: str, user: str) -> None:
         self.table = storage.table(tables.MAILBOX_GATES)
         self.pk = tables.key(tenant, user)
 

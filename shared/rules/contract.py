@@ -22,7 +22,7 @@ import re
 import zoneinfo
 from collections.abc import Sequence
 from datetime import date, datetime, timedelta
-from typing import Any, get_args
+from typing import Any, TypeVar, get_args
 
 from shared.rules.event_time import resolve_wall_clock
 from shared.rules.json_fields import Fields
@@ -46,6 +46,7 @@ MAX_VERSION = 2**63 - 1  # fits Table Storage Int64
 
 _EMAIL = re.compile(r"[^@\s<>\"'()\[\]\\,;:]+@[^@\s<>\"'()\[\]\\,;:]+")
 _LOCALE = re.compile(r"[A-Za-z]{2,3}(?:[-_][A-Za-z0-9]{1,8})*")
+T = TypeVar("T")
 
 
 class ValidationError(Exception):
@@ -123,9 +124,10 @@ def _activity(f: Fields) -> Activity | None:
         return None
     # No error recorded, so every required value above is set.
     return Activity(
-        id=aid, version=version, owner_user_id=owner, type=type_, status=status,
-        subject=subject, description=description or "", start=start, end=end,
-        time_zone=zone, all_day=all_day, url=url, show_in_calendar=show,
+        id=_set(aid), version=_set(version), owner_user_id=_set(owner), type=_set(type_),
+        status=_set(status),  # type: ignore[arg-type]  # checked against Status above
+        subject=_set(subject), description=description or "", start=_set(start), end=_set(end),
+        time_zone=_set(zone), all_day=_set(all_day), url=_set(url), show_in_calendar=_set(show),
         location=location or None, reminder_minutes=reminder, deal=deal, company=company, contact=contact,
     )
 
@@ -161,19 +163,21 @@ def parse_activity(obj: object, path: str = "") -> Activity:
     return activity
 
 
-def _data(kind: str, f: Fields) -> Any:
-    """The record for ``kind``; its fields may be None only when an error was recorded (then unused)."""
+def _data(kind: str, f: Fields) -> Activity | ActivityDeleted | ActivityTypeUpdated | UserUpdated | None:
+    """The record for ``kind``, or None once any error was recorded (every bad field is still named)."""
     if kind == "activity.upserted":
         return _activity(f)
     if kind == "activity.deleted":
-        return ActivityDeleted(f.id("id"), f.id("owner_user_id"), f.integer("version", 0, MAX_VERSION))
+        aid, owner, version = f.id("id"), f.id("owner_user_id"), f.integer("version", 0, MAX_VERSION)
+        return None if f.errors else ActivityDeleted(_set(aid), _set(owner), _set(version))
     if kind == "activity_type.updated":
-        return ActivityTypeUpdated(f.id("id"), f.text("name"), f.boolean("show_in_calendar"))
+        tid, name, show = f.id("id"), f.text("name"), f.boolean("show_in_calendar")
+        return None if f.errors else ActivityTypeUpdated(_set(tid), _set(name), _set(show))
     user_id, zone = f.id("user_id"), f.zone("time_zone")
     locale = f.text("locale", 35)
     if locale is not None and not _LOCALE.fullmatch(locale):
         f.bad("locale", "must be a language tag such as es or en-US")
-    return UserUpdated(user_id, zone, locale)
+    return None if f.errors else UserUpdated(_set(user_id), _set(zone), _set(locale))
 
 
 def parse_crm_event(obj: object) -> CrmEvent:
@@ -191,4 +195,12 @@ def parse_crm_event(obj: object) -> CrmEvent:
     data = f.obj_at("data", required=True)
     payload = _data(kind, data) if kind and data else None
     _raise_if(errors)
-    return CrmEvent(event_id, kind, tenant, occurred, payload)
+    return CrmEvent(_set(event_id), _set(kind), _set(tenant), _set(occurred), _set(payload))  # type: ignore[arg-type]
+
+
+def _set(value: T | None) -> T:
+    """A value read without an error: Fields records an error for every missing or bad one, and
+    callers check for errors first, so None here is a bug, not bad input."""
+    if value is None:
+        raise AssertionError("a field was read as missing without an error recorded")
+    return value

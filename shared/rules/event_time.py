@@ -196,3 +196,8 @@ def graph_all_day_dates(start: dict[str, str], end: dict[str, str]) -> tuple[dat
     first = parse_graph_wall_clock(start["dateTime"]).date()
     last = parse_graph_wall_clock(end["dateTime"]).date()
     return first, max(last, first + timedelta(days=1))
+
+
+def iso(moment: datetime) -> str:
+    """A moment as RFC 3339 UTC with a ``Z``, as tables, callbacks and status show it."""
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")

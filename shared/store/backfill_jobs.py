@@ -29,8 +29,8 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from shared.flows import callbacks
-from shared.rules import queues
+from shared.ports import Storage
+from shared.rules import callback_messages, queues
 from shared.rules.backfill_plan import COUNTERS, Counts, progress
 from shared.rules.errors import ConflictError
 from shared.store import tables
@@ -135,7 +135,7 @@ def job_entity(job: Job) -> dict[str, Any]:
     return entity
 
 
-def get_job(storage: Any, tenant: str, user: str, job_id: str) -> Job | None:
+def get_job(storage: Storage, tenant: str, user: str, job_id: str) -> Job | None:
     from azure.core.exceptions import ResourceNotFoundError
 
     try:
@@ -146,7 +146,7 @@ def get_job(storage: Any, tenant: str, user: str, job_id: str) -> Job | None:
     return job_from_row(tenant, user, row)
 
 
-def latest_job(storage: Any, tenant: str, user: str) -> Job | None:
+def latest_job(storage: Storage, tenant: str, user: str) -> Job | None:
     with tables.storage_errors("listing backfill jobs"):
         rows = list(
             storage.table(tables.JOBS).query_entities(
@@ -158,11 +158,11 @@ def latest_job(storage: Any, tenant: str, user: str) -> Job | None:
     return max(jobs, key=lambda j: j.started_at) if jobs else None
 
 
-def get_chunk(storage: Any, tenant: str, user: str, key: str) -> Any:
+def get_chunk(storage: Storage, tenant: str, user: str, key: str) -> Any:
     return tables.read(storage.table(tables.JOBS), partition(tenant, user), key, "reading a backfill chunk")
 
 
-def forget_payloads(storage: Any, tenant: str, user: str) -> int:
+def forget_payloads(storage: Storage, tenant: str, user: str) -> int:
     """ "Remove sync": the user's backfill pages keep no CRM content. Each chunk row loses its
     activities and keeps its counts (ETag-guarded, so a worker settling it meanwhile keeps its
     results); a job still running then fails its remaining items as not connected."""
@@ -194,7 +194,7 @@ def results_of(chunk_row: Any) -> dict[str, str]:
     return json.loads(chunk_row.get("results") or "{}")
 
 
-def transact(storage: Any, table: str, operations: list[tuple], what: str) -> list[dict[str, Any]]:
+def transact(storage: Storage, table: str, operations: list[tuple], what: str) -> list[dict[str, Any]]:
     """One entity-group transaction; ConflictError when an ETag or an existing row got in the way."""
     from azure.data.tables import TableTransactionError
 
@@ -219,7 +219,7 @@ def replace_op(entity: dict[str, Any], etag: str | None, *, merge: bool = False)
 
 
 def settle(
-    storage: Any,
+    storage: Storage,
     tenant: str,
     user: str,
     job_id: str,
@@ -263,7 +263,7 @@ def settle(
 
 
 def finish(
-    storage: Any, job: Job | None, *, wait: timedelta = timedelta(0), now: datetime | None = None
+    storage: Storage, job: Job | None, *, wait: timedelta = timedelta(0), now: datetime | None = None
 ) -> None:
     """Queue ``backfill.completed`` for a completed job whose callback is not marked sent, then
     mark it. Queue first: a crash before the mark costs a repeat with the same id, never the
@@ -276,7 +276,7 @@ def finish(
     if job.completed_at and (now or datetime.now(UTC)) - job.completed_at < wait:
         return
     data = {"job_id": job.job_id, **job.counts.as_dict()}
-    envelope = callbacks.envelope(callbacks.BACKFILL_COMPLETED, job.tenant, job.user, data)
+    envelope = callback_messages.envelope(callback_messages.BACKFILL_COMPLETED, job.tenant, job.user, data)
     envelope["id"] = job.callback_id or envelope["id"]
     with tables.storage_errors("queueing backfill.completed"):
         storage.send(queues.CRM_CALLBACKS, json.dumps(envelope))
@@ -307,7 +307,7 @@ def view(job: Job, now: datetime | None = None) -> dict[str, Any]:
     }
 
 
-def status(storage: Any, tenant: str, user: str) -> dict[str, Any] | None:
+def status(storage: Storage, tenant: str, user: str) -> dict[str, Any] | None:
     """``status.backfill``: the user's latest job (sending a lost ``backfill.completed`` on the way)."""
     job = latest_job(storage, tenant, user)
     if job is None:

@@ -13,7 +13,9 @@ from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
+from shared.ports import Storage
 from shared.rules.errors import ConflictError
+from shared.rules.event_time import iso
 from shared.store import tables
 
 NEVER_CONNECTED = "never_connected"
@@ -49,11 +51,7 @@ class Connection:
         return replace(self, recent_errors=(entry, *self.recent_errors)[:MAX_RECENT_ERRORS])
 
 
-def iso(moment: datetime) -> str:
-    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
-
-
-def get(storage: Any, tenant: str, user: str) -> Connection:
+def get(storage: Storage, tenant: str, user: str) -> Connection:
     row = tables.read(
         storage.table(tables.CONNECTIONS), tables.key(tenant), tables.key(user), "reading the connection"
     )
@@ -68,7 +66,7 @@ def _from_row(row: Any) -> Connection:
     return Connection(**values, recent_errors=errors, etag=tables.etag_of(row))
 
 
-def save(storage: Any, connection: Connection) -> Connection:
+def save(storage: Storage, connection: Connection) -> Connection:
     """Insert a new row, or replace the one read (ETag): ConflictError if it changed meanwhile."""
     from azure.core import MatchConditions
     from azure.data.tables import UpdateMode
@@ -97,7 +95,7 @@ def save(storage: Any, connection: Connection) -> Connection:
     return replace(connection, etag=metadata.get("etag"))
 
 
-def update(storage: Any, tenant: str, user: str, change: Callable[[Connection], Connection]) -> Connection:
+def update(storage: Storage, tenant: str, user: str, change: Callable[[Connection], Connection]) -> Connection:
     """Read, change, write; on a concurrent write, read again and re-apply ``change``."""
     for _ in range(10):
         current = get(storage, tenant, user)
@@ -108,7 +106,7 @@ def update(storage: Any, tenant: str, user: str, change: Callable[[Connection], 
     raise ConflictError("the connection kept changing while being updated")
 
 
-def list_connected(storage: Any) -> list[Connection]:
+def list_connected(storage: Storage) -> list[Connection]:
     """Every connection in a state that has tokens (for timers)."""
     with tables.storage_errors("listing connections"):
         rows = storage.table(tables.CONNECTIONS).query_entities(

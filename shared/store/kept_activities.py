@@ -22,6 +22,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
+from shared.ports import Storage
 from shared.rules.errors import ConflictError
 from shared.rules.model import Activity, ActivityDeleted, ActivityType, ActivityTypeUpdated
 from shared.store import tables
@@ -32,12 +33,12 @@ _RETRIES = 5
 # --- activities -----------------------------------------------------------------------------------
 
 
-def row(storage: Any, tenant: str, activity_id: str) -> Any:
+def row(storage: Storage, tenant: str, activity_id: str) -> Any:
     table = storage.table(tables.ACTIVITIES)
     return tables.read(table, tables.key(tenant), tables.key(activity_id), "reading a kept activity")
 
 
-def payload(storage: Any, tenant: str, activity_id: str) -> tuple[dict[str, Any], datetime] | None:
+def payload(storage: Storage, tenant: str, activity_id: str) -> tuple[dict[str, Any], datetime] | None:
     """The kept data of a live activity and when the CRM sent it, or None."""
     found = row(storage, tenant, activity_id)
     if found is None or found.get("deleted"):
@@ -47,7 +48,7 @@ def payload(storage: Any, tenant: str, activity_id: str) -> tuple[dict[str, Any]
 
 
 def keep(
-    storage: Any,
+    storage: Storage,
     tenant: str,
     activity: Activity,
     data: dict[str, Any],
@@ -88,7 +89,7 @@ def keep(
             continue
 
 
-def owned_by(storage: Any, tenant: str, user: str) -> list[str]:
+def owned_by(storage: Storage, tenant: str, user: str) -> list[str]:
     """The ids of the live activities this user owns."""
     with tables.storage_errors("listing a user's kept activities"):
         rows = list(
@@ -101,7 +102,7 @@ def owned_by(storage: Any, tenant: str, user: str) -> list[str]:
     return [tables.unkey(found["RowKey"])[0] for found in rows]
 
 
-def forget(storage: Any, tenant: str, user: str) -> int:
+def forget(storage: Storage, tenant: str, user: str) -> int:
     """ "Remove sync": keep no CRM content of this user's activities (versions stay, to keep order)."""
     from azure.data.tables import UpdateMode
 
@@ -119,7 +120,7 @@ def forget(storage: Any, tenant: str, user: str) -> int:
     return len(rows)
 
 
-def drop(storage: Any, tenant: str, deleted: ActivityDeleted) -> None:
+def drop(storage: Storage, tenant: str, deleted: ActivityDeleted) -> None:
     """A deleted activity's content is not kept; its version stays (a late upsert stays stale)."""
     from azure.data.tables import UpdateMode
 
@@ -141,7 +142,7 @@ def drop(storage: Any, tenant: str, deleted: ActivityDeleted) -> None:
 # --- activity types -------------------------------------------------------------------------------
 
 
-def type_row(storage: Any, tenant: str, type_id: str) -> Any:
+def type_row(storage: Storage, tenant: str, type_id: str) -> Any:
     table = storage.table(tables.ACTIVITY_TYPES)
     return tables.read(table, tables.key(tenant), tables.key(type_id), "reading an activity type")
 
@@ -151,7 +152,7 @@ def superseded(found: Any, occurred_at: datetime) -> bool:
     return found is not None and tables.aware(found["occurred_at"]) > occurred_at
 
 
-def known_type(storage: Any, tenant: str, type_id: str, *, newer_than: datetime) -> ActivityType | None:
+def known_type(storage: Storage, tenant: str, type_id: str, *, newer_than: datetime) -> ActivityType | None:
     """The type as last updated by the CRM, when that update is newer than the activity's copy
     (push and backfill both let it override the copy inside an activity)."""
     found = type_row(storage, tenant, type_id)
@@ -160,7 +161,7 @@ def known_type(storage: Any, tenant: str, type_id: str, *, newer_than: datetime)
     return ActivityType(type_id, found["name"], bool(found["show_in_calendar"]))
 
 
-def keep_type(storage: Any, tenant: str, update: ActivityTypeUpdated, occurred_at: datetime) -> bool:
+def keep_type(storage: Storage, tenant: str, update: ActivityTypeUpdated, occurred_at: datetime) -> bool:
     """Store the type change unless a newer one is known; True when this change is the latest."""
     table = storage.table(tables.ACTIVITY_TYPES)
     for _ in range(_RETRIES):

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from shared.ports import Storage
 from shared.rules.sync_plan import Link
 from shared.store import tables
 
@@ -29,7 +30,7 @@ def partition(tenant: str, user: str) -> str:
     return tables.key(tenant, user)
 
 
-def get(storage: Any, tenant: str, user: str, activity_id: str) -> StoredLink | None:
+def get(storage: Storage, tenant: str, user: str, activity_id: str) -> StoredLink | None:
     row = tables.read(
         storage.table(tables.LINKS), partition(tenant, user), tables.key(activity_id), "reading a link"
     )
@@ -42,7 +43,7 @@ def from_row(row: Any) -> StoredLink:
     return StoredLink(link, tables.etag_of(row), extra)
 
 
-def save(storage: Any, tenant: str, user: str, stored: StoredLink) -> StoredLink:
+def save(storage: Storage, tenant: str, user: str, stored: StoredLink) -> StoredLink:
     """Insert, or replace the row read (ETag); ConflictError when someone else wrote it first."""
     entity = {name: getattr(stored.link, name) for name in _LINK_FIELDS}
     entity.update(stored.extra)
@@ -52,7 +53,7 @@ def save(storage: Any, tenant: str, user: str, stored: StoredLink) -> StoredLink
     return StoredLink(stored.link, metadata.get("etag"), stored.extra)
 
 
-def for_user(storage: Any, tenant: str, user: str) -> list[StoredLink]:
+def for_user(storage: Storage, tenant: str, user: str) -> list[StoredLink]:
     with tables.storage_errors("listing links"):
         rows = storage.table(tables.LINKS).query_entities(
             "PartitionKey eq @pk", parameters={"pk": partition(tenant, user)}
@@ -60,7 +61,7 @@ def for_user(storage: Any, tenant: str, user: str) -> list[StoredLink]:
         return [from_row(row) for row in rows]
 
 
-def counts(storage: Any, tenant: str, user: str) -> dict[str, int]:
+def counts(storage: Storage, tenant: str, user: str) -> dict[str, int]:
     """What status shows: events in Outlook, activities whose last sync failed."""
     synced = failed = 0
     for stored in for_user(storage, tenant, user):

@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from shared.ports import Storage
 from shared.rules.errors import ConflictError, ThrottledError
 from shared.store import tables
 
@@ -51,12 +52,12 @@ class SyncState:
 _FIELDS = ("delta_link", "window", "account_oid", "held_deletions", "held_since", "lease_id", "lease_until")
 
 
-def _read(storage: Any, tenant: str, user: str) -> Any:
+def _read(storage: Storage, tenant: str, user: str) -> Any:
     table = storage.table(tables.MAILBOX_SYNC)
     return tables.read(table, tables.key(tenant, user), "", "reading the mailbox sync state")
 
 
-def load(storage: Any, tenant: str, user: str) -> SyncState:
+def load(storage: Storage, tenant: str, user: str) -> SyncState:
     row = _read(storage, tenant, user)
     if row is None:
         return SyncState(tenant, user)
@@ -67,7 +68,7 @@ def load(storage: Any, tenant: str, user: str) -> SyncState:
     return SyncState(tenant, user, **values, etag=tables.etag_of(row))
 
 
-def _write(storage: Any, state: SyncState) -> SyncState:
+def _write(storage: Storage, state: SyncState) -> SyncState:
     entity = {name: getattr(state, name) for name in _FIELDS if getattr(state, name) is not None}
     entity.update(PartitionKey=tables.key(state.tenant, state.user), RowKey="")
     table = storage.table(tables.MAILBOX_SYNC)
@@ -75,7 +76,7 @@ def _write(storage: Any, state: SyncState) -> SyncState:
     return replace(state, etag=metadata.get("etag"))
 
 
-def claim(storage: Any, tenant: str, user: str, now: datetime) -> SyncState:
+def claim(storage: Storage, tenant: str, user: str, now: datetime) -> SyncState:
     """Take the user's lease, or raise Busy while someone else holds it."""
     state = load(storage, tenant, user)
     if state.lease_id and state.lease_until and state.lease_until > now:
@@ -86,17 +87,17 @@ def claim(storage: Any, tenant: str, user: str, now: datetime) -> SyncState:
         raise Busy() from None  # someone claimed it at the same moment
 
 
-def release(storage: Any, state: SyncState, **changes: Any) -> SyncState:
+def release(storage: Storage, state: SyncState, **changes: Any) -> SyncState:
     """Store ``changes`` and give the lease back (ConflictError if the lease was lost meanwhile)."""
     return _write(storage, replace(state, lease_id=None, lease_until=None, **changes))
 
 
-def release_quietly(storage: Any, state: SyncState) -> None:
+def release_quietly(storage: Storage, state: SyncState) -> None:
     try:
         release(storage, state)
     except Exception as error:  # noqa: BLE001 - the lease expires by itself; the original error matters
         log.info("A mailbox lease was not released (it expires by itself): %s", type(error).__name__)
 
 
-def held_deletions(storage: Any, tenant: str, user: str) -> int:
+def held_deletions(storage: Storage, tenant: str, user: str) -> int:
     return load(storage, tenant, user).held_deletions

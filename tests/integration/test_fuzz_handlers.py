@@ -75,7 +75,7 @@ def deps(azurite: Azurite, test_secrets: dict[str, str]) -> Iterator[services.Se
         secrets_=test_secrets,
         return_origins="https://crm.example.com",
     )
-    built = services.Services(load(env))
+    built = services.AppServices(load(env))
     built.__dict__["identity"] = _NoIdentity()  # bad input must never get as far as Microsoft
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(services, "get", lambda: built)
