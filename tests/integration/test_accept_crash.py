@@ -1,4 +1,4 @@
-"""Found while building the chaos run (issue 10): ``push.accept`` records the event id, then
+"""Found while building the chaos run (issue 10): ``activity_queue.accept`` records the event id, then
 queues the work. If the process dies between the two (kill -9, an instance recycled), or storage
 fails for the queue write and for the compensating delete, the CRM's retry of the same id must
 still get the work queued - not be answered ``duplicate`` with nothing queued (a lost event)."""
@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from local.azurite import Azurite
-from shared.flows import push
+from shared.flows import activity_queue
 from shared.rules import queues
 from shared.rules.contract import parse_crm_event
 from shared.rules.settings import storage_settings
@@ -65,16 +65,16 @@ def test_a_retry_after_a_crash_between_recording_and_queueing_queues_the_work(az
     }
     event = parse_crm_event(raw)
     with pytest.raises(Dies):
-        push.accept(DyingStorage(storage), raw, event, datetime.now(UTC))
+        activity_queue.accept(DyingStorage(storage), raw, event, datetime.now(UTC))
 
-    assert push.accept(storage, raw, event, datetime.now(UTC)) == push.ACCEPTED  # the CRM's retry
+    assert activity_queue.accept(storage, raw, event, datetime.now(UTC)) == activity_queue.ACCEPTED  # the CRM's retry
     queued = [
         m
         for m in storage.queue(queues.ACTIVITY_SYNC).peek_messages(max_messages=32)
         if raw["id"].encode() in m.content
     ]
     assert len(queued) == 1 and json.loads(queued[0].content)["event"]["id"] == raw["id"]
-    assert push.accept(storage, raw, event, datetime.now(UTC)) == push.DUPLICATE  # now it is one
+    assert activity_queue.accept(storage, raw, event, datetime.now(UTC)) == activity_queue.DUPLICATE  # now it is one
     for message in storage.queue(queues.ACTIVITY_SYNC).receive_messages(
         max_messages=32, visibility_timeout=1
     ):

@@ -8,7 +8,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from shared.flows.backfill import parse_request
-from shared.flows.backfill_worker import Retry, merge_retries, throttle_pause
+from shared.flows.backfill_batch import Retry, throttle_pause
+from shared.flows.backfill_worker import merge_retries
 from shared.rules.backfill_plan import (
     CHUNK_SIZE,
     CREATING,

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from shared.flows import push
+from shared.flows import activity_queue, push_apply
 from shared.outlook.graph import GraphResponse, NotFoundError
 from shared.rules.errors import PermanentError, ThrottledError
 from shared.rules.event_render import PROPERTY_ID, property_value
@@ -66,7 +66,7 @@ class FakeGraph:
 
 def test_create_posts_once_and_links_the_event() -> None:
     graph = FakeGraph()
-    applied = push.apply(graph, plan_upsert(activity(), None, USER))
+    applied = push_apply.apply(graph, plan_upsert(activity(), None, USER))
     assert [m for m, _ in graph.calls] == ["GET", "POST"]
     assert applied.link.outlook_event_id == "ev-1" and applied.link.change_key == "ck1"
     assert applied.event["webLink"] == "https://outlook/ev-1"
@@ -74,7 +74,7 @@ def test_create_posts_once_and_links_the_event() -> None:
 
 def test_a_create_never_sent_before_costs_one_request() -> None:
     graph = FakeGraph()
-    applied = push.apply(graph, plan_upsert(activity(), None, USER), lookup_first=False)
+    applied = push_apply.apply(graph, plan_upsert(activity(), None, USER), lookup_first=False)
     assert [m for m, _ in graph.calls] == ["POST"]
     assert applied.link.outlook_event_id == "ev-1"
 
@@ -84,8 +84,8 @@ def test_a_create_whose_answer_was_lost_is_found_by_our_property_and_adopted() -
     graph.lose_next_create = True
     decision = plan_upsert(activity(), None, USER)
     with pytest.raises(Exception, match="connection dropped"):
-        push.apply(graph, decision)
-    applied = push.apply(graph, decision)  # the retry plans the same Create
+        push_apply.apply(graph, decision)
+    applied = push_apply.apply(graph, decision)  # the retry plans the same Create
     assert [m for m, _ in graph.calls] == ["GET", "POST", "GET", "PATCH"]
     assert list(graph.events) == ["ev-1"] and applied.link.outlook_event_id == "ev-1"
 
@@ -94,7 +94,7 @@ def test_duplicates_of_our_own_event_are_removed_when_adopting() -> None:
     graph = FakeGraph()
     value = property_value("tenant-1", "act-1")
     graph.events = {"ev-a": {"property": value}, "ev-b": {"property": value.upper()}}
-    applied = push.apply(graph, plan_upsert(activity(), None, USER))
+    applied = push_apply.apply(graph, plan_upsert(activity(), None, USER))
     assert applied.link.outlook_event_id == "ev-a" and list(graph.events) == ["ev-a"]
 
 
@@ -103,7 +103,7 @@ def test_duplicate_transaction_id_without_our_event_is_permanent() -> None:
     graph.fail = [PermanentError("used", code="ErrorDuplicateTransactionId", status=400)]
     graph.call = _skip_first_get(graph)
     with pytest.raises(PermanentError):
-        push.apply(graph, plan_upsert(activity(), None, USER))
+        push_apply.apply(graph, plan_upsert(activity(), None, USER))
 
 
 def _skip_first_get(graph: FakeGraph):
@@ -119,15 +119,15 @@ def _skip_first_get(graph: FakeGraph):
 
 def test_update_patches_and_a_vanished_event_is_reported_gone() -> None:
     graph = FakeGraph()
-    created = push.apply(graph, plan_upsert(activity(), None, USER)).link
+    created = push_apply.apply(graph, plan_upsert(activity(), None, USER)).link
     decision = plan_upsert(activity(version=2, subject="Moved"), created, USER)
     assert isinstance(decision.action, Update)
-    applied = push.apply(graph, decision)
+    applied = push_apply.apply(graph, decision)
     assert graph.events["ev-1"]["subject"] == "Moved" and applied.link.change_key == "ck2"
 
     del graph.events["ev-1"]
-    with pytest.raises(push.EventGone):
-        push.apply(graph, plan_upsert(activity(version=3, subject="Again"), applied.link, USER))
+    with pytest.raises(push_apply.EventGone):
+        push_apply.apply(graph, plan_upsert(activity(version=3, subject="Again"), applied.link, USER))
 
 
 def test_delete_treats_404_as_done() -> None:
@@ -135,7 +135,7 @@ def test_delete_treats_404_as_done() -> None:
     link = Link("act-1", 1, outlook_event_id="ev-9", content_hash="h")
     decision = plan_deletion(ActivityDeleted("act-1", "user-1", 2), link, USER)
     assert isinstance(decision.action, Delete)
-    applied = push.apply(graph, decision)
+    applied = push_apply.apply(graph, decision)
     assert applied.link.tombstone and applied.link.outlook_event_id is None
 
 
@@ -143,15 +143,15 @@ def test_throttling_propagates_without_writing() -> None:
     graph = FakeGraph()
     graph.fail = [ThrottledError("slow down", retry_after=3, status=429)]
     with pytest.raises(ThrottledError):
-        push.apply(graph, plan_upsert(activity(), None, USER))
+        push_apply.apply(graph, plan_upsert(activity(), None, USER))
     assert graph.events == {}
 
 
 def test_a_no_op_applies_nothing() -> None:
     graph = FakeGraph()
-    created = push.apply(graph, plan_upsert(activity(), None, USER)).link
+    created = push_apply.apply(graph, plan_upsert(activity(), None, USER)).link
     same = plan_upsert(activity(version=2), created, USER)
-    applied = push.apply(graph, same)
+    applied = push_apply.apply(graph, same)
     assert [m for m, _ in graph.calls] == ["GET", "POST"] and applied.link.version == 2
 
 
@@ -160,12 +160,12 @@ def test_messages_route_to_the_owner_and_big_events_are_packed() -> None:
 
     raw = envelope("activity.upserted", activity_json(owner_user_id="user-7"))
     event: CrmEvent = parse_crm_event(raw)
-    message = push.message_for(event, raw)
+    message = activity_queue.message_for(event, raw)
     assert (message["tenant"], message["user"], message["attempt"]) == ("tenant-1", "user-7", 0)
     typed = parse_crm_event(
         envelope("activity_type.updated", {"id": "t", "name": "T", "show_in_calendar": False})
     )
-    assert push.message_for(typed, {})["user"] is None
+    assert activity_queue.message_for(typed, {})["user"] is None
 
     big = {"description": "ñ" * 30000, "nested": [1, 2, 3]}
     packed = tables.pack(big)
@@ -177,15 +177,15 @@ def test_messages_route_to_the_owner_and_big_events_are_packed() -> None:
 
 def test_extras_follow_the_event() -> None:
     stored = None
-    applied = push.Applied(
+    applied = push_apply.Applied(
         Link("a", 1, outlook_event_id="e"),
         {"webLink": "https://x", "end": {"dateTime": "2027-01-15T16:00:00.0000000", "timeZone": "UTC"}},
     )
-    extra = push._extra(stored, applied)
+    extra = push_apply._extra(stored, applied)
     assert extra == {"state": "synced", "web_link": "https://x", "end_utc": "2027-01-15T16:00:00Z"}
-    gone = push._extra(
+    gone = push_apply._extra(
         type("S", (), {"extra": {**extra, "last_error": "x", "failed_version": 1}})(),
-        push.Applied(replace(applied.link, outlook_event_id=None)),
+        push_apply.Applied(replace(applied.link, outlook_event_id=None)),
     )
     assert gone == {"state": "synced"}
 
@@ -217,13 +217,13 @@ def test_an_event_we_created_is_removed_when_another_worker_linked_a_different_o
     monkeypatch.setattr(links, "save", fake_save)
     monkeypatch.setattr(links, "get", lambda storage, tenant, user, activity_id: saved.get("link"))
     monkeypatch.setattr(
-        push, "MailboxClient", lambda services, tenant, user: SimpleNamespace(call=graph.call, wrote=False)
+        push_apply, "MailboxClient", lambda services, tenant, user: SimpleNamespace(call=graph.call, wrote=False)
     )
-    monkeypatch.setattr(push, "_report", lambda *args, **kwargs: None)
+    monkeypatch.setattr(push_apply, "_report", lambda *args, **kwargs: None)
     connection = SimpleNamespace(tenant="tenant-1", user="user-1")
     services = SimpleNamespace(storage=None)
 
-    push._sync(services, connection, "act-1", None, lambda link: plan_upsert(activity(), link, USER))
+    push_apply.sync(services, connection, "act-1", None, lambda link: plan_upsert(activity(), link, USER))
 
     assert raced and len(graph.calls) >= 3  # both created; the loser then deleted its own
     assert list(graph.events) == [saved["link"].link.outlook_event_id]  # one event: the linked one

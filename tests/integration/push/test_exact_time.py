@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tzlocal.windows_tz import win_tz
 
-from shared.flows import push
+from shared.flows import push_apply
 from shared.outlook.graph import GraphClient
 from shared.outlook.mailbox_client import PREFER
 from shared.rules.contract import parse_activity
@@ -145,7 +145,7 @@ def test_the_stored_instant_is_the_activitys_instant(mailbox: Mailbox, case) -> 
     activity = parse_activity(data)
     user = UserContext("tenant-p", "u", connected=True, mailbox_time_zone=mailbox_zone, locale="es")
 
-    applied = push.apply(mailbox, plan_upsert(activity, None, user))
+    applied = push_apply.apply(mailbox, plan_upsert(activity, None, user))
     event = stored(mailbox, applied.link.outlook_event_id)
     mailbox.call("DELETE", f"me/events/{applied.link.outlook_event_id}")
 

@@ -1,0 +1,269 @@
+"""Plan, apply, store: one activity's change carried into one mailbox, exactly once (design §4).
+
+``sync`` loads the link, asks a planner (``shared.rules.sync_plan``) what to do, and applies it:
+Create (write-ahead: the link is marked "creating" before the POST; a retry that finds the mark
+first looks the event up by our extended property and adopts it, so a create whose answer was lost
+never makes a duplicate; else POST with the deterministic ``transactionId``), Update (PATCH only
+when the content hash changed), Delete (404 = already gone). The link is stored ETag-guarded; a
+concurrent write makes it plan again. An Update that finds the event deleted in Outlook creates it
+again (a new CRM change is the newest intent; the reconcile has already told the CRM about the
+deletion). Then ``activity.synced`` tells the CRM what Outlook now shows.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from typing import Any
+
+from shared.flows import callbacks
+from shared.outlook.mailbox_client import MailboxClient
+from shared.ports import Services
+from shared.rules.errors import ConflictError, PermanentError, SyncError
+from shared.rules.event_render import PROPERTY_ID
+from shared.rules.event_time import graph_to_utc, iso
+from shared.rules.sync_plan import UNCHANGED, Create, Decision, Delete, Link, Nothing, Update, adopt, after
+from shared.store import connections, links
+from shared.store.connections import Connection
+
+log = logging.getLogger(__name__)
+
+LAST_SYNC_EVERY = timedelta(seconds=60)  # last_sync_at is written at most this often per user
+LOOKUP_SELECT = "id,changeKey,webLink,start,end"
+CREATING = "creating"  # link extra: a create was (maybe) sent and its answer not yet stored
+
+_activity_locks: dict[tuple[str, str, str], threading.Lock] = {}
+_activity_locks_guard = threading.Lock()
+
+
+@contextmanager
+def _one_at_a_time(tenant: str, user: str, activity_id: str) -> Iterator[None]:
+    """Messages about one activity run one after another in this process (versions out of order
+    arrive together); across processes the ETag on the link keeps them honest."""
+    key = (tenant, user, activity_id)
+    with _activity_locks_guard:
+        lock = _activity_locks.setdefault(key, threading.Lock())
+    with lock:
+        yield
+
+
+def sync(
+    services: Services,
+    connection: Connection,
+    activity_id: str,
+    now: datetime,
+    plan: Callable[[Link | None], Decision | None],
+) -> None:
+    """Bring one activity's event in line with what ``plan`` decides from its current link."""
+    tenant, user = connection.tenant, connection.user
+    client = MailboxClient(services, tenant, user)
+    with _one_at_a_time(tenant, user, activity_id):
+        gone: Link | None = None  # our event turned out deleted in Outlook: plan as if unlinked
+        created: str | None = None  # an event we created whose link another worker wrote over
+        for _ in range(5):
+            stored = links.get(services.storage, tenant, user, activity_id)
+            if created and not (stored and stored.link.outlook_event_id == created):
+                _delete_quietly(client, created)  # the link names another event: ours is a duplicate
+            created = None
+            decision = plan(gone or (stored.link if stored else None))
+            if decision is None:
+                return
+            if (
+                stored
+                and stored.extra.get(CREATING)
+                and isinstance(decision.action, Nothing)
+                and decision.link is not None
+                and decision.link.version > stored.link.version
+                and not decision.link.outlook_event_id
+            ):
+                # A create of an older version may have reached Outlook while its answer (or the
+                # process) was lost; this newer version wants no event, so that one must go.
+                _remove_lost_creates(client, tenant, activity_id)
+            if isinstance(decision.action, Nothing) and decision.link == (stored.link if stored else None):
+                return  # nothing to write anywhere
+            lookup_first = True
+            if isinstance(decision.action, Create) and not (stored and stored.extra.get(CREATING)):
+                try:
+                    stored = _record_intent(services, tenant, user, activity_id, stored)
+                except ConflictError:
+                    continue
+                lookup_first = False  # never sent before: no event of ours can exist yet
+            try:
+                applied = apply(client, decision, lookup_first=lookup_first)
+            except EventGone:
+                gone = replace(
+                    decision.link or Link(activity_id, 0),
+                    outlook_event_id=None,
+                    content_hash=None,
+                    change_key=None,
+                )
+                gone = replace(gone, version=(stored.link.version if stored else 0))
+                continue
+            if applied.link is None:
+                return
+            saved = links.StoredLink(applied.link, stored.etag if stored else None, _extra(stored, applied))
+            try:
+                links.save(services.storage, tenant, user, saved)
+            except ConflictError:
+                gone = None
+                if isinstance(applied.action, Create):
+                    created = applied.link.outlook_event_id
+                continue  # someone else stored this link meanwhile: decide again from theirs
+            _report(services, tenant, user, decision, applied, saved.extra)
+            if client.wrote:
+                _touch_last_sync(services, connection, now)
+            return
+    raise ConflictError("the link kept changing while being synced")
+
+
+def _remove_lost_creates(client: Any, tenant: str, activity_id: str) -> None:
+    from shared.rules.event_render import property_value
+
+    for event in lookup(client, property_value(tenant, activity_id)):
+        _delete_quietly(client, event["id"])
+
+
+def _delete_quietly(client: Any, event_id: str) -> None:
+    """Delete one of our events; a 404 means it is already gone."""
+    from shared.outlook.graph import NotFoundError
+
+    try:
+        client.call("DELETE", f"me/events/{event_id}")
+    except NotFoundError:
+        pass
+
+
+class EventGone(Exception):
+    """PATCH found no event: the user deleted ours in Outlook."""
+
+
+@dataclass(frozen=True)
+class Applied:
+    link: Link | None
+    event: dict[str, Any] | None = None  # Graph's answer for the event written (id, webLink, end ...)
+    action: Any = None
+
+
+def _record_intent(
+    services: Services, tenant: str, user: str, activity_id: str, stored: links.StoredLink | None
+) -> links.StoredLink:
+    """Write-ahead: mark the link "creating" before the POST. A retry that finds the mark looks
+    the event up by our property first (the answer may have been lost); a link without it was
+    never sent, so its create needs no lookup and costs one Graph request. The link itself is
+    kept as it was (version -1 when new), so the retry plans the very same create."""
+    intent = links.StoredLink(
+        stored.link if stored else Link(activity_id, -1),
+        stored.etag if stored else None,
+        {**(stored.extra if stored else {}), CREATING: True},
+    )
+    return links.save(services.storage, tenant, user, intent)
+
+
+def apply(client: Any, decision: Decision, *, lookup_first: bool = True) -> Applied:
+    """Carry out one decision against Graph (``client.call(method, path, json=, params=)``) and
+    return the link to store. Pure of storage, so tests drive it with a fake Graph.
+    ``lookup_first=False`` only when the create was provably never sent (see ``_record_intent``)."""
+    from shared.outlook.graph import NotFoundError
+
+    action = decision.action
+    if isinstance(action, Create):
+        found = lookup(client, action.lookup_value) if lookup_first else []
+        if not found:
+            try:
+                answer = client.call("POST", "me/events", json=action.event)
+            except PermanentError as error:
+                if error.code != "ErrorDuplicateTransactionId":
+                    raise
+                found = lookup(client, action.lookup_value)  # a create of ours went through after all
+                if not found:
+                    raise
+            else:
+                body = answer.body or {}
+                return Applied(
+                    after(decision, event_id=body["id"], change_key=body.get("changeKey")), body, action
+                )
+        for duplicate in found[1:]:  # ours too (same property): a create that was retried elsewhere
+            _delete_quietly(client, duplicate["id"])
+        decision = adopt(decision, found[0]["id"])
+        action = decision.action
+    if isinstance(action, Update):
+        try:
+            answer = client.call("PATCH", f"me/events/{action.event_id}", json=action.patch)
+        except NotFoundError:
+            raise EventGone() from None
+        body = answer.body or {}
+        return Applied(after(decision, change_key=body.get("changeKey")), body, action)
+    if isinstance(action, Delete):
+        _delete_quietly(client, action.event_id)
+        return Applied(decision.link, None, action)
+    return Applied(decision.link, None, action)
+
+
+def lookup(client: Any, value: str) -> list[dict[str, Any]]:
+    """Our events carrying this property value (normally none or one)."""
+    query = f"singleValueExtendedProperties/Any(ep: ep/id eq '{PROPERTY_ID}' and ep/value eq '{value}')"
+    answer = client.call("GET", "me/events", params={"$filter": query, "$select": LOOKUP_SELECT})
+    return list((answer.body or {}).get("value", []))
+
+
+def _extra(stored: links.StoredLink | None, applied: Applied) -> dict[str, Any]:
+    extra = {
+        k: v
+        for k, v in (stored.extra if stored else {}).items()
+        if k not in ("last_error", "failed_version", CREATING)
+    }
+    extra["state"] = links.SYNCED
+    link = applied.link
+    if not (link and link.outlook_event_id):
+        for name in ("web_link", "start_utc", "end_utc"):
+            extra.pop(name, None)
+        return extra
+    event = applied.event or {}
+    if event.get("webLink"):
+        extra["web_link"] = event["webLink"]
+    # What we wrote, so the reconcile can tell a user's move from our own write.
+    for name in ("start", "end"):
+        if isinstance(event.get(name), dict):
+            extra[f"{name}_utc"] = iso(graph_to_utc(event[name]))
+    return extra
+
+
+def _report(
+    services: Services, tenant: str, user: str, decision: Decision, applied: Applied, extra: dict[str, Any]
+) -> None:
+    """``activity.synced`` when Outlook now shows this version (or no longer shows the activity)."""
+    action, link = applied.action, applied.link
+    if link is None:
+        return
+    shows = isinstance(action, Create | Update) or (
+        isinstance(action, Nothing) and action.reason == UNCHANGED
+    )
+    if not (shows or isinstance(action, Delete)):
+        return
+    data: dict[str, Any] = {
+        "activity_id": link.activity_id,
+        "version": link.version,
+        "outlook_event_id": link.outlook_event_id if shows else None,
+        "web_link": extra.get("web_link") if shows else None,
+    }
+    if decision.notes:
+        data["time_notes"] = [
+            {"field": n.field, "kind": n.kind, "message": n.message} for n in decision.notes
+        ]
+    callbacks.enqueue(services.storage, callbacks.ACTIVITY_SYNCED, tenant, user, data)
+
+
+def _touch_last_sync(services: Services, connection: Connection, now: datetime) -> None:
+    last = connection.last_sync_at
+    if last and now - datetime.fromisoformat(last.replace("Z", "+00:00")) < LAST_SYNC_EVERY:
+        return
+    try:
+        connections.update(
+            services.storage, connection.tenant, connection.user, lambda c: replace(c, last_sync_at=iso(now))
+        )
+    except SyncError as error:  # cosmetic; never fail the sync for it
+        log.info("last_sync_at not updated: %s", error.message)
