@@ -12,6 +12,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+import pathspec
 import pytest
 from pycep import BicepParser
 
@@ -340,6 +341,63 @@ def test_azure_yaml_deploys_this_folder_as_the_api_function() -> None:
     fields = dict(line.strip().split(": ", 1) for line in service.group(1).splitlines())
     assert fields == {"project": ".", "language": "python", "host": "function"}
     assert re.search(r"^infra:\n  provider: bicep\n  path: infra\n", text, re.MULTILINE)
+
+
+# ---- the deployment package ---------------------------------------------------------------------
+
+# Folders that exist only on a developer's machine (Makefile, local platform, tests, azd) and must
+# never reach the deployment package; '.venv-*' stands for any further virtual environment.
+LOCAL_ONLY = (
+    ".venv", ".venv-infra", ".venv-bench", ".venv-py312", "node_modules", ".local", "test-artifacts",
+    "bench/out", "bench", "local", "tests", "infra", "docs", ".azure", ".pytest_cache", "__pycache__",
+    "shared/__pycache__",
+)
+APP_FILES = ("function_app.py", "host.json", "requirements.txt", "shared/settings.py", "functions/health.py")
+PACKAGE_LIMIT_BYTES = 2 * 1024 * 1024
+
+
+def package_files(root: Path) -> dict[str, int]:
+    """The files `azd deploy` zips for the function service, with their sizes. When the service
+    folder holds a .funcignore, azd applies it with .gitignore rules instead of its own defaults
+    (learn.microsoft.com/azure/developer/azure-developer-cli/service-packaging-ignore-files) and
+    always leaves out .azure/; an ignored folder is not walked into. Symlinked folders count as
+    what they point to (the zip holds the files)."""
+    spec = pathspec.GitIgnoreSpec.from_lines((root / ".funcignore").read_text().splitlines())
+    files: dict[str, int] = {}
+    for folder, dirs, names in os.walk(root, followlinks=True):
+        relative = Path(folder).relative_to(root)
+        dirs[:] = [
+            d for d in dirs
+            if not (relative / d).as_posix() == ".azure" and not spec.match_file(f"{(relative / d).as_posix()}/")
+        ]
+        for name in names:
+            path = (relative / name).as_posix()
+            if not spec.match_file(path) and (Path(folder) / name).exists():  # a dangling link ships nothing
+                files[path] = (Path(folder) / name).stat().st_size
+    return files
+
+
+def test_funcignore_keeps_every_local_only_folder_out_of_the_package(tmp_path: Path) -> None:
+    (tmp_path / ".funcignore").write_text((ROOT / ".funcignore").read_text())
+    for folder in LOCAL_ONLY:
+        (tmp_path / folder).mkdir(parents=True, exist_ok=True)
+        (tmp_path / folder / "probe.py").write_text("x = 1\n")
+    for name in APP_FILES:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("{}\n")
+    (tmp_path / "local.settings.json").write_text("{}\n")
+
+    assert sorted(package_files(tmp_path)) == sorted([*APP_FILES, ".funcignore"])
+
+
+def test_the_deployment_package_holds_the_app_and_nothing_local() -> None:
+    files = package_files(ROOT)
+    assert set(APP_FILES) <= files.keys()
+    shipped_folders = {path.split("/", 1)[0] for path in files if "/" in path}
+    assert shipped_folders == {"functions", "shared"}, shipped_folders
+    assert not [path for path in files if path.startswith("local/")]
+    size = sum(files.values())
+    assert size < PACKAGE_LIMIT_BYTES, f"package is {size / 1e6:.1f} MB: {sorted(files, key=files.get)[-5:]}"
 
 
 # ---- checkov --------------------------------------------------------------------------------------
