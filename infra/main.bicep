@@ -8,8 +8,44 @@ targetScope = 'subscription'
 @description('azd environment name; names and tags are derived from it.')
 param environmentName string
 
+// Regions that offer Flex Consumption, as in the Azure-Samples azd Flex Consumption templates (without
+// the eastus2euap canary), so `azd up` only offers these. Check `az functionapp list-flexconsumption-locations`
+// for new ones, and add your region here for a national cloud (infra/README.md).
 @minLength(1)
 @description('Region for every resource (must offer Flex Consumption).')
+@allowed([
+  'australiaeast'
+  'australiasoutheast'
+  'brazilsouth'
+  'canadacentral'
+  'centralindia'
+  'centralus'
+  'eastasia'
+  'eastus'
+  'eastus2'
+  'francecentral'
+  'germanywestcentral'
+  'italynorth'
+  'japaneast'
+  'koreacentral'
+  'northcentralus'
+  'northeurope'
+  'norwayeast'
+  'southafricanorth'
+  'southcentralus'
+  'southeastasia'
+  'southindia'
+  'spaincentral'
+  'swedencentral'
+  'uaenorth'
+  'uksouth'
+  'ukwest'
+  'westcentralus'
+  'westeurope'
+  'westus'
+  'westus2'
+  'westus3'
+])
 @metadata({ azd: { type: 'location' } })
 param location string
 
@@ -38,10 +74,16 @@ param syncWindowPastDays int = 30
 param syncWindowFutureDays int = 365
 @allowed(['keep', 'remove'])
 param completedActivities string = 'keep'
+@description('Flex Consumption scale-out limit per function: 40 to 1000.')
+@minValue(40)
 @maxValue(1000)
 param maximumInstanceCount int = 100
 @allowed([512, 2048, 4096])
 param instanceMemoryMB int = 2048
+
+@description('Storage redundancy. Empty = Standard_ZRS where the region offers it, else Standard_LRS (app/storage.bicep).')
+@allowed(['', 'Standard_ZRS', 'Standard_LRS', 'Standard_GZRS', 'Standard_RAGZRS'])
+param storageSkuName string = ''
 
 // ---- Secrets: stored in Key Vault, never defaulted, never output ----
 @secure()
@@ -109,6 +151,7 @@ module storage './app/storage.bicep' = {
     tags: tags
     deploymentContainerName: deploymentContainerName
     logAnalyticsWorkspaceId: monitoring.outputs.workspaceId
+    skuName: storageSkuName
   }
 }
 

@@ -74,6 +74,7 @@ resource site 'Microsoft.Web/sites@2024-04-01' = {
   // checkov:skip=CKV_AZURE_212:Flex Consumption manages instances itself (scale from zero, per function); there is no minimum instance count to set (README: Checkov exceptions).
   // checkov:skip=CKV_AZURE_213:Flex Consumption does not support the App Service health check; GET /api/health exists for external probes (README: Checkov exceptions).
   name: name
+  // checkov:skip=CKV_AZURE_78:Flex Consumption rejects siteConfig.ftpsState (ARM error 51021); FTP is off through the 'ftp' basicPublishingCredentialsPolicies resource (README: Checkov exceptions).
   location: location
   tags: union(tags, { 'azd-service-name': 'api' })
   kind: 'functionapp,linux'
@@ -91,7 +92,8 @@ resource site 'Microsoft.Web/sites@2024-04-01' = {
     siteConfig: {
       minTlsVersion: '1.2'
       scmMinTlsVersion: '1.2'
-      ftpsState: 'Disabled'
+      // No ftpsState: ARM rejects it on Flex Consumption sites (error 51021). FTP stays off through
+      // the 'ftp' publishing-credentials policy below.
       http20Enabled: true
     }
     functionAppConfig: {

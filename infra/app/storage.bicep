@@ -37,20 +37,52 @@ param tags object
 param deploymentContainerName string
 @description('Log Analytics workspace that receives the queue service logs (poison-queue alert).')
 param logAnalyticsWorkspaceId string
-@description('Zone-redundant by default; choose LRS only where the region has no availability zones.')
-@allowed(['Standard_ZRS', 'Standard_LRS', 'Standard_GZRS', 'Standard_RAGZRS'])
-param skuName string = 'Standard_ZRS'
+@description('Storage redundancy; empty = Standard_ZRS where the region offers it, else Standard_LRS.')
+@allowed(['', 'Standard_ZRS', 'Standard_LRS', 'Standard_GZRS', 'Standard_RAGZRS'])
+param skuName string = ''
+
+// Flex Consumption regions (main.bicep) where general-purpose v2 accounts can be zone-redundant
+// (learn.microsoft.com/azure/storage/common/redundancy-regions-zrs). Elsewhere ZRS fails with
+// RedundancyConfigurationNotAvailableInRegion, so the account falls back to LRS.
+var zoneRedundantRegions = [
+  'australiaeast'
+  'brazilsouth'
+  'canadacentral'
+  'centralindia'
+  'centralus'
+  'eastasia'
+  'eastus'
+  'eastus2'
+  'francecentral'
+  'germanywestcentral'
+  'italynorth'
+  'japaneast'
+  'koreacentral'
+  'northeurope'
+  'norwayeast'
+  'southafricanorth'
+  'southcentralus'
+  'southeastasia'
+  'spaincentral'
+  'swedencentral'
+  'uaenorth'
+  'uksouth'
+  'westeurope'
+  'westus2'
+  'westus3'
+]
+var sku = empty(skuName) ? (contains(zoneRedundantRegions, location) ? 'Standard_ZRS' : 'Standard_LRS') : skuName
 
 resource account 'Microsoft.Storage/storageAccounts@2023-05-01' = {
   // checkov:skip=CKV_AZURE_35:No VNet in this template: the Flex Consumption app reaches storage over its public endpoint. Shared keys are off, so every request needs Entra ID + RBAC (README: Checkov exceptions).
   // checkov:skip=CKV_AZURE_59:Same reason as CKV_AZURE_35; private endpoints come with VNet integration (README: Checkov exceptions).
-  // checkov:skip=CKV_AZURE_206:Zone-redundant (ZRS) in-region; geo-replication without a second-region app buys nothing (README: Checkov exceptions).
+  // checkov:skip=CKV_AZURE_206:Zone-redundant (ZRS) in-region where offered, LRS elsewhere; geo-replication without a second-region app buys nothing (README: Checkov exceptions).
   name: name
   location: location
   tags: tags
   kind: 'StorageV2'
   sku: {
-    name: skuName
+    name: sku
   }
   properties: {
     accessTier: 'Hot'

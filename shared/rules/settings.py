@@ -39,6 +39,9 @@ SETTING_NAMES: tuple[str, ...] = (
     "COMPLETED_ACTIVITIES",
 )
 STORAGE_IDENTITY_SUFFIXES = ("accountName", "queueServiceUri", "tableServiceUri", "credential", "clientId")
+# What App Service leaves in a setting when it cannot resolve a Key Vault reference (identity or role
+# not effective yet): the reference text itself, which must never be used as the value.
+KEY_VAULT_REFERENCE = "@microsoft.keyvault("
 
 
 class SettingsError(Exception):
@@ -124,11 +127,11 @@ class _Reader:
         self.env = env
 
     def optional(self, name: str, default: str) -> str:
-        value = self.env.get(name, "").strip()
+        value = _value(self.env, name)
         return value or default
 
     def required(self, name: str) -> str:
-        value = self.env.get(name, "").strip()
+        value = _value(self.env, name)
         if not value:
             raise SettingsError(
                 f"Setting {name} is missing; it is required (see local.settings.example.json)."
@@ -171,12 +174,12 @@ class _Reader:
 
 def storage_settings(env: Mapping[str, str], name: str = STORAGE) -> StorageSettings:
     """The storage account behind a binding's ``connection`` name, read as the Functions host does."""
-    connection_string = env.get(name, "").strip()
+    connection_string = _value(env, name)
     if connection_string:
         if "AccountName=" not in connection_string and "UseDevelopmentStorage=true" not in connection_string:
             raise SettingsError(f"Setting {name} is malformed: not a storage connection string.")
         return StorageSettings(connection_string=connection_string)
-    identity = {suffix: env.get(f"{name}__{suffix}", "").strip() for suffix in STORAGE_IDENTITY_SUFFIXES}
+    identity = {suffix: _value(env, f"{name}__{suffix}") for suffix in STORAGE_IDENTITY_SUFFIXES}
     account = identity["accountName"]
     queue_url = identity["queueServiceUri"] or (account and f"https://{account}.queue.core.windows.net")
     table_url = identity["tableServiceUri"] or (account and f"https://{account}.table.core.windows.net")
@@ -188,6 +191,17 @@ def storage_settings(env: Mapping[str, str], name: str = STORAGE) -> StorageSett
     return StorageSettings(
         queue_url=queue_url, table_url=table_url, managed_identity_client_id=identity["clientId"] or None
     )
+
+
+def _value(env: Mapping[str, str], name: str) -> str:
+    value = env.get(name, "").strip()
+    if value.lower().startswith(KEY_VAULT_REFERENCE):
+        raise SettingsError(
+            f"Setting {name} is an unresolved Key Vault reference: the platform could not read the secret "
+            "(check that the app's identity holds Key Vault Secrets User and is its keyVaultReferenceIdentity); "
+            "not starting with the reference text as the value."
+        )
+    return value
 
 
 def _origin(value: str, name: str) -> str:

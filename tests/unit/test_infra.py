@@ -12,6 +12,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+import pathspec
 import pytest
 from pycep import BicepParser
 
@@ -340,6 +341,212 @@ def test_azure_yaml_deploys_this_folder_as_the_api_function() -> None:
     fields = dict(line.strip().split(": ", 1) for line in service.group(1).splitlines())
     assert fields == {"project": ".", "language": "python", "host": "function"}
     assert re.search(r"^infra:\n  provider: bicep\n  path: infra\n", text, re.MULTILINE)
+
+
+# ---- what ARM, the platform and azd accept on the first `azd up` ----------------------------------
+# pycep and checkov read syntax and policy; these rules hold what the first deployment would
+# otherwise find out after minutes: properties Flex Consumption rejects, alert queries that do not
+# type-check or name tables a new workspace lacks, storage redundancy a region does not offer,
+# parameter values outside the plan's limits, and a deployment package full of local folders.
+
+# Column types (Azure Monitor table reference) of the columns the alert queries filter on. A column
+# missing here fails the check, so the table grows with the queries.
+KQL_COLUMNS: dict[str, dict[str, str]] = {
+    "StorageQueueLogs": {"OperationName": "string", "StatusCode": "string", "StatusText": "string", "Uri": "string"},
+    "AppTraces": {"Message": "string"},
+    "AppRequests": {"Success": "bool", "OperationName": "string", "ResultCode": "string", "DurationMs": "real"},
+}
+KQL_NUMBER = {"int", "long", "real"}
+KQL_TO_NUMBER = re.compile(r"(?:toint|tolong|toreal|todouble)\((\w+)\)")
+# Flex Consumption regions without availability zones, hence without ZRS for general-purpose v2
+# storage (learn.microsoft.com/azure/storage/common/redundancy-regions-zrs).
+REGIONS_WITHOUT_ZRS = {"australiasoutheast", "northcentralus", "southindia", "ukwest", "westcentralus", "westus"}
+
+
+def kql_type_errors(query: str) -> list[str]:
+    """Comparisons in a log alert query whose operand types do not match (KQL rejects them, and a
+    scheduled query rule validates its query at deployment): `between` or an ordering comparison on
+    a string column, a column compared with a literal of another type, `has` on a non-string."""
+    table = query.split("|", 1)[0].strip()
+    if table not in KQL_COLUMNS:
+        return [f"table {table!r}: add its column types to KQL_COLUMNS"]
+    columns = KQL_COLUMNS[table] | {"Queue": "string", "Function": "string"}  # columns the queries create
+    masked = re.sub(r'@?"[^"]*"', '""', query)
+    errors = []
+
+    def kind(operand: str) -> str:
+        converted = KQL_TO_NUMBER.fullmatch(operand)
+        if converted:
+            return "number" if converted.group(1) in columns else f"unknown column {converted.group(1)}"
+        if operand not in columns:
+            return f"unknown column {operand}"
+        return "number" if columns[operand] in KQL_NUMBER else columns[operand]
+
+    for operand in re.findall(r"(\w+(?:\(\w+\))?)\s+!?between\s*\(", masked):
+        if kind(operand) != "number":
+            errors.append(f"{operand} between (..): {kind(operand)}, not a number")
+    for operand, operator, literal in re.findall(
+        r"(\w+(?:\(\w+\))?)\s*(==|!=|<=|>=|<|>)\s*(\"\"|true|false|-?\d+(?:\.\d+)?)", masked
+    ):
+        literal_kind = "string" if literal == '""' else "bool" if literal in ("true", "false") else "number"
+        if kind(operand) != literal_kind:
+            errors.append(f"{operand} {operator} {literal}: {kind(operand)} against a {literal_kind}")
+        if operator in ("<", ">", "<=", ">=") and literal_kind != "number":
+            errors.append(f"{operand} {operator} {literal}: ordering needs numbers")
+    for operand in re.findall(r"(\w+)\s+!?(?:has|contains|startswith|endswith)\b", masked):
+        if kind(operand) != "string":
+            errors.append(f"{operand} has ..: {kind(operand)}, not a string")
+    return errors
+
+
+def log_alerts() -> list[dict[str, Any]]:
+    return module("alerts")["variables"]["logAlerts"]["value"]
+
+
+def test_flex_site_sets_no_ftps_state() -> None:
+    # ARM rejects siteConfig.ftpsState on Flex Consumption sites (error 51021); FTP stays off through
+    # the 'ftp' basicPublishingCredentialsPolicies resource instead.
+    site = only(module("api"), "Microsoft.Web/sites")
+    assert "ftpsState" not in site["properties"].get("siteConfig", {}), "Flex Consumption rejects ftpsState"
+
+
+@pytest.mark.parametrize(
+    ("query", "says"),
+    [
+        ('StorageQueueLogs | where StatusCode between (200 .. 299)', "StatusCode between"),
+        ("StorageQueueLogs | where StatusCode == 201", "StatusCode == 201"),
+        ('AppRequests | where Success == "False"', "Success =="),
+        ("AppRequests | where ResultCode >= 500", "ResultCode >="),
+        ("AppRequests | where Nope == 1", "unknown column Nope"),
+        ("Heartbeat | where Computer has \"x\"", "KQL_COLUMNS"),
+    ],
+)
+def test_the_query_type_check_catches_mistyped_comparisons(query: str, says: str) -> None:
+    assert any(says in error for error in kql_type_errors(query)), kql_type_errors(query)
+
+
+def test_every_alert_query_compares_values_of_its_own_type() -> None:
+    for alert in log_alerts():
+        assert not kql_type_errors(alert["query"]), f"{alert['name']}: {kql_type_errors(alert['query'])}"
+
+
+def test_alert_queries_deploy_on_a_workspace_without_data_and_match_the_readme() -> None:
+    # A new workspace has no StorageQueueLogs / AppTraces / AppRequests until data arrives, and
+    # validation at deployment fails with "Failed to resolve table" (README: Alerts).
+    for rule in resources(module("alerts"), "Microsoft.Insights/scheduledQueryRules"):
+        assert body(rule)["properties"].get("skipQueryValidation") is True, "set skipQueryValidation: true"
+    readme = (INFRA / "README.md").read_text()
+    assert "skipQueryValidation" in readme
+    for alert in log_alerts():
+        assert alert["query"].replace("|", "\\|") in readme, f"infra/README.md shows an old {alert['name']} query"
+
+
+def test_storage_redundancy_is_a_parameter_that_fits_the_region() -> None:
+    main = bicep(MAIN)
+    spec = main["parameters"].get("storageSkuName")
+    assert spec, "main.bicep needs a storageSkuName parameter (ZRS is not offered in every Flex region)"
+    assert {"Standard_ZRS", "Standard_LRS"} <= set(decorator(spec, "allowed"))
+    assert main["modules"]["storage"]["config"]["params"]["skuName"] == "storageSkuName"
+    mapped = json.loads((INFRA / "main.parameters.json").read_text())["parameters"]["storageSkuName"]["value"]
+    assert mapped.startswith("${AZURE_STORAGE_SKU"), mapped
+    storage = module("storage")
+    assert only(storage, "Microsoft.Storage/storageAccounts")["sku"]["name"] == "sku"
+    zone_redundant = storage["variables"]["zoneRedundantRegions"]["value"]
+    flex_regions = set(decorator(main["parameters"]["location"], "allowed") or [])
+    assert set(zone_redundant) <= flex_regions, set(zone_redundant) - flex_regions
+    assert not REGIONS_WITHOUT_ZRS & set(zone_redundant), REGIONS_WITHOUT_ZRS & set(zone_redundant)
+    assert {"eastus", "westeurope", "swedencentral"} <= set(zone_redundant)
+    # Empty = automatic: ZRS where the region offers it, LRS elsewhere.
+    sku = " ".join((INFRA / "app" / "storage.bicep").read_text().split())
+    assert (
+        "var sku = empty(skuName) ? (contains(zoneRedundantRegions, location) ? 'Standard_ZRS' : 'Standard_LRS')"
+        " : skuName" in sku
+    )
+
+
+def test_maximum_instance_count_is_within_flex_consumption_limits() -> None:
+    spec = bicep(MAIN)["parameters"]["maximumInstanceCount"]
+    low, high = decorator(spec, "min_value"), decorator(spec, "max_value")
+    assert low is not None and low >= 40, "Flex Consumption's maximumInstanceCount is at least 40"
+    assert high is not None and high <= 1000
+    assert low <= spec["default"] <= high
+
+
+def test_location_is_limited_to_flex_consumption_regions() -> None:
+    spec = bicep(MAIN)["parameters"]["location"]
+    allowed = decorator(spec, "allowed")
+    assert allowed, "restrict location with @allowed so azd only offers Flex Consumption regions"
+    assert len(set(allowed)) == len(allowed) and all(re.fullmatch(r"[a-z0-9]+", r) for r in allowed), allowed
+    assert {"eastus", "westeurope", "swedencentral"} <= set(allowed)
+    assert not {r for r in allowed if r.endswith("euap")}, "canary regions need enrollment"
+    assert decorator(spec, "metadata") == {"azd": {"type": "location"}}
+
+
+def test_an_unresolved_key_vault_reference_stops_the_app() -> None:
+    # App Service passes the reference text itself when it cannot resolve it (role not effective yet).
+    references = {n: str(v) for n, v in app_settings_in_bicep().items() if str(v).startswith("@Microsoft.KeyVault(")}
+    assert references.keys() == SECRET_SETTINGS
+    for name, reference in references.items():
+        unresolved = re.sub(r"\$\{[^}]*\}", f"https://kv-x.vault.azure.net/secrets/{name.lower()}", reference)
+        with pytest.raises(app_settings.SettingsError, match=rf"{name} is an unresolved Key Vault reference"):
+            app_settings.load(minimal_environment() | {name: unresolved})
+
+
+# ---- the deployment package ---------------------------------------------------------------------
+
+# Folders that exist only on a developer's machine (Makefile, local platform, tests, azd) and must
+# never reach the deployment package; '.venv-*' stands for any further virtual environment.
+LOCAL_ONLY = (
+    ".venv", ".venv-infra", ".venv-bench", ".venv-py312", "node_modules", ".local", "test-artifacts",
+    "bench/out", "bench", "local", "tests", "infra", "docs", ".azure", ".pytest_cache", "__pycache__",
+    "shared/__pycache__",
+)
+APP_FILES = ("function_app.py", "host.json", "requirements.txt", "shared/settings.py", "functions/health.py")
+PACKAGE_LIMIT_BYTES = 2 * 1024 * 1024
+
+
+def package_files(root: Path) -> dict[str, int]:
+    """The files `azd deploy` zips for the function service, with their sizes. When the service
+    folder holds a .funcignore, azd applies it with .gitignore rules instead of its own defaults
+    (learn.microsoft.com/azure/developer/azure-developer-cli/service-packaging-ignore-files) and
+    always leaves out .azure/; an ignored folder is not walked into. Symlinked folders count as
+    what they point to (the zip holds the files)."""
+    spec = pathspec.GitIgnoreSpec.from_lines((root / ".funcignore").read_text().splitlines())
+    files: dict[str, int] = {}
+    for folder, dirs, names in os.walk(root, followlinks=True):
+        relative = Path(folder).relative_to(root)
+        dirs[:] = [
+            d for d in dirs
+            if not (relative / d).as_posix() == ".azure" and not spec.match_file(f"{(relative / d).as_posix()}/")
+        ]
+        for name in names:
+            path = (relative / name).as_posix()
+            if not spec.match_file(path) and (Path(folder) / name).exists():  # a dangling link ships nothing
+                files[path] = (Path(folder) / name).stat().st_size
+    return files
+
+
+def test_funcignore_keeps_every_local_only_folder_out_of_the_package(tmp_path: Path) -> None:
+    (tmp_path / ".funcignore").write_text((ROOT / ".funcignore").read_text())
+    for folder in LOCAL_ONLY:
+        (tmp_path / folder).mkdir(parents=True, exist_ok=True)
+        (tmp_path / folder / "probe.py").write_text("x = 1\n")
+    for name in APP_FILES:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("{}\n")
+    (tmp_path / "local.settings.json").write_text("{}\n")
+
+    assert sorted(package_files(tmp_path)) == sorted([*APP_FILES, ".funcignore"])
+
+
+def test_the_deployment_package_holds_the_app_and_nothing_local() -> None:
+    files = package_files(ROOT)
+    assert set(APP_FILES) <= files.keys()
+    shipped_folders = {path.split("/", 1)[0] for path in files if "/" in path}
+    assert shipped_folders == {"functions", "shared"}, shipped_folders
+    assert not [path for path in files if path.startswith("local/")]
+    size = sum(files.values())
+    assert size < PACKAGE_LIMIT_BYTES, f"package is {size / 1e6:.1f} MB: {sorted(files, key=files.get)[-5:]}"
 
 
 # ---- checkov --------------------------------------------------------------------------------------

@@ -84,3 +84,18 @@ def test_each_bad_setting_is_named(name: str, value: str | None, says: str) -> N
 
     with pytest.raises(SettingsError, match=says):
         load(env)
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["MS_CLIENT_SECRET", "CRM_SHARED_SECRET", "TOKEN_ENCRYPTION_KEYS", "MS_CLIENT_ID", "SYNC_WINDOW_PAST_DAYS",
+     "AzureWebJobsStorage"],
+)
+def test_an_unresolved_key_vault_reference_is_refused_not_used(name: str) -> None:
+    # When App Service cannot resolve a reference it passes the reference text as the value; used as
+    # the CRM HMAC key it would start the app with the wrong secret.
+    reference = "@Microsoft.KeyVault(SecretUri=https://kv-sync.vault.azure.net/secrets/crm-shared-secret)"
+
+    with pytest.raises(SettingsError, match=f"{name} is an unresolved Key Vault reference") as refused:
+        load(VALID | {name: reference})
+    assert "kv-sync" not in str(refused.value)
