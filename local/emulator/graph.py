@@ -24,6 +24,13 @@ from .state import Calendar, Mailbox, Store, Subscription, change_key, outlook_i
 from .web import HttpError, Request, Response
 
 _USER = re.compile(r"^/(me|users/([^/]+))(/.*)?$")
+# Path segments Graph serves, in their canonical spelling: Graph (OData) matches segment names
+# case-insensitively, so `/CalendarView/Delta` and `/calendarview/delta` are the same resource.
+_NAMES = {n.lower(): n for n in ("me", "users", "mailboxSettings", "timeZone", "calendars", "calendar", "events",
+                                 "calendarView", "delta", "subscriptions", "reauthorize", "$batch")}
+_FUNCTIONS = {"delta"}  # OData functions: `delta()` (what the SDKs send) and `delta` are one call
+_KEYED = {"users", "calendars", "events", "subscriptions"}  # `events/{id}` or OData key syntax `events('{id}')`
+_CALL = re.compile(r"^(?P<name>[^()]+)\((?P<arg>.*)\)$")
 _ROUTES = [
     (re.compile(r"^$"), "user"),
     (re.compile(r"^/mailboxSettings$"), "mailboxSettings"),
@@ -33,7 +40,7 @@ _ROUTES = [
     (re.compile(r"^/calendars/(?P<cid>[^/]+)$"), "calendar"),
     (re.compile(r"^(?:/calendar|/calendars/(?P<cid>[^/]+))?/events$"), "events"),
     (re.compile(r"^(?:/calendar|/calendars/(?P<cid>[^/]+))?/events/(?P<eid>[^/]+)$"), "event"),
-    (re.compile(r"^/calendarView/delta$"), "delta"),
+    (re.compile(r"^(?:/calendar|/calendars/(?P<cid>[^/]+))?/calendarView/delta$"), "delta"),
     (re.compile(r"^(?:/calendar|/calendars/(?P<cid>[^/]+))?/calendarView$"), "calendarView"),
 ]
 READ_SCOPES = {"calendars.read", "calendars.readwrite", "calendars.readbasic"}
@@ -42,6 +49,39 @@ USER_SCOPES = {"user.read", "user.readwrite", "user.readbasic.all", "user.read.a
 SETTINGS_SCOPES = {"mailboxsettings.read", "mailboxsettings.readwrite"}
 MAX_EXPIRY_MINUTES = 10080
 MIN_EXPIRY_MINUTES = 45
+
+
+def canonical_path(path: str) -> str:
+    """The path as Graph resolves it: segment names in canonical case, `delta()` as `delta`, OData key segments
+    (`users('x')`, `events('id')`) as `users/x`, `events/id`. Keys (ids, UPNs) are kept as sent: event ids
+    are case-sensitive. Unknown segments are left as they are, for the router's 400."""
+    out: list[str] = []
+    key_next = False
+    for seg in path.split("/")[1:]:
+        call = _CALL.match(seg)
+        if key_next and not (call and call.group("name").lower() in _FUNCTIONS):
+            out.append(seg)
+            key_next = False
+            continue
+        key_next = False
+        name, arg = (call.group("name"), call.group("arg").strip()) if call else (seg, None)
+        canon = _NAMES.get(name.lower())
+        if canon is None:
+            out.append(seg)
+        elif arg is None:
+            out.append(canon)
+            key_next = canon in _KEYED
+        elif canon in _FUNCTIONS:
+            if arg:
+                raise HttpError(400, "BadRequest", f"The function '{canon}' has no parameter '{arg}'.")
+            out.append(canon)
+        elif canon in _KEYED and arg:
+            if len(arg) >= 2 and arg[0] == arg[-1] == "'":
+                arg = arg[1:-1].replace("''", "'")
+            out += [canon, arg]
+        else:
+            out.append(seg)
+    return "/" + "/".join(out)
 
 
 def _template(method: str, rest: str) -> str:
@@ -90,7 +130,8 @@ class GraphService:
         try:
             token = self._authenticate(req)
             req.token = token
-            path = req.path[len("/v1.0"):] or "/"
+            path = canonical_path(req.path[len("/v1.0"):] or "/")
+            req.path = "/v1.0" + (path if path != "/" else "")  # links (nextLink, deltaLink) use Graph's spelling
             mb, rest = self._resolve_mailbox(path, token)
             req.mailbox_id = mb.oid if mb else (token.oid if token else None)
             endpoint = _template(req.method, rest if mb else path)
@@ -269,7 +310,7 @@ class GraphService:
     def h_mailboxSettings(self, req, mb: Mailbox) -> Response:
         self._method(req, "GET")
         self._require(req.token, SETTINGS_SCOPES)
-        return Response.json({
+        out = {
             "@odata.context": self._ctx(mb, "mailboxSettings"),
             "archiveFolder": outlook_id(), "timeZone": mb.time_zone,
             "delegateMeetingMessageDeliveryOptions": "sendToDelegateOnly", "dateFormat": "dd/MM/yyyy",
@@ -283,7 +324,17 @@ class GraphService:
             "language": {"locale": mb.locale, "displayName": mb.locale},
             "workingHours": {"daysOfWeek": ["monday", "tuesday", "wednesday", "thursday", "friday"],
                              "startTime": "08:00:00.0000000", "endTime": "17:00:00.0000000",
-                             "timeZone": {"name": mb.time_zone}}})
+                             "timeZone": {"name": mb.time_zone}}}
+        select = req.query.get("$select")
+        if select:  # what connect sends (`$select=timeZone`); names compare case-insensitively
+            wanted = {s.strip().lower() for s in select.split(",") if s.strip()}
+            unknown = wanted - {k.lower() for k in out if not k.startswith("@")}
+            if unknown:
+                raise HttpError(400, "RequestBroker--ParseUri", f"Could not find a property named "
+                                                                f"'{sorted(unknown)[0]}' on type "
+                                                                "'microsoft.graph.mailboxSettings'.")
+            out = {k: v for k, v in out.items() if k.startswith("@") or k.lower() in wanted}
+        return Response.json(out)
 
     def h_mailboxSettings_timeZone(self, req, mb: Mailbox) -> Response:
         self._method(req, "GET")
@@ -376,8 +427,13 @@ class GraphService:
         return h
 
     def _event(self, mb: Mailbox, eid: str, cid: str | None = None):
+        """An event by id. Under `calendars/{cid}/` the calendar must exist, but the event may be in any calendar:
+        ids are unique in the mailbox and Graph answers the event whatever calendar the path names
+        (microsoftgraph/microsoft-graph-docs#391)."""
+        if cid is not None:
+            self._calendar(mb, cid)
         ev = mb.events.get(unquote(eid))
-        if ev is None or ev.deleted or (cid is not None and ev.calendar_id != self._calendar(mb, cid).id):
+        if ev is None or ev.deleted:
             raise HttpError(404, "ErrorItemNotFound", "The specified object was not found in the store.")
         return ev
 
@@ -477,10 +533,15 @@ class GraphService:
         return Response.json({"@odata.context": self._ctx(mb, "events/$entity"), **out}, 200,
                              self._headers(applied))
 
+    @staticmethod
+    def _query(req, name: str) -> str:
+        """A function parameter (`startDateTime`, `endDateTime`); Graph reads their names case-insensitively."""
+        low = name.lower()
+        return next((v for k, v in req.query.items() if k.lower() == low), "")
+
     def _window(self, req) -> tuple[datetime, datetime]:
-        start = _parse_window_bound(req.query.get("startDateTime") or req.query.get("startdatetime"),
-                                    "startDateTime")
-        end = _parse_window_bound(req.query.get("endDateTime") or req.query.get("enddatetime"), "endDateTime")
+        start = _parse_window_bound(self._query(req, "startDateTime"), "startDateTime")
+        end = _parse_window_bound(self._query(req, "endDateTime"), "endDateTime")
         return start, end
 
     @staticmethod
@@ -511,7 +572,7 @@ class GraphService:
             return self._page(req, mb, items, "calendarView", tz, body_type, applied, select, None)
 
     # ---- delta ------------------------------------------------------------------------------------------
-    def h_delta(self, req, mb: Mailbox) -> Response:
+    def h_delta(self, req, mb: Mailbox, cid: str | None = None) -> Response:
         self._method(req, "GET")
         self._require(req.token, READ_SCOPES)
         for bad in ("$select", "$expand", "$filter", "$orderby", "$search", "$top"):
@@ -550,13 +611,13 @@ class GraphService:
                     round_ = {**st, "ids": [e.id for e in changed], "offset": 0, "new_seq": mb.seq}
             else:
                 start, end = self._window(req)
-                cal = mb.default_calendar()
+                cal = self._calendar(mb, cid)
                 items = [e for e in mb.events.values() if not e.deleted and e.calendar_id == cal.id
                          and self._in_window(e, zone, start, end)]
                 items.sort(key=lambda e: (e.instants(zone)[0], e.id))
                 round_ = {"mailbox": mb.oid, "generation": mb.delta_generation, "calendar": cal.id,
-                          "start": start, "end": end, "start_raw": req.query.get("startDateTime", ""),
-                          "end_raw": req.query.get("endDateTime", ""), "ids": [e.id for e in items], "offset": 0,
+                          "start": start, "end": end, "start_raw": self._query(req, "startDateTime"),
+                          "end_raw": self._query(req, "endDateTime"), "ids": [e.id for e in items], "offset": 0,
                           "new_seq": mb.seq}
             ids = round_["ids"][round_["offset"]: round_["offset"] + page_size]
             value = []
@@ -597,7 +658,7 @@ class GraphService:
         if not change_types or any(c not in ("created", "updated", "deleted") for c in change_types):
             raise HttpError(400, "InvalidRequest", "changeType must be a combination of created, updated, deleted.")
         resource = str(body.get("resource") or "")
-        m = self._RESOURCE.match(resource.split("?")[0])
+        m = self._RESOURCE.match(canonical_path("/" + resource.split("?")[0].lstrip("/")))
         if not m:
             raise HttpError(400, "InvalidRequest", f"The resource '{resource}' is not supported by this emulator "
                                                    "(events of a mailbox or calendar only).")
