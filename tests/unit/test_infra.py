@@ -501,7 +501,7 @@ LOCAL_ONLY = (
     "bench/out", "bench", "local", "tests", "infra", "docs", ".azure", ".pytest_cache", "__pycache__",
     "shared/__pycache__",
 )
-APP_FILES = ("function_app.py", "host.json", "requirements.txt", "shared/settings.py", "functions/health.py")
+APP_FILES = ("function_app.py", "host.json", "requirements.txt", "shared/rules/settings.py", "functions/health.py")
 PACKAGE_LIMIT_BYTES = 2 * 1024 * 1024
 
 
