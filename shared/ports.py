@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from shared.rules.settings import Settings
 
@@ -53,6 +53,22 @@ class Graph(Protocol):
     ) -> GraphResponse: ...
 
     def batch(self, token: str, requests_: list[dict[str, Any]]) -> dict[str, GraphResponse]: ...
+
+
+@runtime_checkable
+class MailboxGraph(Protocol):
+    """Graph for one user's mailbox (shared/outlook/mailbox_client.py): paths relative to the
+    mailbox (``me/events``), the token, the throttle gate and the in-flight limit handled inside."""
+
+    def call(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        params: dict[str, str] | None = None,
+        prefer: str | None = None,
+    ) -> GraphResponse: ...
 
 
 class Identity(Protocol):

@@ -9,9 +9,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cache, cached_property
+from typing import TYPE_CHECKING
 
 from shared.rules import settings as settings_module
 from shared.rules.settings import Settings
+
+if TYPE_CHECKING:  # the adapters are imported on first use, never at cold start
+    import requests
+
+    from shared.outlook.graph import GraphClient
+    from shared.outlook.identity import Identity
+    from shared.store.storage import Storage
 
 
 @dataclass
@@ -21,25 +29,25 @@ class AppServices:
     settings: Settings
 
     @cached_property
-    def storage(self):
+    def storage(self) -> Storage:
         from shared.store.storage import Storage
 
         return Storage(self.settings.storage)
 
     @cached_property
-    def identity(self):
+    def identity(self) -> Identity:
         from shared.outlook.identity import Identity
 
         return Identity(self.settings, self.storage)
 
     @cached_property
-    def graph(self):
+    def graph(self) -> GraphClient:
         from shared.outlook.graph import GraphClient
 
         return GraphClient(self.settings.graph_api_base)
 
     @cached_property
-    def http(self):
+    def http(self) -> requests.Session:
         """A pooled session for calls to the CRM."""
         import requests
 

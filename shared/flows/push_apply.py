@@ -22,7 +22,7 @@ from typing import Any
 
 from shared.flows import callbacks
 from shared.outlook.mailbox_client import MailboxClient
-from shared.ports import Services
+from shared.ports import MailboxGraph, Services
 from shared.rules.errors import ConflictError, PermanentError, SyncError
 from shared.rules.event_render import PROPERTY_ID
 from shared.rules.event_time import graph_to_utc, iso
@@ -120,14 +120,14 @@ def sync(
     raise ConflictError("the link kept changing while being synced")
 
 
-def _remove_lost_creates(client: Any, tenant: str, activity_id: str) -> None:
+def _remove_lost_creates(client: MailboxGraph, tenant: str, activity_id: str) -> None:
     from shared.rules.event_render import property_value
 
     for event in lookup(client, property_value(tenant, activity_id)):
         _delete_quietly(client, event["id"])
 
 
-def _delete_quietly(client: Any, event_id: str) -> None:
+def _delete_quietly(client: MailboxGraph, event_id: str) -> None:
     """Delete one of our events; a 404 means it is already gone."""
     from shared.outlook.graph import NotFoundError
 
@@ -163,7 +163,7 @@ def _record_intent(
     return links.save(services.storage, tenant, user, intent)
 
 
-def apply(client: Any, decision: Decision, *, lookup_first: bool = True) -> Applied:
+def apply(client: MailboxGraph, decision: Decision, *, lookup_first: bool = True) -> Applied:
     """Carry out one decision against Graph (``client.call(method, path, json=, params=)``) and
     return the link to store. Pure of storage, so tests drive it with a fake Graph.
     ``lookup_first=False`` only when the create was provably never sent (see ``_record_intent``)."""
@@ -203,7 +203,7 @@ def apply(client: Any, decision: Decision, *, lookup_first: bool = True) -> Appl
     return Applied(decision.link, None, action)
 
 
-def lookup(client: Any, value: str) -> list[dict[str, Any]]:
+def lookup(client: MailboxGraph, value: str) -> list[dict[str, Any]]:
     """Our events carrying this property value (normally none or one)."""
     query = f"singleValueExtendedProperties/Any(ep: ep/id eq '{PROPERTY_ID}' and ep/value eq '{value}')"
     answer = client.call("GET", "me/events", params={"$filter": query, "$select": LOOKUP_SELECT})

@@ -40,7 +40,7 @@ from typing import Any
 
 from shared.flows import callbacks
 from shared.outlook.throttle import next_step
-from shared.ports import Services, Storage
+from shared.ports import MailboxGraph, Services, Storage
 from shared.rules import queues
 from shared.rules.errors import (
     AuthError,
@@ -241,7 +241,7 @@ def _run(services: Services, message: dict[str, Any], now: datetime) -> str:
 
 
 def delta_pass(
-    services: Services, client: Any, connection: Connection, state: Any, now: datetime, *, confirm: bool = False
+    services: Services, client: MailboxGraph, connection: Connection, state: Any, now: datetime, *, confirm: bool = False
 ) -> PassResult:
     settings = services.settings
     window = sync_window(now, settings.sync_window_past_days, settings.sync_window_future_days)
@@ -286,7 +286,7 @@ def delta_pass(
 
 
 def read_delta(
-    client: Any, delta_link: str | None, window: tuple[datetime, datetime], tracked: dict[str, Tracked]
+    client: MailboxGraph, delta_link: str | None, window: tuple[datetime, datetime], tracked: dict[str, Tracked]
 ) -> tuple[dict[str, Seen], str]:
     """Every item about our events in one delta round (the last one per id wins), and the new link."""
     if delta_link:
@@ -325,7 +325,7 @@ def read_delta(
     raise TransientError("delta kept answering more pages")
 
 
-def read_event(client: Any, event_id: str) -> dict[str, Any] | None:
+def read_event(client: MailboxGraph, event_id: str) -> dict[str, Any] | None:
     from shared.outlook.graph import NotFoundError
 
     try:

@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from shared.outlook.throttle import InFlight, MailboxGate, MailboxGated
-from shared.ports import Services
+from shared.ports import GraphResponse, Services
 from shared.rules.errors import AuthError, ThrottledError
 from shared.store import tables
 
@@ -37,7 +37,7 @@ class MailboxClient:
         json: Any = None,
         params: dict[str, str] | None = None,
         prefer: str | None = None,
-    ) -> Any:
+    ) -> GraphResponse:
         """``prefer``: more Graph preferences (e.g. ``odata.maxpagesize=100``), sent with ours."""
         if not self._checked:
             self.gate.check()

@@ -30,7 +30,15 @@ class FakeGraph:
         self.fail: list[Exception] = []  # raised by the next calls, in order
         self.lose_next_create = False
 
-    def call(self, method: str, path: str, *, json: Any = None, params: dict[str, str] | None = None) -> Any:
+    def call(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        params: dict[str, str] | None = None,
+        prefer: str | None = None,
+    ) -> GraphResponse:
         self.calls.append((method, path))
         if self.fail:
             raise self.fail.pop(0)

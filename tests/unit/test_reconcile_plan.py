@@ -5,12 +5,12 @@ mass-deletion guard, full rounds without duplicate reports, and the sweep's spre
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
 from shared.flows.reconcile import ResyncNeeded, read_delta
+from shared.ports import GraphResponse
 from shared.rules.errors import PermanentError
 from shared.rules.reconcile_plan import (
     Echo,
@@ -180,14 +180,14 @@ class FakeGraph:
         *,
         json: Any = None,
         params: dict[str, str] | None = None,
-        prefer: str = "",
-    ) -> Any:
+        prefer: str | None = None,
+    ) -> GraphResponse:
         assert prefer == "odata.maxpagesize=100"  # every page asks for big pages
         self.calls.append((path, params))
         answer = self.pages[path]
         if isinstance(answer, Exception):
             raise answer
-        return SimpleNamespace(status=200, body=answer)
+        return GraphResponse(200, {}, answer)
 
 
 def test_delta_follows_next_links_keeps_only_our_events_and_the_last_of_replays() -> None:
