@@ -28,8 +28,8 @@ MAX_GRAPH_BODY_BYTES = 256 * 1024
 def _handle(req: func.HttpRequest, kind: str) -> func.HttpResponse:
     token = req.params.get("validationToken")
     if token is not None:
-        if not 0 < len(token) <= MAX_VALIDATION_TOKEN:
-            return func.HttpResponse("validationToken is empty or too long", status_code=400, mimetype="text/plain")
+        if len(token) > MAX_VALIDATION_TOKEN:
+            return func.HttpResponse("validationToken is too long", status_code=400, mimetype="text/plain")
         return func.HttpResponse(
             token,
             status_code=200,

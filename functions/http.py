@@ -82,9 +82,9 @@ def authenticate(req: func.HttpRequest, secrets: tuple[str, ...]) -> tuple[str, 
 
 def refuse_replay(storage: Any, request_id: str, signed_at: int) -> None:
     """Raise Rejected(409) when this request id was used before (a replayed request)."""
-    from shared.store import request_ids
+    from shared.flows import replay
 
-    if not request_ids.claim(storage, request_id, signed_at):
+    if not replay.first_use(storage, request_id, signed_at):
         raise Rejected(
             problem(
                 409,

@@ -76,6 +76,7 @@ def test_tokens_are_encrypted_at_rest_and_nothing_secret_is_logged(stack: Stack)
     secret_values = {
         "MS_CLIENT_SECRET": stack.secrets["MS_CLIENT_SECRET"],
         "CRM_SHARED_SECRET": stack.secrets["CRM_SHARED_SECRET"],
+        "CRM_CALLBACK_SECRET": stack.secrets["CRM_CALLBACK_SECRET"],
         "TOKEN_ENCRYPTION_KEYS": stack.secrets["TOKEN_ENCRYPTION_KEYS"].split(":", 1)[1],
         "clientState": subscription["clientState"],
     }
