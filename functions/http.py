@@ -110,12 +110,20 @@ def route_ids(req: func.HttpRequest, *names: str) -> tuple[str, ...]:
     may not hold '%'. The host decodes route values except %2F (ASP.NET Core routing), so without
     that rule "a%2Fb" and "a%252Fb" would both arrive as "a%2Fb" and name one CRM user: a raw path
     with an encoded '%' (%25) is refused, as is any '%' left after decoding."""
-    values = tuple(re.sub("%2[fF]", "/", req.route_params.get(name, "")) for name in names)
-    encoded_percent = "%25" in urlsplit(req.url).path.upper()
+    from urllib.parse import unquote
+
+    routed = [req.route_params.get(name, "") for name in names]
+    values = tuple(re.sub("%2[fF]", "/", value) for value in routed)
+    # The raw segments that decode (as the host decodes) to each route value: one with %25 in it
+    # spelled a '%' the host has already decoded, maybe into a %2F of its own.
+    segments = urlsplit(req.url).path.split("/")
+    spelled_percent = {
+        value for value in routed for s in segments if "%25" in s.upper() and unquote(re.sub("%2[fF]", "%252F", s)) == value
+    }
     bad = [
         name
-        for name, value in zip(names, values, strict=True)
-        if not _ID.fullmatch(value) or "%" in value or encoded_percent
+        for name, raw, value in zip(names, routed, values, strict=True)
+        if not _ID.fullmatch(value) or "%" in value or raw in spelled_percent
     ]
     if bad:
         fields = [

@@ -247,6 +247,13 @@ def test_a_tampered_pending_sign_in_is_refused(field: str, value: Any) -> None:
     assert outcome.status == 400 and outcome.redirect_url is None
 
 
+def test_a_pending_sign_in_expires_after_ten_minutes() -> None:
+    deps = services()
+    state, _ = _pending(deps)
+    outcome = connect.complete_connect(deps, {"state": state, "code": "c"}, None, NOW + timedelta(minutes=10, seconds=1))
+    assert "reason=expired" in (outcome.redirect_url or "") and deps.identity.redeemed == []
+
+
 def test_an_untampered_pending_sign_in_is_redeemed() -> None:
     deps = services()
     state, _ = _pending(deps)
