@@ -21,7 +21,7 @@ def deliver_crm_callback(msg: func.QueueMessage) -> None:
     deps = services.get()
     try:
         callbacks.deliver(
-            deps.http, deps.settings.crm_callback_url, deps.settings.crm_shared_secrets[0], msg.get_body()
+            deps.http, deps.settings.crm_callback_url, deps.settings.crm_callback_secrets[0], msg.get_body()
         )
     except PermanentError as error:
         log.error("Callback dropped: %s", error.message)  # the CRM refuses it; retrying cannot help

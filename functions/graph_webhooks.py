@@ -1,7 +1,11 @@
 """Microsoft Graph's calls to us (unsigned): change and lifecycle notifications.
 
 - A ``validationToken`` query parameter is Graph's subscription handshake: echo it exactly, as
-  ``text/plain``, and do nothing else (it is never reflected as HTML).
+  ``text/plain``, and do nothing else (it is never reflected as HTML). Graph's tokens are short
+  opaque strings; one over ``MAX_VALIDATION_TOKEN`` characters is answered 400, not echoed.
+- Bodies are capped (``MAX_GRAPH_BODY_BYTES``, 413) and so are the notifications of one body
+  (``notifications.MAX_ITEMS``, 413), before anything is read from storage: see
+  shared/flows/notifications.py for why a body costs a bounded number of storage reads.
 - Otherwise each notification's ``clientState`` must match the one we gave its subscription; a
   mismatch is ignored (logged, no work) but still answered 202, as Graph expects.
 - Matching notifications enqueue few ``mailbox-reconcile`` messages per user (coalesced within
@@ -15,11 +19,17 @@ from __future__ import annotations
 import azure.functions as func
 
 bp = func.Blueprint()
+MAX_VALIDATION_TOKEN = 1024
+# Graph documents no maximum for a notification collection; a basic (no resource data) event
+# notification is under 1 KB, and MAX_ITEMS of them fit well within this.
+MAX_GRAPH_BODY_BYTES = 256 * 1024
 
 
 def _handle(req: func.HttpRequest, kind: str) -> func.HttpResponse:
     token = req.params.get("validationToken")
     if token is not None:
+        if len(token) > MAX_VALIDATION_TOKEN:
+            return func.HttpResponse("validationToken is too long", status_code=400, mimetype="text/plain")
         return func.HttpResponse(
             token,
             status_code=200,
@@ -31,10 +41,12 @@ def _handle(req: func.HttpRequest, kind: str) -> func.HttpResponse:
     from shared.flows import notifications
 
     body = req.get_body()
-    if len(body) > 4 * 1024 * 1024:
+    if len(body) > MAX_GRAPH_BODY_BYTES:
         return func.HttpResponse(status_code=413)
     try:
         notifications.accept(services.get().storage, body, kind)
+    except notifications.TooManyNotifications as error:
+        return func.HttpResponse(str(error), status_code=413, mimetype="text/plain")
     except notifications.MalformedNotification as error:
         return func.HttpResponse(str(error), status_code=400, mimetype="text/plain")
     return func.HttpResponse(status_code=202)

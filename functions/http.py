@@ -1,5 +1,7 @@
-"""What every CRM-facing HTTP function does at its edge: verify the signature, read a bounded JSON
-body, answer JSON, and turn bad input into a clear 4xx that names what is wrong."""
+"""What every CRM-facing HTTP function does at its edge, in this order: refuse an oversized body
+(413, before any HMAC is computed over it), verify the signature (401), refuse a replayed
+``X-Request-Id`` (409, nothing changes), then read the JSON body, answer JSON, and turn bad input
+into a clear 4xx that names what is wrong."""
 
 from __future__ import annotations
 
@@ -45,18 +47,27 @@ def path_and_query(req: func.HttpRequest) -> str:
     return parts.path + (f"?{parts.query}" if parts.query else "")
 
 
-def authenticate(req: func.HttpRequest, secrets: tuple[str, ...]) -> None:
-    """Raise Rejected(401) unless the CRM signed this exact request within the last 300 s."""
+def check_size(req: func.HttpRequest) -> None:
+    if len(req.get_body() or b"") > MAX_BODY_BYTES:
+        raise Rejected(problem(413, "body_too_large", f"The body is over {MAX_BODY_BYTES} bytes."))
+
+
+def authenticate(req: func.HttpRequest, secrets: tuple[str, ...]) -> tuple[str, int]:
+    """Raise Rejected(401) unless the CRM signed this exact request within the last 300 s;
+    return its request id and signed timestamp."""
     from shared.rules import crm_signature
 
+    check_size(req)
+    request_id = req.headers.get(crm_signature.REQUEST_ID_HEADER)
     try:
-        crm_signature.verify(
+        signed_at = crm_signature.verify(
             secrets,
             req.headers.get(crm_signature.HEADER),
             req.method,
             path_and_query(req),
             req.get_body(),
             time.time(),
+            request_id,
         )
     except crm_signature.SignatureError as error:
         raise Rejected(
@@ -66,12 +77,26 @@ def authenticate(req: func.HttpRequest, secrets: tuple[str, ...]) -> None:
                 f"X-Signature is {error.reason}: sign each request as the contract says.",
             )
         ) from None
+    return str(request_id), signed_at
+
+
+def refuse_replay(storage: Any, request_id: str, signed_at: int) -> None:
+    """Raise Rejected(409) when this request id was used before (a replayed request)."""
+    from shared.flows import replay
+
+    if not replay.first_use(storage, request_id, signed_at):
+        raise Rejected(
+            problem(
+                409,
+                "replayed_request",
+                "This X-Request-Id was already used: send a new request id (and signature) for every request.",
+            )
+        )
 
 
 def read_json(req: func.HttpRequest, *, optional: bool = False) -> Any:
+    check_size(req)
     body = req.get_body()
-    if len(body) > MAX_BODY_BYTES:
-        raise Rejected(problem(413, "body_too_large", f"The body is over {MAX_BODY_BYTES} bytes."))
     if not body and optional:
         return None
     try:
@@ -81,12 +106,29 @@ def read_json(req: func.HttpRequest, *, optional: bool = False) -> Any:
 
 
 def route_ids(req: func.HttpRequest, *names: str) -> tuple[str, ...]:
-    # The host decodes route values except %2F (ASP.NET Core routing): finish that for ids with '/'.
-    values = tuple(re.sub("%2[fF]", "/", req.route_params.get(name, "")) for name in names)
-    bad = [name for name, value in zip(names, values, strict=True) if not _ID.fullmatch(value)]
+    """Tenant and user ids from the path. An id may hold '/', sent as %2F (or %2f: the same id); it
+    may not hold '%'. The host decodes route values except %2F (ASP.NET Core routing), so without
+    that rule "a%2Fb" and "a%252Fb" would both arrive as "a%2Fb" and name one CRM user: a raw path
+    with an encoded '%' (%25) is refused, as is any '%' left after decoding."""
+    from urllib.parse import unquote
+
+    routed = [req.route_params.get(name, "") for name in names]
+    values = tuple(re.sub("%2[fF]", "/", value) for value in routed)
+    # The raw segments that decode (as the host decodes) to each route value: one with %25 in it
+    # spelled a '%' the host has already decoded, maybe into a %2F of its own.
+    segments = urlsplit(req.url).path.split("/")
+    spelled_percent = {
+        value for value in routed for s in segments if "%25" in s.upper() and unquote(re.sub("%2[fF]", "%252F", s)) == value
+    }
+    bad = [
+        name
+        for name, raw, value in zip(names, routed, values, strict=True)
+        if not _ID.fullmatch(value) or "%" in value or raw in spelled_percent
+    ]
     if bad:
         fields = [
-            {"field": name, "message": "must be 1 to 256 characters, no control characters"} for name in bad
+            {"field": name, "message": "must be 1 to 256 characters, no control characters and no '%'"}
+            for name in bad
         ]
         raise Rejected(problem(400, "invalid_request", "Invalid ids in the path.", fields))
     return values
@@ -115,7 +157,8 @@ def signed(
 
             deps = services.get()
             try:
-                authenticate(req, deps.settings.crm_shared_secrets)
+                request_id, signed_at = authenticate(req, deps.settings.crm_shared_secrets)
+                refuse_replay(deps.storage, request_id, signed_at)
                 return handler(req, deps)
             except Rejected as rejected:
                 return rejected.response

@@ -90,8 +90,11 @@ param storageSkuName string = ''
 @minLength(1)
 param msClientSecret string
 @secure()
-@minLength(1)
+@minLength(32)
 param crmSharedSecret string
+@secure()
+@minLength(32)
+param crmCallbackSecret string
 @secure()
 @minLength(1)
 param tokenEncryptionKeys string
@@ -112,6 +115,7 @@ var deploymentContainerName = 'app-package-${take(functionAppName, 32)}-${take(r
 var secretNames = {
   MS_CLIENT_SECRET: 'ms-client-secret'
   CRM_SHARED_SECRET: 'crm-shared-secret'
+  CRM_CALLBACK_SECRET: 'crm-callback-secret'
   TOKEN_ENCRYPTION_KEYS: 'token-encryption-keys'
 }
 
@@ -165,6 +169,7 @@ module keyVault './app/keyvault.bicep' = {
     secretNames: secretNames
     msClientSecret: msClientSecret
     crmSharedSecret: crmSharedSecret
+    crmCallbackSecret: crmCallbackSecret
     tokenEncryptionKeys: tokenEncryptionKeys
   }
 }

@@ -18,6 +18,7 @@ SECRETS_FILE = ROOT / ".local" / "secrets.json"
 def new_secrets() -> dict[str, str]:
     return {
         "CRM_SHARED_SECRET": secrets.token_hex(32),
+        "CRM_CALLBACK_SECRET": secrets.token_hex(32),
         "TOKEN_ENCRYPTION_KEYS": "k1:" + base64.b64encode(secrets.token_bytes(32)).decode(),
         "MS_CLIENT_ID": str(uuid.uuid4()),
         "MS_CLIENT_SECRET": secrets.token_urlsafe(32),
@@ -25,12 +26,14 @@ def new_secrets() -> dict[str, str]:
 
 
 def local_secrets(path: Path = SECRETS_FILE) -> dict[str, str]:
-    """The machine's local secrets, created on first use."""
-    if not path.exists():
+    """The machine's local secrets, created on first use; a secret added since is generated then."""
+    stored = json.loads(path.read_text()) if path.exists() else {}
+    missing = {k: v for k, v in new_secrets().items() if k not in stored}
+    if missing:
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(new_secrets(), indent=2))
+        path.write_text(json.dumps({**stored, **missing}, indent=2))
         path.chmod(0o600)
-    return json.loads(path.read_text())
+    return {**stored, **missing}
 
 
 def service_environment(

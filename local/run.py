@@ -96,7 +96,8 @@ def start_console(
     args += ["--service-url", f"http://127.0.0.1:{HOST_PORT}"]
     if control_url and ca_path:
         args += ["--emulator-control", control_url, "--ca-path", ca_path]
-    console = Service("console", args, {"CRM_SHARED_SECRET": secrets["CRM_SHARED_SECRET"]}, log=sys.stdout)
+    keys = {name: secrets[name] for name in ("CRM_SHARED_SECRET", "CRM_CALLBACK_SECRET")}
+    console = Service("console", args, keys, log=sys.stdout)
     stack.append(console.start())
     return console
 
@@ -108,7 +109,7 @@ def print_next_steps(url: str, console_url: str, identity: dict[str, str | None]
 Open {console_url}  (the CRM console: sign in with Outlook, add activities, see the Outlook calendar)
 crm-outlook-sync is running at {url}  (identity and Graph: {where})
   curl {url}/api/health
-Secrets for signing CRM calls are in {Path(".local/secrets.json")} (CRM_SHARED_SECRET).
+Secrets for signing CRM calls and verifying callbacks are in {Path(".local/secrets.json")} (CRM_SHARED_SECRET, CRM_CALLBACK_SECRET).
 Ctrl-C stops everything this command started.
 """,
         flush=True,

@@ -48,6 +48,11 @@ resource crmSharedSecret 'Microsoft.KeyVault/vaults/secrets@2023-07-01' existing
   name: secretNames.CRM_SHARED_SECRET
 }
 
+resource crmCallbackSecret 'Microsoft.KeyVault/vaults/secrets@2023-07-01' existing = {
+  parent: vault
+  name: secretNames.CRM_CALLBACK_SECRET
+}
+
 resource tokenEncryptionKeys 'Microsoft.KeyVault/vaults/secrets@2023-07-01' existing = {
   parent: vault
   name: secretNames.TOKEN_ENCRYPTION_KEYS
@@ -149,6 +154,7 @@ resource appSettings 'Microsoft.Web/sites/config@2024-04-01' = {
     GRAPH_API_BASE: graphApiBase
     PUBLIC_BASE_URL: 'https://${site.properties.defaultHostName}'
     CRM_SHARED_SECRET: '@Microsoft.KeyVault(SecretUri=${crmSharedSecret.properties.secretUri})'
+    CRM_CALLBACK_SECRET: '@Microsoft.KeyVault(SecretUri=${crmCallbackSecret.properties.secretUri})'
     CRM_CALLBACK_URL: crmCallbackUrl
     CRM_RETURN_ORIGINS: crmReturnOrigins
     TOKEN_ENCRYPTION_KEYS: '@Microsoft.KeyVault(SecretUri=${tokenEncryptionKeys.properties.secretUri})'

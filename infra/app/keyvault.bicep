@@ -1,4 +1,4 @@
-// Key Vault (RBAC authorization, no access policies) holding the app's three secrets. The app
+// Key Vault (RBAC authorization, no access policies) holding the app's four secrets. The app
 // reads them through Key Vault references resolved with the user-assigned identity.
 param name string
 param location string
@@ -10,8 +10,11 @@ param secretNames object
 @description('Client secret of the Entra app registration (MS_CLIENT_SECRET).')
 param msClientSecret string
 @secure()
-@description('HMAC secret(s) shared with the CRM, comma-separated, first one signs (CRM_SHARED_SECRET).')
+@description('HMAC secret(s) the CRM signs its requests with, comma-separated, any verifies (CRM_SHARED_SECRET).')
 param crmSharedSecret string
+@secure()
+@description('HMAC secret(s) the service signs its callbacks with, distinct from the request secret, comma-separated, first one signs (CRM_CALLBACK_SECRET).')
+param crmCallbackSecret string
 @secure()
 @description('Token cache encryption keys, "kid:base64(32 bytes)" comma-separated, first one encrypts (TOKEN_ENCRYPTION_KEYS).')
 param tokenEncryptionKeys string
@@ -46,6 +49,7 @@ resource vault 'Microsoft.KeyVault/vaults@2023-07-01' = {
 var secretValues = [
   { name: secretNames.MS_CLIENT_SECRET, value: msClientSecret }
   { name: secretNames.CRM_SHARED_SECRET, value: crmSharedSecret }
+  { name: secretNames.CRM_CALLBACK_SECRET, value: crmCallbackSecret }
   { name: secretNames.TOKEN_ENCRYPTION_KEYS, value: tokenEncryptionKeys }
 ]
 

@@ -28,6 +28,7 @@ var tableNames = [
   'ActivityTypes'
   'MailboxSync'
   'ReconcilePending'
+  'RequestIds'
 ]
 
 param name string

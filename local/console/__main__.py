@@ -1,6 +1,7 @@
 """``python -m local.console``: the CRM stand-in page (local only; see README.md beside this file).
 
-Reads ``CRM_SHARED_SECRET`` from the environment. Prints one JSON line once it listens:
+Reads ``CRM_SHARED_SECRET`` (signs its calls) and ``CRM_CALLBACK_SECRET`` (verifies callbacks)
+from the environment. Prints one JSON line once it listens:
 ``{"ready": true, "url": ..., "callback_url": ..., "origin": ...}``; serves until SIGINT/SIGTERM."""
 
 from __future__ import annotations
@@ -43,14 +44,18 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     secrets = [s.strip() for s in os.environ.get("CRM_SHARED_SECRET", "").split(",") if s.strip()]
-    if not secrets:
+    callback_secrets = [s.strip() for s in os.environ.get("CRM_CALLBACK_SECRET", "").split(",") if s.strip()]
+    if not secrets or not callback_secrets:
         print(
-            "error: CRM_SHARED_SECRET is not set (the console signs the CRM's calls with it)", file=sys.stderr
+            "error: CRM_SHARED_SECRET and CRM_CALLBACK_SECRET must be set (the console signs the CRM's "
+            "calls with the first and verifies the service's callbacks with the second)",
+            file=sys.stderr,
         )
         return 2
     config = Config(
         service_url=args.service_url.rstrip("/"),
         secrets=secrets,
+        callback_secrets=callback_secrets,
         tenant=args.tenant or f"demo-crm-{token_hex(3)}",
         user=args.user,
         user_name=args.user_name,

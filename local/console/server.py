@@ -84,7 +84,8 @@ _TIME = re.compile(r"\d{2}:\d{2}")
 @dataclass
 class Config:
     service_url: str  # the service, e.g. http://127.0.0.1:7071
-    secrets: list[str]  # CRM_SHARED_SECRET, comma-separated when rotating: the first signs, any verifies
+    secrets: list[str]  # CRM_SHARED_SECRET, comma-separated when rotating: the first signs our calls
+    callback_secrets: list[str] = field(default_factory=list)  # CRM_CALLBACK_SECRET: any verifies a callback
     tenant: str = "demo-crm"
     user: str = "ana"
     user_name: str = "Ana Pérez"
@@ -191,8 +192,13 @@ class Console:
     def call_service(self, method: str, path: str, body: Any = None) -> dict[str, Any]:
         """One signed call; ``{status, body}`` (status 0 when the service cannot be reached)."""
         raw = b"" if body is None else json.dumps(body).encode()
-        signature = crm_signature.sign(self.config.secrets[0], method, path, raw, time.time())
-        headers = {crm_signature.HEADER: signature, "Content-Type": "application/json"}
+        request_id = uuid.uuid4().hex  # new for every call: the service refuses a repeated one (409)
+        signature = crm_signature.sign(self.config.secrets[0], method, path, raw, time.time(), request_id)
+        headers = {
+            crm_signature.HEADER: signature,
+            crm_signature.REQUEST_ID_HEADER: request_id,
+            "Content-Type": "application/json",
+        }
         try:
             answer = self.http.request(
                 method,
@@ -291,9 +297,9 @@ class Console:
 
     # --- callbacks ------------------------------------------------------------------------------------
 
-    def receive_callback(self, path: str, header: str | None, body: bytes) -> int:
+    def receive_callback(self, path: str, header: str | None, body: bytes, request_id: str | None = None) -> int:
         try:
-            crm_signature.verify(self.config.secrets, header, "POST", path, body, time.time())
+            crm_signature.verify(self.config.callback_secrets, header, "POST", path, body, time.time(), request_id)
             callback = json.loads(body)
             if not isinstance(callback, dict):
                 raise ValueError("not an object")
@@ -601,7 +607,12 @@ class Handler(BaseHTTPRequestHandler):
             self._json({"message": "body too large"}, 413)
             return
         if url.path == "/crm/callbacks":
-            status = self.console.receive_callback(self.path, self.headers.get(crm_signature.HEADER), raw)
+            status = self.console.receive_callback(
+                self.path,
+                self.headers.get(crm_signature.HEADER),
+                raw,
+                self.headers.get(crm_signature.REQUEST_ID_HEADER),
+            )
             self._send(status, b"", "text/plain; charset=utf-8")
             return
         # The page's own calls: JSON only, so another site's form cannot post here (CORS preflight).

@@ -1,5 +1,9 @@
 """Callbacks to the CRM (design §3): signed POSTs to ``CRM_CALLBACK_URL``, at least once.
 
+Signed like the CRM's requests (``shared.rules.crm_signature``, a fresh ``X-Request-Id`` per
+attempt) but with ``CRM_CALLBACK_SECRET``, never the CRM's request secret: the key that verifies
+callbacks cannot sign a request to us.
+
 Producers enqueue an envelope on ``crm-callbacks`` (so a slow or down CRM never blocks sync work);
 the callback worker delivers it. Each envelope has a unique ``id`` the CRM can deduplicate on.
 A 5xx, 429 or network failure is retried by the queue; a 4xx means the CRM refuses this callback
@@ -11,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+import uuid
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -43,8 +48,13 @@ def deliver(session: Any, url: str, secret: str, body: bytes) -> None:
 
     target = urlsplit(url)
     path_and_query = target.path + (f"?{target.query}" if target.query else "")
-    signature = crm_signature.sign(secret, "POST", path_and_query or "/", body, time.time())
-    headers = {"Content-Type": "application/json", crm_signature.HEADER: signature}
+    request_id = uuid.uuid4().hex
+    signature = crm_signature.sign(secret, "POST", path_and_query or "/", body, time.time(), request_id)
+    headers = {
+        "Content-Type": "application/json",
+        crm_signature.HEADER: signature,
+        crm_signature.REQUEST_ID_HEADER: request_id,
+    }
     try:
         answer = session.post(url, data=body, headers=headers, timeout=(5, 30))
     except requests.RequestException as error:

@@ -1,9 +1,14 @@
 """Connect ("Sign in with Outlook"), the OAuth callback, disconnect ("Remove sync") and status.
 
 Connect stores the MSAL auth-code flow by its ``state`` (encrypted: it holds the PKCE verifier),
-single use, for 10 minutes. The callback consumes it (an ETag-guarded delete: a replay finds
+single use, for 10 minutes; the row's tenant, user, return URL, locale, time zone and expiry are
+bound to the ciphertext as associated data, so a row changed in storage does not decrypt and the
+sign-in is refused. The callback consumes it (an ETag-guarded delete: a replay finds
 nothing), redeems the code, stores the token cache encrypted, reads the account and the mailbox
-time zone, subscribes to the user's events, and marks the connection ``connected``.
+time zone, subscribes to the user's events, and marks the connection ``connected``. If anything
+fails after the token cache was stored, the cache is wiped again (unless the user was already
+connected, whose cache it replaced with an equally good one): no tokens stay behind for a user
+who reads as not connected. "Remove sync" wipes any token row, whatever the connection's state.
 
 A different Microsoft account for the same CRM user: refused while a connection exists
 (``connected`` or ``reauth_required``: the user must "Remove sync" first), so events never end up
@@ -21,7 +26,7 @@ import json
 import logging
 import secrets
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -96,12 +101,11 @@ def begin_connect(
 ) -> dict[str, str]:
     """Start sign-in: the URL to send the browser to, valid for 10 minutes."""
     flow = services.identity.begin(request.login_hint)
-    expires_at = now + FLOW_LIFETIME
+    expires_at = (now + FLOW_LIFETIME).replace(microsecond=0)
     keys = services.settings.token_encryption_keys
     entity = {
         "PartitionKey": tables.key(flow["state"]),
         "RowKey": "",
-        "flow": encrypt(json.dumps(flow).encode(), keys, _flow_aad(flow["state"])),
         "tenant": tenant,
         "user": user,
         "return_url": request.return_url or "",
@@ -109,6 +113,7 @@ def begin_connect(
         "time_zone": request.time_zone,
         "expires_at": expires_at,
     }
+    entity["flow"] = encrypt(json.dumps(flow).encode(), keys, _flow_aad(flow["state"], entity))
     with tables.storage_errors("storing the sign-in flow"):
         services.storage.table(tables.OAUTH_FLOWS).create_entity(entity)
     return {"authorization_url": flow["auth_uri"], "expires_at": iso(expires_at)}
@@ -165,15 +170,13 @@ def _take_flow(services: Services, state: str) -> dict[str, Any] | None:
         with tables.storage_errors("reading the sign-in flow"):
             row = table.get_entity(tables.key(state), "")
             table.delete_entity(row, etag=tables.etag_of(row), match_condition=MatchConditions.IfNotModified)
-        flow = json.loads(decrypt(row["flow"], services.settings.token_encryption_keys, _flow_aad(state)))
-    except (ResourceNotFoundError, ConflictError, UndecryptableError):
+        flow = json.loads(
+            decrypt(row["flow"], services.settings.token_encryption_keys, _flow_aad(state, row))
+        )
+    except (ResourceNotFoundError, ConflictError, UndecryptableError, KeyError, TypeError, AttributeError):
+        log.info("A sign-in came back for an unknown, used or altered flow")
         return None
-    expires_at = row["expires_at"]
-    return {
-        **row,
-        "flow": flow,
-        "expires_at": expires_at if expires_at.tzinfo else expires_at.replace(tzinfo=UTC),
-    }
+    return {**row, "flow": flow, "expires_at": tables.aware(row["expires_at"])}
 
 
 def _connect(
@@ -193,6 +196,25 @@ def _connect(
     if current.account_oid and current.account_oid != oid:
         _drop_links(services, tenant, user)  # they point into the previous account's mailbox
     services.identity.save_cache(tenant, user, cache)
+    try:
+        return _finish_connect(services, current, pending, claims, now)
+    except BaseException:
+        if current.state != CONNECTED:
+            _wipe_tokens(services, tenant, user)
+        raise
+
+
+def _wipe_tokens(services: Services, tenant: str, user: str) -> None:
+    try:
+        services.identity.forget(tenant, user)
+    except SyncError as error:
+        log.warning("The token cache could not be wiped: %s", error.message)
+
+
+def _finish_connect(
+    services: Services, current: Connection, pending: dict[str, Any], claims: dict[str, Any], now: datetime
+) -> str | None:
+    tenant, user, oid = current.tenant, current.user, claims.get("oid")
     token = services.identity.access_token(tenant, user)
     me = services.graph.call(
         token, "GET", "me", params={"$select": "id,userPrincipalName,mail,displayName"}
@@ -317,8 +339,11 @@ def with_query(url: str, **params: str) -> str:
     return urlunsplit(parts._replace(query=urlencode([*query, *params.items()])))
 
 
-def _flow_aad(state: str) -> str:
-    return json.dumps(["oauth-flow", state])
+def _flow_aad(state: str, row: Any) -> str:
+    """Binds the flow to its row's clear fields: who signs in, where they return, until when."""
+    expires_at = int(tables.aware(row["expires_at"]).timestamp())
+    fields = [row["tenant"], row["user"], row["return_url"], row["locale"], row["time_zone"], expires_at]
+    return json.dumps(["oauth-flow", state, *fields])
 
 
 # --- disconnect --------------------------------------------------------------------------------------
@@ -343,6 +368,7 @@ def disconnect(services: Services, tenant: str, user: str, remove_events: str, n
 
     current = connections.get(services.storage, tenant, user)
     if current.state in (connections.NEVER_CONNECTED, DISCONNECTED):
+        services.identity.forget(tenant, user)  # a cache left by an unfinished sign-in goes too
         return {"status": current.state, "message": text("disconnected", current.locale), "events_removed": 0}
     try:
         token = services.identity.access_token(tenant, user)

@@ -8,6 +8,8 @@ overlapping runs (or a run racing the code that uses the row) are harmless.
 - ``Subscriptions``: rows of subscriptions expired over a day ago (Graph dropped them; a current
   subscription is renewed days before it expires).
 - ``ReconcilePending``: markers whose run never came and that no notification replaced.
+- ``RequestIds``: the ``X-Request-Id`` of signed calls, once their signature could no longer
+  verify (``expires_at``, minutes after the call).
 - ``Jobs``: the pages (chunk rows, with the CRM's activities) and page markers of a backfill job
   completed over ``JOB_PAGES_DAYS`` ago, or left unfinished over ``ABANDONED_JOB_DAYS`` (the CRM
   never sent its last page). The job row stays: ``status`` still shows its counts, and the
@@ -38,6 +40,7 @@ def clean_up(services: Services, now: datetime) -> dict[str, int]:
         "dedup": _old_dedup(storage, now),
         "subscriptions": _expired_subscriptions(storage, now),
         "pending_markers": _stale_markers(storage, now),
+        "request_ids": _expired_request_ids(storage, now),
         "backfill_pages": _finished_backfill_pages(storage, now),
     }
 
@@ -89,6 +92,12 @@ def _expired_subscriptions(storage: Storage, now: datetime) -> int:
 def _stale_markers(storage: Storage, now: datetime) -> int:
     table = storage.table(tables.RECONCILE_PENDING)
     rows = _query(table, "expires_at lt @cutoff", {"cutoff": now - MARKER_GRACE}, ["PartitionKey", "RowKey"])
+    return _delete(table, rows)
+
+
+def _expired_request_ids(storage: Storage, now: datetime) -> int:
+    table = storage.table(tables.REQUEST_IDS)
+    rows = _query(table, "expires_at lt @now", {"now": now}, ["PartitionKey", "RowKey"])
     return _delete(table, rows)
 
 

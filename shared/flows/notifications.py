@@ -14,6 +14,12 @@ stays invisible for ``COALESCE_SECONDS``, so its run cannot have started (nor de
 before then: within that time this process answers further notifications for the user from
 memory, without touching storage. Lifecycle
 notifications are rare and carry what must be done, so each one queues its own message.
+
+The endpoint is unauthenticated, so what one body may cost is bounded: at most ``MAX_ITEMS``
+notifications (more is refused before any read), each subscription id looked up once per body,
+known rows cached for ``_CACHE_SECONDS`` and unknown ids remembered for ``_UNKNOWN_SECONDS`` in
+this process, and one warning per body for the unknown ones. A body of the same unknown id
+repeated costs one read, and then none for a while.
 """
 
 from __future__ import annotations
@@ -33,14 +39,23 @@ from shared.store import tables
 log = logging.getLogger(__name__)
 COALESCE_SECONDS = 2
 MARKER_LIFETIME = timedelta(minutes=2)
+MAX_ITEMS = 200
 _CACHE_SECONDS = 30.0  # subscription rows read by the webhook (id -> row); ids are never reused
 _known: dict[str, tuple[float, Any]] = {}
+# Ids with no row: a forged or long-deleted subscription. Short, since a subscription created a
+# moment ago may be notified just before its row is stored (the sweep reconciles it anyway).
+_UNKNOWN_SECONDS = 15.0
+_unknown: dict[str, float] = {}
 _LOCAL_MARGIN = 0.5  # seconds of clock difference allowed between us and the queue service
 _queued_until: dict[tuple[str, str], float] = {}  # (tenant, user) -> monotonic time the run may start
 
 
 class MalformedNotification(ValueError):
     """The body is not Graph's notification collection."""
+
+
+class TooManyNotifications(MalformedNotification):
+    """More notifications in one body than Graph sends."""
 
 
 def accept(storage: Storage, body: bytes, kind: str, now: datetime | None = None) -> int:
@@ -52,14 +67,20 @@ def accept(storage: Storage, body: bytes, kind: str, now: datetime | None = None
             raise TypeError
     except (ValueError, KeyError, TypeError):
         raise MalformedNotification("expected a JSON object with a 'value' array") from None
+    if len(items) > MAX_ITEMS:
+        raise TooManyNotifications(f"at most {MAX_ITEMS} notifications per request")
     work: dict[tuple[str, str], tuple[set[str], set[str]]] = {}
+    rows: dict[str, Any] = {}  # this body's lookups: each subscription id is read at most once
+    unknown = 0
     for item in items:
         if not isinstance(item, dict):
             continue
         subscription_id = str(item.get("subscriptionId", ""))
-        row = _subscription(storage, subscription_id)
+        if subscription_id not in rows:
+            rows[subscription_id] = _subscription(storage, subscription_id)
+        row = rows[subscription_id]
         if row is None:
-            log.warning("Notification for an unknown subscription ignored")
+            unknown += 1
             continue
         if not hmac.compare_digest(
             str(item.get("clientState", "")).encode(), str(row["client_state"]).encode()
@@ -70,6 +91,8 @@ def accept(storage: Storage, body: bytes, kind: str, now: datetime | None = None
         reasons, subscriptions = work.setdefault((row["tenant"], row["user"]), (set(), set()))
         reasons.add(reason)
         subscriptions.add(subscription_id)
+    if unknown:
+        log.warning("%d notification(s) for unknown subscriptions ignored", unknown)
     now = now or datetime.now(UTC)
     for (tenant, user), (reasons, subscriptions) in work.items():
         message = {
@@ -156,10 +179,15 @@ def _subscription(storage: Storage, subscription_id: str) -> Any:
     cached = _known.get(subscription_id)
     if cached is not None and time.monotonic() - cached[0] < _CACHE_SECONDS:
         return cached[1]
+    if time.monotonic() - _unknown.get(subscription_id, -_UNKNOWN_SECONDS) < _UNKNOWN_SECONDS:
+        return None
     try:
         with tables.storage_errors("reading a subscription"):
             row = storage.table(tables.SUBSCRIPTIONS).get_entity(tables.key(subscription_id), "")
     except ResourceNotFoundError:
+        if len(_unknown) > 10_000:
+            _unknown.clear()
+        _unknown[subscription_id] = time.monotonic()
         return None
     if len(_known) > 10_000:
         _known.clear()

@@ -9,7 +9,9 @@ the error tree at this edge (shared/rules/errors.py):
     other 4xx                -> PermanentError with Graph's error code and message
 
 ``$batch`` answers are mapped per inner response with the same rule (``error_for``).
-Tokens are never logged; neither are request bodies.
+Tokens are never logged; neither are request bodies. A full URL (``@odata.nextLink`` or
+``@odata.deltaLink``) is followed only on the configured Graph origin (scheme, host and port of
+``GRAPH_API_BASE``): a link anywhere else is a PermanentError and the token is never sent there.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import email.utils
 import threading
 import time
 from typing import Any
+from urllib.parse import urlsplit
 
 from shared.ports import GraphResponse
 from shared.rules.errors import AuthError, PermanentError, SyncError, ThrottledError, TransientError
@@ -65,7 +68,8 @@ def error_for(status: int, headers: dict[str, str], body: Any) -> SyncError | No
 class GraphClient:
     def __init__(self, base_url: str) -> None:
         self.base_url = base_url.rstrip("/")
-        self._session = None
+        self._origin = _origin(self.base_url)
+        self._session: Any = None
         self._lock = threading.Lock()
 
     @property
@@ -94,7 +98,12 @@ class GraphClient:
         """One request; ``path`` is relative to the v1.0 base, or a full nextLink/deltaLink URL."""
         import requests
 
-        url = path if path.startswith("https://") else f"{self.base_url}/{path.lstrip('/')}"
+        if "://" in path[:16]:
+            if _origin(path) != self._origin:
+                raise PermanentError(f"Graph {method}: a link off the Graph host was not followed", code="foreign_link")
+            url = path
+        else:
+            url = f"{self.base_url}/{path.lstrip('/')}"
         sent = {"Authorization": f"Bearer {token}", "Accept": "application/json", **(headers or {})}
         try:
             answer = self.session.request(
@@ -120,6 +129,15 @@ class GraphClient:
                 int(item.get("status", 0)), dict(item.get("headers") or {}), item.get("body")
             )
         return answers
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    parts = urlsplit(url)
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else None)
+    except ValueError:
+        return ("", "", None)
+    return (parts.scheme.lower(), (parts.hostname or "").lower(), port)
 
 
 def _json(answer: Any) -> Any:

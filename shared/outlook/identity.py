@@ -144,8 +144,14 @@ class Identity:
                 table.upsert_entity(entity, mode=UpdateMode.REPLACE)
 
     def forget(self, tenant: str, user: str) -> None:
-        with tables.storage_errors("wiping the token cache"):
-            self.storage.table(tables.TOKENS).delete_entity(tables.key(tenant), tables.key(user))
+        """Delete the user's token cache; no row is fine."""
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:
+            with tables.storage_errors("wiping the token cache"):
+                self.storage.table(tables.TOKENS).delete_entity(tables.key(tenant), tables.key(user))
+        except ResourceNotFoundError:
+            pass
 
     def refreshed_at(self, tenant: str, user: str) -> datetime | None:
         row = self._load_row(tenant, user)

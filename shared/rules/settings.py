@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import math
 import os
+import re
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cache
@@ -31,6 +34,7 @@ SETTING_NAMES: tuple[str, ...] = (
     "GRAPH_API_BASE",
     "PUBLIC_BASE_URL",
     "CRM_SHARED_SECRET",
+    "CRM_CALLBACK_SECRET",
     "CRM_CALLBACK_URL",
     "CRM_RETURN_ORIGINS",
     "TOKEN_ENCRYPTION_KEYS",
@@ -38,6 +42,9 @@ SETTING_NAMES: tuple[str, ...] = (
     "SYNC_WINDOW_FUTURE_DAYS",
     "COMPLETED_ACTIVITIES",
 )
+MIN_SECRET_CHARS = 32
+MIN_SECRET_BITS = 80  # estimated from the characters' frequencies; secrets.token_hex(32) gives ~240
+KEY_ID = re.compile(r"[A-Za-z0-9_-]{1,32}")  # a key id is one field of the v1.<kid>.<nonce>.<data> blob
 STORAGE_IDENTITY_SUFFIXES = ("accountName", "queueServiceUri", "tableServiceUri", "credential", "clientId")
 # What App Service leaves in a setting when it cannot resolve a Key Vault reference (identity or role
 # not effective yet): the reference text itself, which must never be used as the value.
@@ -65,7 +72,8 @@ class Settings:
     ms_authority_host: str
     graph_api_base: str
     public_base_url: str
-    crm_shared_secrets: tuple[str, ...]  # first signs, any verifies (rotation)
+    crm_shared_secrets: tuple[str, ...]  # the CRM's requests to us: any verifies (rotation)
+    crm_callback_secrets: tuple[str, ...]  # our callbacks to the CRM: the first signs (rotation)
     crm_callback_url: str
     crm_return_origins: frozenset[str]
     token_encryption_keys: tuple[tuple[str, bytes], ...]  # (key id, 32-byte key); first encrypts
@@ -96,6 +104,13 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
     """Read and validate every setting; raise SettingsError naming the first bad one."""
     env = os.environ if environ is None else environ
     read = _Reader(env)
+    request_secrets = tuple(read.secrets("CRM_SHARED_SECRET"))
+    callback_secrets = tuple(read.secrets("CRM_CALLBACK_SECRET"))
+    if set(request_secrets) & set(callback_secrets):
+        raise SettingsError(
+            "Setting CRM_CALLBACK_SECRET is malformed: it must differ from every CRM_SHARED_SECRET, so whoever "
+            "verifies callbacks cannot sign requests."
+        )
     return Settings(
         storage=storage_settings(env),
         ms_client_id=read.required("MS_CLIENT_ID"),
@@ -104,7 +119,8 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         ms_authority_host=read.url("MS_AUTHORITY_HOST", "https://login.microsoftonline.com", https=True),
         graph_api_base=read.url("GRAPH_API_BASE", "https://graph.microsoft.com/v1.0", https=True),
         public_base_url=read.url("PUBLIC_BASE_URL"),
-        crm_shared_secrets=tuple(read.listed("CRM_SHARED_SECRET")),
+        crm_shared_secrets=request_secrets,
+        crm_callback_secrets=callback_secrets,
         crm_callback_url=read.url("CRM_CALLBACK_URL"),
         crm_return_origins=frozenset(
             _origin(o, "CRM_RETURN_ORIGINS") for o in read.listed("CRM_RETURN_ORIGINS")
@@ -142,6 +158,17 @@ class _Reader:
         items = [item.strip() for item in self.required(name).split(",") if item.strip()]
         if not items:
             raise SettingsError(f"Setting {name} is empty; give one or more comma-separated values.")
+        return items
+
+    def secrets(self, name: str) -> list[str]:
+        """Comma-separated signing secrets (rotation), each long and varied enough to resist guessing."""
+        items = self.listed(name)
+        for position, item in enumerate(items, 1):
+            if len(item) < MIN_SECRET_CHARS or estimated_bits(item) < MIN_SECRET_BITS or _repeats(item):
+                raise SettingsError(
+                    f"Setting {name} is too weak (item {position}): use at least {MIN_SECRET_CHARS} random "
+                    "characters, e.g. python -c 'import secrets; print(secrets.token_hex(32))'."
+                )
         return items
 
     def url(self, name: str, default: str | None = None, *, https: bool = False) -> str:
@@ -213,6 +240,22 @@ def _origin(value: str, name: str) -> str:
     return f"{parts.scheme}://{parts.netloc}".lower()
 
 
+def estimated_bits(secret: str) -> float:
+    """A rough entropy estimate: length times the Shannon entropy of the secret's own characters.
+    It only catches the obviously weak (repeated or few characters); it cannot prove randomness."""
+    counts = Counter(secret)
+    per_char = -sum(n / len(secret) * math.log2(n / len(secret)) for n in counts.values())
+    return per_char * len(secret)
+
+
+def _repeats(secret: str) -> bool:
+    """Made of one block said again ("abcdabcd..."): far weaker than its length suggests."""
+    return any(
+        len(secret) % size == 0 and secret == secret[:size] * (len(secret) // size)
+        for size in range(1, len(secret) // 2 + 1)
+    )
+
+
 def parse_encryption_keys(raw: str) -> tuple[tuple[str, bytes], ...]:
     """``kid:base64key[,kid:base64key...]``, 32-byte AES-256 keys; the first one encrypts."""
     keys: list[tuple[str, bytes]] = []
@@ -222,10 +265,10 @@ def parse_encryption_keys(raw: str) -> tuple[tuple[str, bytes], ...]:
             key = base64.b64decode(encoded, validate=True) if sep else b""
         except (binascii.Error, ValueError):
             key = b""
-        if not kid or len(key) != 32 or any(k == kid for k, _ in keys):
+        if not KEY_ID.fullmatch(kid) or len(key) != 32 or any(k == kid for k, _ in keys):
             raise SettingsError(
                 "Setting TOKEN_ENCRYPTION_KEYS is malformed: expected 'keyid:<base64 of 32 bytes>' items, "
-                "comma-separated, with unique key ids."
+                "comma-separated, with unique key ids of 1 to 32 characters A-Z a-z 0-9 _ -."
             )
         keys.append((kid, key))
     return tuple(keys)

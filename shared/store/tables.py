@@ -35,6 +35,7 @@ MAILBOX_SYNC, RECONCILE_PENDING = (
     "MailboxSync",
     "ReconcilePending",
 )  # reconcile: delta state + lease, coalescing
+REQUEST_IDS = "RequestIds"  # replay protection of signed calls (shared/store/request_ids.py)
 TABLE_NAMES = (
     CONNECTIONS,
     TOKENS,
@@ -48,6 +49,7 @@ TABLE_NAMES = (
     ACTIVITY_TYPES,
     MAILBOX_SYNC,
     RECONCILE_PENDING,
+    REQUEST_IDS,
 )
 
 _FORBIDDEN = re.compile(r"[%/\\#?\x00-\x1f\x7f-\x9f]")

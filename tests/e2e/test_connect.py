@@ -128,6 +128,7 @@ def test_the_token_cache_is_ciphertext_at_rest(stack: Stack, ana: dict) -> None:
         *tokens,
         stack.secrets["MS_CLIENT_SECRET"],
         stack.secrets["CRM_SHARED_SECRET"],
+        stack.secrets["CRM_CALLBACK_SECRET"],
         "refresh_token",
     ]:
         assert secret not in everything

@@ -131,7 +131,7 @@ def console_stack(start_host, emulator, test_secrets: dict[str, str]) -> Iterato
             "--mailbox-time-zone",
             "Romance Standard Time",
         ],
-        {"CRM_SHARED_SECRET": test_secrets["CRM_SHARED_SECRET"]},
+        {name: test_secrets[name] for name in ("CRM_SHARED_SECRET", "CRM_CALLBACK_SECRET")},
     ).start()
     try:
         host = start_host(

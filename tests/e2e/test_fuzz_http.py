@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from collections import Counter
 from pathlib import Path
 
@@ -55,7 +56,8 @@ def test_schemathesis_requests_never_get_a_5xx_and_every_4xx_names_the_problem(s
                 body = json.dumps(kwargs["json"]).encode()
             elif isinstance(body, str):
                 body = body.encode()
-            headers = {k: v for k, v in kwargs["headers"].items() if k != crm_signature.HEADER}
+            signing = (crm_signature.HEADER.lower(), crm_signature.REQUEST_ID_HEADER.lower())
+            headers = {k: v for k, v in kwargs["headers"].items() if k.lower() not in signing}
             prepared = requests.Request(
                 kwargs["method"],
                 kwargs["url"],
@@ -65,18 +67,20 @@ def test_schemathesis_requests_never_get_a_5xx_and_every_4xx_names_the_problem(s
             ).prepare()
             raw = prepared.body or b""
             raw = raw.encode() if isinstance(raw, str) else raw
-            now = time.time()
+            now, rid = time.time(), uuid.uuid4().hex
+            if mode != "unsigned":
+                prepared.headers[crm_signature.REQUEST_ID_HEADER] = rid
             if mode == "signed":
                 prepared.headers[crm_signature.HEADER] = crm_signature.sign(
-                    secret, prepared.method, prepared.path_url, raw, now
+                    secret, prepared.method, prepared.path_url, raw, now, rid
                 )
             elif mode == "wrong":
                 prepared.headers[crm_signature.HEADER] = crm_signature.sign(
-                    "not-" + secret, prepared.method, prepared.path_url, raw, now
+                    "not-" + secret, prepared.method, prepared.path_url, raw, now, rid
                 )
             elif mode == "stale":
                 prepared.headers[crm_signature.HEADER] = crm_signature.sign(
-                    secret, prepared.method, prepared.path_url, raw, now - 400
+                    secret, prepared.method, prepared.path_url, raw, now - 400, rid
                 )
             answer = session.send(prepared, timeout=60, allow_redirects=False)
             seen[(operation.path, mode, answer.status_code)] += 1

@@ -13,7 +13,9 @@ import re
 import ssl
 import subprocess
 import sys
+import time
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import parse_qs, quote, urlsplit
@@ -21,7 +23,7 @@ from urllib.parse import parse_qs, quote, urlsplit
 import pytest
 import requests
 
-from shared.rules import queues
+from shared.rules import crm_signature, queues
 from shared.rules.event_render import parse_property_value
 from shared.store import tables
 from tests.conftest import Stack, wait_until
@@ -33,11 +35,13 @@ from tests.e2e.push.conftest import (
     envelope,
     ours,
     property_of,
+    reconnect,
     send,
     synced,
     upsert,
     user_path,
 )
+from tests.support.crm import SignedClient
 from tests.support.sign_in import SignInAnswer, at_microsoft
 
 pytestmark = pytest.mark.e2e
@@ -76,6 +80,7 @@ def test_tokens_are_encrypted_at_rest_and_nothing_secret_is_logged(stack: Stack)
     secret_values = {
         "MS_CLIENT_SECRET": stack.secrets["MS_CLIENT_SECRET"],
         "CRM_SHARED_SECRET": stack.secrets["CRM_SHARED_SECRET"],
+        "CRM_CALLBACK_SECRET": stack.secrets["CRM_CALLBACK_SECRET"],
         "TOKEN_ENCRYPTION_KEYS": stack.secrets["TOKEN_ENCRYPTION_KEYS"].split(":", 1)[1],
         "clientState": subscription["clientState"],
     }
@@ -173,15 +178,17 @@ def test_oauth_state_is_single_use_expires_and_uses_pkce_and_return_urls_are_all
     again = callback.deliver()  # the same state, replayed
     assert again.status_code == 400 and "Location" not in again.headers  # unknown state: no redirect
 
-    # A flow older than 10 minutes: age its stored row, as time would.
+    # A stored flow whose expiry (or user, tenant, return URL) was changed in storage is refused:
+    # those fields are bound to its ciphertext (issue 23). Expiry itself: tests/unit/test_security_review.py.
     second = _start(stack, tenant, "user-2", upn).json()
     state = parse_qs(urlsplit(second["authorization_url"]).query)["state"][0]
     flows = stack.storage.table(tables.OAUTH_FLOWS)
     row = flows.get_entity(tables.key(state), "")
-    row["expires_at"] = datetime.now(UTC) - timedelta(seconds=1)
+    row["expires_at"] = datetime.now(UTC) + timedelta(days=1)
+    row["user"] = "user-1"
     flows.update_entity(row)
-    late = _at_microsoft(stack, second["authorization_url"]).deliver()
-    assert "calendar_sync=error" in late.headers["Location"] and "reason=expired" in late.headers["Location"]
+    tampered = _at_microsoft(stack, second["authorization_url"]).deliver()
+    assert tampered.status_code == 400 and "Location" not in tampered.headers
 
 
 def _connect_as(stack: Stack, tenant: str, user: str) -> CrmUser:
@@ -288,3 +295,67 @@ def test_pinned_requirements_have_no_known_vulnerabilities() -> None:
     assert vulnerable == {}, vulnerable
     assert skipped == [], f"not audited: {skipped}"
     assert audit.returncode == 0, audit.stderr[-2000:]
+
+
+# --- issue 23 ---------------------------------------------------------------------------------------
+
+
+def _replayable(stack: Stack, method: str, path: str, body: dict | None) -> Callable[[], requests.Response]:
+    """One signed request, captured: calling the result sends the very same bytes and headers again."""
+    data = b"" if body is None else json.dumps(body).encode()
+    rid = uuid.uuid4().hex
+    signature = crm_signature.sign(stack.secrets["CRM_SHARED_SECRET"], method, path, data, time.time(), rid)
+    headers = {crm_signature.HEADER: signature, crm_signature.REQUEST_ID_HEADER: rid}
+    return lambda: requests.request(method, stack.url + path, data=data, headers=headers, timeout=60)
+
+
+def test_a_replayed_signed_connect_or_disconnect_is_refused_and_changes_nothing(stack: Stack) -> None:
+    ana = connect_user(stack)
+    connect_again = _replayable(
+        stack, "POST", user_path(ana.tenant, ana.user, "connect"),
+        {"return_url": RETURN_URL, "time_zone": "UTC", "locale": "es"},
+    )
+    assert connect_again().status_code == 200
+    flows_before = list(stack.storage.table(tables.OAUTH_FLOWS).list_entities())
+    replayed = connect_again()
+    assert replayed.status_code == 409 and replayed.json()["error"] == "replayed_request"
+    assert list(stack.storage.table(tables.OAUTH_FLOWS).list_entities()) == flows_before  # no new sign-in link
+
+    disconnect = _replayable(stack, "POST", user_path(ana.tenant, ana.user, "disconnect"), {"remove_events": "all"})
+    assert disconnect().status_code == 200
+    reconnect(stack, ana.tenant, ana.user, ana.upn)
+    assert disconnect().status_code == 409  # the captured "Remove sync" cannot undo the new connection
+    assert stack.crm.get(user_path(ana.tenant, ana.user, "status")).json()["state"] == "connected"
+
+
+def test_the_key_that_verifies_callbacks_cannot_sign_a_request(stack: Stack) -> None:
+    ana = connect_user(stack)
+    stack.callbacks.wait_for("connection.connected")
+    assert stack.callbacks.rejected == 0  # callbacks verify with the receiver's key ...
+    forger = SignedClient(stack.url, stack.callbacks.secret)
+    answer = forger.post(user_path(ana.tenant, ana.user, "disconnect"), {"remove_events": "all"})
+    assert answer.status_code == 401  # ... which signs no request
+    assert stack.crm.get(user_path(ana.tenant, ana.user, "status")).json()["state"] == "connected"
+
+
+def test_two_spellings_of_an_id_cannot_name_one_crm_user(stack: Stack) -> None:
+    """'/' in an id is sent as %2F; an encoded '%' (%25) is refused, so
+    "a%252Fb" (a literal "a%2Fb") cannot reach the user "a/b"."""
+    tenant = f"tenant-{uuid.uuid4().hex[:6]}"
+    slash = stack.crm.get(f"/api/tenants/{tenant}/users/a%2Fb/status")
+    assert slash.status_code == 200 and slash.json()["user_id"] == "a/b"
+    for spelling in ("a%252Fb", "a%25b", "a%252fb"):
+        refused = stack.crm.get(f"/api/tenants/{tenant}/users/{spelling}/status")
+        assert refused.status_code == 400 and refused.json()["fields"][0]["field"] == "user", spelling
+    refused = stack.crm.get("/api/tenants/t%252F1/users/a%2Fb/status")
+    assert refused.status_code == 400 and refused.json()["fields"][0]["field"] == "tenant"
+
+
+def test_graph_endpoints_refuse_what_graph_never_sends(stack: Stack) -> None:
+    for path in ("/api/graph/notifications", "/api/graph/lifecycle"):
+        long = requests.post(f"{stack.url}{path}?validationToken={'A' * 1025}", timeout=30)
+        assert long.status_code == 400 and "A" * 1025 not in long.text
+        too_many = {"value": [{"subscriptionId": "x", "clientState": "y"}] * 201}
+        assert requests.post(f"{stack.url}{path}", json=too_many, timeout=30).status_code == 413
+        huge = b'{"value": [' + b'{"subscriptionId": "x"},' * 20_000 + b'{}]}'
+        assert requests.post(f"{stack.url}{path}", data=huge, timeout=60).status_code == 413

@@ -7,7 +7,10 @@ with a bad field, bad and stale signatures, unknown users and subscriptions. Eve
 4xx (never a 5xx or an exception) that names the problem - JSON ``{error, message}``, plus
 ``fields`` for a 400 of validation - or Graph's documented 202 / text/plain 400; and the stored
 state (every table's rows, every queue's depth) is the same afterwards. Valid requests replayed
-(the same signed bytes) are answered ``duplicate`` and change nothing either.
+(the same signed bytes, so the same ``X-Request-Id``) are refused with 409 and change nothing
+either; the same event under a new request id is answered ``duplicate``. A signed request's id is
+remembered (``RequestIds``) even when its body is refused, so that table is left out of the
+before/after comparison.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import copy
 import json
 import time
+import uuid
 import zoneinfo
 from collections import Counter
 from collections.abc import Iterator
@@ -86,6 +90,8 @@ def deps(azurite: Azurite, test_secrets: dict[str, str]) -> Iterator[services.Se
 def snapshot(storage: Any) -> dict[str, Any]:
     state: dict[str, Any] = {}
     for name in tables.TABLE_NAMES:
+        if name == tables.REQUEST_IDS:
+            continue  # every signed request's id is remembered, whatever its body
         rows = storage.table(name).list_entities()
         state[name] = sorted(json.dumps({k: str(v) for k, v in row.items()}, sort_keys=True) for row in rows)
     for name in queues.QUEUE_NAMES:
@@ -114,12 +120,16 @@ def request(
     route: dict[str, str] | None = None,
     params: dict[str, str] | None = None,
     when: float | None = None,
+    request_id: str | None = None,
 ) -> func.HttpRequest:
-    headers = {"Content-Type": "application/json"}
+    request_id = request_id or uuid.uuid4().hex
+    headers = {"Content-Type": "application/json", crm_signature.REQUEST_ID_HEADER: request_id}
     if signature is not None:
         headers[crm_signature.HEADER] = signature
     elif secret:
-        headers[crm_signature.HEADER] = crm_signature.sign(secret, method, path, body, when or time.time())
+        headers[crm_signature.HEADER] = crm_signature.sign(
+            secret, method, path, body, when or time.time(), request_id
+        )
     return func.HttpRequest(
         method=method,
         url=BASE_URL + path,
@@ -275,36 +285,37 @@ def test_bad_crm_events_get_a_4xx_that_names_the_problem(deps, unchanged, body: 
         st.just(""),
         TEXTS,
         st.builds(
-            lambda t, h: f"t={t},v1={h}",
+            lambda t, h: f"t={t},v2={h}",
             st.integers(0, 2**40),
             st.text("0123456789abcdef", min_size=64, max_size=64),
         ),
         st.integers(301, 10**6).map(lambda age: ("stale", age)),
         st.integers(301, 10**6).map(lambda ahead: ("future", ahead)),
-        st.sampled_from(["other-body", "other-path", "other-method", "other-secret"]),
+        st.sampled_from(["other-body", "other-path", "other-method", "other-secret", "other-request-id"]),
     ),
     body=st.one_of(bad_envelopes(), st.just(json.dumps(base_envelope()).encode())),
 )
 def test_bad_signatures_get_401_and_change_nothing(deps, unchanged, header: Any, body: bytes) -> None:
     """Even a valid event (that would be queued) is refused without the right signature."""
     secret = deps.settings.crm_shared_secrets[0]
-    now = time.time()
+    now, rid = time.time(), uuid.uuid4().hex
     if isinstance(header, tuple):
         kind, seconds = header
         signed = crm_signature.sign(
-            secret, "POST", EVENTS, body, now - seconds if kind == "stale" else now + seconds
+            secret, "POST", EVENTS, body, now - seconds if kind == "stale" else now + seconds, rid
         )
-    elif header in ("other-body", "other-path", "other-method", "other-secret"):
+    elif header in ("other-body", "other-path", "other-method", "other-secret", "other-request-id"):
         signed = crm_signature.sign(
             "not-the-secret" if header == "other-secret" else secret,
             "GET" if header == "other-method" else "POST",
             "/api/crm/events?x=1" if header == "other-path" else EVENTS,
             body + b" " if header == "other-body" else body,
             now,
+            rid + "0" if header == "other-request-id" else rid,
         )
     else:
         signed = header
-    answer = CRM_EVENTS(request("POST", EVENTS, body, secret=None, signature=signed))
+    answer = CRM_EVENTS(request("POST", EVENTS, body, secret=None, signature=signed, request_id=rid))
     assert answer.status_code == 401
     assert assert_names_the_problem(answer, "crm_events: bad signature")["error"] == "invalid_signature"
 
@@ -458,6 +469,15 @@ def test_validation_tokens_are_echoed_as_plain_text_only(deps, unchanged, token:
     assert answer.headers.get("X-Content-Type-Options") == "nosniff"
 
 
+@settings(FUZZ, max_examples=50)
+@given(token=st.text(min_size=1025, max_size=5000))
+def test_overlong_validation_tokens_are_not_echoed(deps, unchanged, token: str) -> None:
+    answer = NOTIFICATIONS(
+        request("POST", "/api/graph/notifications", b"", secret=None, params={"validationToken": token})
+    )
+    assert answer.status_code == 400 and token.encode() not in answer.get_body()
+
+
 def test_a_replayed_signed_event_is_a_duplicate_and_changes_nothing(deps) -> None:
     secret = deps.settings.crm_shared_secrets[0]
     body = base_envelope()
@@ -467,11 +487,15 @@ def test_a_replayed_signed_event_is_a_duplicate_and_changes_nothing(deps) -> Non
     first = request("POST", EVENTS, raw, secret=secret)
     assert json.loads(CRM_EVENTS(first).get_body())["status"] == "accepted"
     before = snapshot(deps.storage)
+    replayed_ids = list(deps.storage.table(tables.REQUEST_IDS).list_entities())
     for _ in range(50):  # the very same signed bytes, as an attacker who captured them would send
         again = CRM_EVENTS(first)
         COUNTS["crm_events: replay"] += 1
-        assert again.status_code == 202 and json.loads(again.get_body())["status"] == "duplicate"
+        assert again.status_code == 409 and json.loads(again.get_body())["error"] == "replayed_request"
+    retried = CRM_EVENTS(request("POST", EVENTS, raw, secret=secret))  # the CRM's retry: a new request id
+    assert retried.status_code == 202 and json.loads(retried.get_body())["status"] == "duplicate"
     assert snapshot(deps.storage) == before
+    assert len(list(deps.storage.table(tables.REQUEST_IDS).list_entities())) == len(replayed_ids) + 1
     stale = request("POST", EVENTS, raw, secret=secret, when=time.time() - 301)
     assert CRM_EVENTS(stale).status_code == 401  # a replay after the 300 s window is refused
     # Undo the one accepted event (no host runs here), so the module's state check still holds.

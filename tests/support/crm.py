@@ -1,11 +1,13 @@
-"""The CRM's side in tests: a client that signs its calls to the service, and a receiver that
-checks the signature of every callback the service sends and keeps them for assertions."""
+"""The CRM's side in tests: a client that signs its calls to the service (``CRM_SHARED_SECRET``, a
+new ``X-Request-Id`` per call), and a receiver that checks the signature of every callback the
+service sends (``CRM_CALLBACK_SECRET``) and keeps them for assertions."""
 
 from __future__ import annotations
 
 import json
 import threading
 import time
+import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import urlsplit
@@ -30,14 +32,20 @@ class SignedClient:
         raw: bytes | None = None,
         signature: str | None = None,
         timestamp: float | None = None,
+        request_id: str | None = None,
     ) -> requests.Response:
         data = raw if raw is not None else (b"" if body is None else json.dumps(body).encode())
         target = urlsplit(self.base_url + path)
         signed_path = target.path + (f"?{target.query}" if target.query else "")
+        request_id = request_id or uuid.uuid4().hex
         header = signature or crm_signature.sign(
-            self.secret, method, signed_path, data, timestamp or time.time()
+            self.secret, method, signed_path, data, timestamp or time.time(), request_id
         )
-        headers = {crm_signature.HEADER: header, "Content-Type": "application/json"}
+        headers = {
+            crm_signature.HEADER: header,
+            crm_signature.REQUEST_ID_HEADER: request_id,
+            "Content-Type": "application/json",
+        }
         return self.session.request(
             method, self.base_url + path, data=data, headers=headers, timeout=60, allow_redirects=False
         )
@@ -71,6 +79,7 @@ class CallbackReceiver:
                         self.path,
                         body,
                         time.time(),
+                        self.headers.get(crm_signature.REQUEST_ID_HEADER),
                     )
                 except crm_signature.SignatureError:
                     receiver.rejected += 1

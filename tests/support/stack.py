@@ -55,7 +55,7 @@ def launch_stack(azurite: Azurite, emulator: Any, secrets: dict[str, str], **env
         redirect_uris=[f"http://127.0.0.1:{port}/api/auth/callback"],
         display_name="crm-outlook-sync (tests)",
     )
-    receiver = CallbackReceiver(secrets["CRM_SHARED_SECRET"])
+    receiver = CallbackReceiver(secrets["CRM_CALLBACK_SECRET"])
     settings = service_environment(
         storage_connection_string=azurite.connection_string,
         host_port=port,

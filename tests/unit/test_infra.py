@@ -38,7 +38,7 @@ PLATFORM_SETTINGS = {
     # ... and how they authenticate: Entra ID with the user-assigned identity.
     "APPLICATIONINSIGHTS_AUTHENTICATION_STRING": "telemetry auth via the managed identity",
 }
-SECRET_SETTINGS = {"MS_CLIENT_SECRET", "CRM_SHARED_SECRET", "TOKEN_ENCRYPTION_KEYS"}
+SECRET_SETTINGS = {"MS_CLIENT_SECRET", "CRM_SHARED_SECRET", "CRM_CALLBACK_SECRET", "TOKEN_ENCRYPTION_KEYS"}
 WORK_QUEUES = {"activity-sync", "mailbox-reconcile", "crm-callbacks", "activity-backfill"}
 TABLES_AT_LEAST = {"Connections", "Links", "OAuthFlows", "Dedup", "Jobs"}
 ROLE_IDS = {
@@ -106,7 +106,8 @@ def minimal_environment() -> dict[str, str]:
         "MS_CLIENT_ID": "client",
         "MS_CLIENT_SECRET": "secret",
         "PUBLIC_BASE_URL": "https://func.example.net",
-        "CRM_SHARED_SECRET": "s",
+        "CRM_SHARED_SECRET": "9f2c4e7a1b3d5f6e8a0c2e4f6a8b0d1e",
+        "CRM_CALLBACK_SECRET": "Zq4-Tm8_wX2yB6nR0vK3pL7sD1fH5gJ9",
         "CRM_CALLBACK_URL": "https://crm.example.com/hooks",
         "CRM_RETURN_ORIGINS": "https://crm.example.com",
         "TOKEN_ENCRYPTION_KEYS": "k1:" + "A" * 43 + "=",

@@ -7,12 +7,15 @@ import pytest
 from shared.rules.settings import SettingsError, load
 
 KEY = base64.b64encode(bytes(32)).decode()
+S1, S2 = "9f2c4e7a1b3d5f6e8a0c2e4f6a8b0d1e", "Zq4-Tm8_wX2yB6nR0vK3pL7sD1fH5gJ9"
+CALLBACK = "c0ffee5e1f2a3b4c5d6e7f8091a2b3c4d5e6f708"
 VALID = {
     "AzureWebJobsStorage": "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey=x;",
     "MS_CLIENT_ID": "client",
     "MS_CLIENT_SECRET": "secret",
     "PUBLIC_BASE_URL": "https://sync.example.com/",
-    "CRM_SHARED_SECRET": "s1, s2",
+    "CRM_SHARED_SECRET": f"{S1}, {S2}",
+    "CRM_CALLBACK_SECRET": CALLBACK,
     "CRM_CALLBACK_URL": "https://crm.example.com/hooks/calendar",
     "CRM_RETURN_ORIGINS": "https://crm.example.com,https://App.Example.com:8443",
     "TOKEN_ENCRYPTION_KEYS": f"new:{KEY},old:{base64.b64encode(b'1' * 32).decode()}",
@@ -28,7 +31,8 @@ def test_valid_settings_with_defaults() -> None:
     assert settings.authority_is_microsoft
     assert settings.graph_api_base == "https://graph.microsoft.com/v1.0"
     assert settings.redirect_uri == "https://sync.example.com/api/auth/callback"
-    assert settings.crm_shared_secrets == ("s1", "s2")
+    assert settings.crm_shared_secrets == (S1, S2)
+    assert settings.crm_callback_secrets == (CALLBACK,)
     assert settings.crm_return_origins == {"https://crm.example.com", "https://app.example.com:8443"}
     assert [kid for kid, _ in settings.token_encryption_keys] == ["new", "old"]
     assert settings.sync_window_past_days == 30
@@ -61,6 +65,14 @@ def test_an_emulator_authority_turns_instance_discovery_off() -> None:
     [
         ("MS_CLIENT_ID", None, "MS_CLIENT_ID is missing"),
         ("CRM_SHARED_SECRET", " ", "CRM_SHARED_SECRET is missing"),
+        ("CRM_CALLBACK_SECRET", None, "CRM_CALLBACK_SECRET is missing"),
+        ("CRM_SHARED_SECRET", "s1", "CRM_SHARED_SECRET is too weak"),
+        ("CRM_SHARED_SECRET", f"{S1},short", r"CRM_SHARED_SECRET is too weak \(item 2\)"),
+        ("CRM_SHARED_SECRET", "a" * 64, "CRM_SHARED_SECRET is too weak"),
+        ("CRM_SHARED_SECRET", "abcdefgh" * 4, "CRM_SHARED_SECRET is too weak"),
+        ("CRM_CALLBACK_SECRET", "password" * 4, "CRM_CALLBACK_SECRET is too weak"),
+        ("CRM_CALLBACK_SECRET", f"{CALLBACK},{S2}", "CRM_CALLBACK_SECRET is malformed: it must differ"),
+        ("TOKEN_ENCRYPTION_KEYS", f"k.1:{KEY}", "TOKEN_ENCRYPTION_KEYS is malformed"),
         ("AzureWebJobsStorage", None, "AzureWebJobsStorage is missing"),
         ("AzureWebJobsStorage", "nonsense", "AzureWebJobsStorage is malformed"),
         ("PUBLIC_BASE_URL", "sync.example.com", "PUBLIC_BASE_URL is malformed"),
@@ -88,7 +100,8 @@ def test_each_bad_setting_is_named(name: str, value: str | None, says: str) -> N
 
 @pytest.mark.parametrize(
     "name",
-    ["MS_CLIENT_SECRET", "CRM_SHARED_SECRET", "TOKEN_ENCRYPTION_KEYS", "MS_CLIENT_ID", "SYNC_WINDOW_PAST_DAYS",
+    ["MS_CLIENT_SECRET", "CRM_SHARED_SECRET", "CRM_CALLBACK_SECRET", "TOKEN_ENCRYPTION_KEYS", "MS_CLIENT_ID",
+     "SYNC_WINDOW_PAST_DAYS",
      "AzureWebJobsStorage"],
 )
 def test_an_unresolved_key_vault_reference_is_refused_not_used(name: str) -> None:
@@ -99,3 +112,10 @@ def test_an_unresolved_key_vault_reference_is_refused_not_used(name: str) -> Non
     with pytest.raises(SettingsError, match=f"{name} is an unresolved Key Vault reference") as refused:
         load(VALID | {name: reference})
     assert "kv-sync" not in str(refused.value)
+
+
+def test_generated_secrets_are_strong_enough() -> None:
+    import secrets
+
+    for _ in range(200):
+        load(VALID | {"CRM_SHARED_SECRET": secrets.token_hex(16), "CRM_CALLBACK_SECRET": secrets.token_urlsafe(24)})

@@ -242,10 +242,11 @@ def test_bad_inputs_get_the_documented_4xx_and_change_nothing(stack: Stack, ana:
         check("POST", EVENTS_PATH, answer)
         return answer
 
-    assert post(signature="t=1,v1=" + "0" * 64).status_code == 401
+    assert post(signature="t=1,v2=" + "0" * 64).status_code == 401
     assert post(timestamp=time.time() - 301).status_code == 401  # stale
-    tampered = crm_signature.sign(stack.secrets["CRM_SHARED_SECRET"], "POST", EVENTS_PATH, b"{}", time.time())
-    assert post(signature=tampered).status_code == 401
+    rid = "tampered-0123456789"
+    tampered = crm_signature.sign(stack.secrets["CRM_SHARED_SECRET"], "POST", EVENTS_PATH, b"{}", time.time(), rid)
+    assert post(signature=tampered, request_id=rid).status_code == 401
     assert post(raw=b'{"id": ').status_code == 400
     assert post(raw=b" " * (1024 * 1024 + 1)).status_code == 413
 
