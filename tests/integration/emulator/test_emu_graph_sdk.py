@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import ssl
 import urllib.request
 from datetime import datetime, timedelta
 from urllib.parse import quote
@@ -76,7 +77,7 @@ def sdk(emu, app, user):
     def run(fn):
         async def main():
             http = GraphClientFactory.create_with_default_middleware(
-                client=httpx.AsyncClient(verify=emu.ca_path, timeout=15), options=SDK_OPTIONS)
+                client=httpx.AsyncClient(verify=ssl.create_default_context(cafile=str(emu.ca_path)), timeout=15), options=SDK_OPTIONS)
             adapter = GraphRequestAdapter(BaseBearerTokenAuthenticationProvider(_StaticToken(token)), client=http)
             adapter.base_url = emu.graph_base
             try:
