@@ -28,6 +28,7 @@ var tableNames = [
   'ActivityTypes'
   'MailboxSync'
   'ReconcilePending'
+  'TenantSettings'
 ]
 
 param name string

@@ -35,6 +35,7 @@ MAILBOX_SYNC, RECONCILE_PENDING = (
     "MailboxSync",
     "ReconcilePending",
 )  # reconcile: delta state + lease, coalescing
+TENANT_SETTINGS = "TenantSettings"  # one row per tenant: the settings document (shared/store/tenant_settings.py)
 TABLE_NAMES = (
     CONNECTIONS,
     TOKENS,
@@ -48,6 +49,7 @@ TABLE_NAMES = (
     ACTIVITY_TYPES,
     MAILBOX_SYNC,
     RECONCILE_PENDING,
+    TENANT_SETTINGS,
 )
 
 _FORBIDDEN = re.compile(r"[%/\\#?\x00-\x1f\x7f-\x9f]")
