@@ -68,6 +68,7 @@ class MailboxGraph(Protocol):
         json: Any = None,
         params: dict[str, str] | None = None,
         prefer: str | None = None,
+        if_match: str | None = None,
     ) -> GraphResponse: ...
 
 

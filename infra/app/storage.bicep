@@ -29,6 +29,7 @@ var tableNames = [
   'MailboxSync'
   'ReconcilePending'
   'RequestIds'
+  'TenantSettings'
 ]
 
 param name string

@@ -19,6 +19,8 @@ Routes (JSON unless said otherwise):
   can show the service's own error when there is one
 - ``GET /crm/api/outlook?date=YYYY-MM-DD&days=1|7``: the mailbox's events in that window, placed in
   the mailbox's time zone as Outlook shows them
+- ``GET /crm/api/settings``, ``POST /crm/api/settings`` ``{field_directions}``: the tenant's sync
+  settings, read and replaced through the signed ``GET``/``PUT /api/tenants/{tenant}/settings``
 """
 
 from __future__ import annotations
@@ -232,6 +234,15 @@ class Console:
             self.account = answer["body"].get("account") or self.account
         return answer
 
+    def settings_path(self) -> str:
+        return f"/api/tenants/{quote(self.config.tenant, safe='')}/settings"
+
+    def settings(self) -> dict[str, Any]:
+        return self.call_service("GET", self.settings_path())
+
+    def save_settings(self, body: dict[str, Any]) -> dict[str, Any]:
+        return self.call_service("PUT", self.settings_path(), body)
+
     def disconnect(self, remove_events: str) -> dict[str, Any]:
         return self.call_service("POST", self.user_path("disconnect"), {"remove_events": remove_events})
 
@@ -328,8 +339,16 @@ class Console:
         outcome: dict[str, dict[str, Any]] = {}
         disconnected = None
         backfilled: dict[str, dict[str, Any]] = {}  # job id -> its backfill.completed counts
+        edited: dict[str, dict[str, Any]] = {}  # activity id -> its last Outlook edit with changes
         for callback in callbacks:
             data = callback.get("data") or {}
+            if callback.get("type") == "activity.changed_in_outlook" and data.get("changes"):
+                edited[data.get("activity_id", "")] = {
+                    "fields": sorted(data["changes"]),
+                    "changes": data["changes"],
+                    "conflict": bool(data.get("conflict")),
+                    "changed_at": data.get("changed_at"),
+                }
             if callback.get("type") == "backfill.completed" and data.get("job_id"):
                 backfilled[data["job_id"]] = {"type": "backfill.completed", **data}
             elif callback.get("type", "").startswith("activity.") and data.get("activity_id"):
@@ -339,6 +358,7 @@ class Console:
             elif callback.get("type") == "connection.connected":
                 disconnected = None
         for activity in activities:
+            activity["outlook_edit"] = edited.get(activity["payload"]["id"])
             activity["outlook"] = (
                 outcome.get(activity["payload"]["id"])
                 or disconnected
@@ -574,6 +594,8 @@ class Handler(BaseHTTPRequestHandler):
             self._json(self.console.state())
         elif url.path == "/crm/api/status":
             self._json(self.console.status())
+        elif url.path == "/crm/api/settings":
+            self._json(self.console.settings())
         elif url.path == "/crm/api/outlook":
             try:
                 first = date.fromisoformat(query.get("date") or "")
@@ -635,6 +657,8 @@ class Handler(BaseHTTPRequestHandler):
             self._json(console.add_activity(body))
         elif url.path == "/crm/api/sync":
             self._json(console.sync())
+        elif url.path == "/crm/api/settings":
+            self._json(console.save_settings({"field_directions": body.get("field_directions") or {}}))
         elif url.path == "/crm/api/disconnect":
             choice = (
                 body.get("remove_events")

@@ -127,11 +127,60 @@ def _set_ext(ev: Event, pairs: list[tuple[str, str]]) -> None:
         ev.ext[pid] = value
 
 
+def check_if_match(ev: Event, if_match: str | None) -> None:
+    """`If-Match` on PATCH/DELETE: the item's etag (`W/"<changeKey>"`, the bare changeKey accepted too) or `*`;
+    anything else -> 412 ErrorIrresolvableConflict, Exchange's answer when the changeKey moved on
+    (seen in Graph logs, e.g. mguessan/davmail#491)."""
+    if not if_match or if_match.strip() == "*":
+        return
+    wanted = {v.strip().removeprefix("W/").strip('"') for v in if_match.split(",")}
+    if ev.change_key not in wanted:
+        raise _bad("ErrorIrresolvableConflict", "The send or update operation could not be performed because the "
+                                                "change key passed in the request does not match the current change "
+                                                "key for the item.", 412)
+
+
+# --- how Exchange stores an HTML body ------------------------------------------------------------------
+# Graph never returns the HTML it was given. Exchange wraps it in its own document (graph-facts-2 §7:
+# `<html>\r\n<head>\r\n<meta http-equiv="Content-Type" content="text/html; charset=utf-8">…`), and Outlook on
+# the web rewrites the markup: bare `<div>`/`<p>` become `elementToProof` elements with inline styles
+# (OfficeDev/office-js#5482), ids get an `x_` prefix (OfficeDev/office-js#828), line breaks and double spaces
+# come back as `<br>\r\n` and `&nbsp; `. The emulator does the same, idempotently, so a client that diffs
+# bodies byte for byte sees a change on every read-back, as it would against Outlook.
+OUTLOOK_HEAD = ('<html>\r\n<head>\r\n<meta http-equiv="Content-Type" content="text/html; charset=utf-8">\r\n'
+                '<style type="text/css" style="display:none">\r\n<!--\r\np\r\n\t{margin-top:0;\r\n'
+                '\tmargin-bottom:0}\r\n-->\r\n</style>\r\n</head>\r\n<body dir="ltr">\r\n')
+OUTLOOK_FONT = ("font-family: Aptos, Aptos_EmbeddedFont, Aptos_MSFontService, Calibri, Helvetica, sans-serif; "
+                "font-size: 12pt; color: rgb(0, 0, 0);")
+_BODY_INNER = re.compile(r"<body\b[^>]*>(?P<inner>.*)</body\s*>", re.I | re.S)
+
+
+def outlook_html(content: str) -> str:
+    found = _BODY_INNER.search(content)
+    inner = found.group("inner") if found else re.sub(r"(?is)</?html\b[^>]*>|<head\b.*?</head\s*>", "", content)
+    inner = re.sub(r"(?i)<div>", f'<div class="elementToProof" style="{OUTLOOK_FONT}">', inner)
+    inner = re.sub(r"(?i)<p>", f'<p class="elementToProof" style="{OUTLOOK_FONT}">', inner)
+    inner = re.sub(r'(?i)(<[a-z][^>]*\s)id="(?!x_)', r'\1id="x_', inner)
+    inner = re.sub(r"(?i)(<br\s*/?>)(?!\r\n)", "\\1\r\n", inner)
+    inner = re.sub(r"(?i)(</(?:p|div)>)(?!\r\n)", "\\1\r\n", inner)
+    inner = re.sub(r"(?<=\S)  (?=\S)", "&nbsp; ", inner)
+    return OUTLOOK_HEAD + inner.strip("\r\n") + "\r\n</body>\r\n</html>\r\n"
+
+
+def stored_body(body):
+    """The body as Exchange keeps it: HTML rewritten (above); text kept as text (answered as wrapped HTML)."""
+    if not isinstance(body, dict) or (body.get("contentType") or "text").lower() != "html":
+        return body
+    return {"contentType": "html", "content": outlook_html(body.get("content") or "")}
+
+
 def _apply_props(ev: Event, body: dict) -> None:
     for k, v in body.items():
         if k in READ_ONLY or k in ("start", "end", "isAllDay", "transactionId", "singleValueExtendedProperties",
                                    "multiValueExtendedProperties", "extensions", "attachments"):
             continue
+        if k == "body":
+            v = stored_body(v)
         ev.props[k] = v
         if k == "location":
             ev.props["locations"] = [v] if v and v.get("displayName") else []
@@ -199,6 +248,7 @@ def delete(store: Store, mb: Mailbox, ev: Event) -> None:
 def _text_of(body: dict) -> str:
     content = body.get("content") or ""
     if (body.get("contentType") or "text").lower() == "html":
+        content = re.sub(r"(?is)<head\b.*?</head\s*>|<style\b.*?</style\s*>", " ", content)
         content = re.sub(r"<[^>]+>", " ", content)
         content = html.unescape(re.sub(r"\s+", " ", content)).strip()
     return content

@@ -521,12 +521,14 @@ class GraphService:
         if req.method == "DELETE":
             with self.store.lock:
                 ev = self._event(mb, eid, cid)
+                ev_rules.check_if_match(ev, req.headers.get("If-Match"))
                 ev_rules.delete(self.store, mb, ev)
                 self.notifier.event_changed(mb, ev, "deleted")
             return Response.empty(204)
         body = self._json(req)
         with self.store.lock:
             ev = self._event(mb, eid, cid)
+            ev_rules.check_if_match(ev, req.headers.get("If-Match"))
             ev_rules.update(self.store, mb, ev, body)
             self.notifier.event_changed(mb, ev, "updated")
             out = ev_rules.render(ev, mb, tz=tz, body_type=body_type)

@@ -8,6 +8,17 @@ when the content hash changed), Delete (404 = already gone). The link is stored 
 concurrent write makes it plan again. An Update that finds the event deleted in Outlook creates it
 again (a new CRM change is the newest intent; the reconcile has already told the CRM about the
 deletion). Then ``activity.synced`` tells the CRM what Outlook now shows.
+
+**Conflicts** (design §4 "Two-way content"): an Update is sent with ``If-Match`` on the changeKey
+the link holds (our last write, or the user's edit the reconcile last read). Graph answers 412
+when the event changed since: the user edited it in Outlook and no reconcile has read that yet.
+Then the event is read once, the user's edit is reported like the reconcile would report it
+(``activity.changed_in_outlook``, only ``two_way`` fields, ``conflict: true`` when the CRM's new
+version changes one of the same fields to something else), the link takes the event's changeKey
+and view, and the CRM's version is written over it: **the CRM's change, applied after the user's
+edit, wins in Outlook; the user's text still reaches the CRM**, which decides (its own version is
+newer than the callback's ``version``). A 412 with nothing to report (Exchange bumps changeKeys
+by itself) just retries the write with the new changeKey.
 """
 
 from __future__ import annotations
@@ -26,7 +37,18 @@ from shared.ports import MailboxGraph, Services
 from shared.rules.errors import ConflictError, PermanentError, SyncError
 from shared.rules.event_render import PROPERTY_ID
 from shared.rules.event_time import graph_to_utc, iso
-from shared.rules.sync_plan import UNCHANGED, Create, Decision, Delete, Link, Nothing, Update, adopt, after
+from shared.rules.sync_plan import (
+    ALREADY_SHOWN,
+    UNCHANGED,
+    Create,
+    Decision,
+    Delete,
+    Link,
+    Nothing,
+    Update,
+    adopt,
+    after,
+)
 from shared.store import connections, links
 from shared.store.connections import Connection
 
@@ -94,6 +116,9 @@ def sync(
                 lookup_first = False  # never sent before: no event of ours can exist yet
             try:
                 applied = apply(client, decision, lookup_first=lookup_first)
+            except OutlookChanged as changed:
+                _absorb_outlook_edit(services, connection, activity_id, changed.event, decision, now)
+                continue  # plan again from the link that now holds the user's changeKey
             except EventGone:
                 gone = replace(
                     decision.link or Link(activity_id, 0),
@@ -139,6 +164,55 @@ def _delete_quietly(client: MailboxGraph, event_id: str) -> None:
 
 class EventGone(Exception):
     """PATCH found no event: the user deleted ours in Outlook."""
+
+
+class OutlookChanged(Exception):
+    """PATCH with If-Match answered 412: the event changed in Outlook since the link's changeKey."""
+
+    def __init__(self, event: dict[str, Any]) -> None:
+        super().__init__("the event changed in Outlook")
+        self.event = event
+
+
+EDIT_SELECT = (
+    "id,changeKey,lastModifiedDateTime,start,end,isAllDay,subject,body,location,"
+    "isReminderOn,reminderMinutesBeforeStart,categories,showAs"
+)
+
+
+def _absorb_outlook_edit(
+    services: Services,
+    connection: Connection,
+    activity_id: str,
+    event: dict[str, Any],
+    decision: Decision,
+    now: datetime,
+) -> None:
+    """Report the user's edit found by a 412 (see the module doc) and make the link hold the
+    event's changeKey and view, so the next plan writes over it with the right If-Match."""
+    from shared.flows.reconcile import tracked_of
+    from shared.rules.field_diff import parse_shown
+    from shared.rules.reconcile_plan import callback_data, edit_before_write, seen_of
+    from shared.store import tenant_settings
+
+    tenant, user = connection.tenant, connection.user
+    stored = links.get(services.storage, tenant, user, activity_id)
+    if stored is None or stored.link.outlook_event_id != event.get("id"):
+        return
+    if stored.link.change_key == event.get("changeKey"):
+        return  # the reconcile read (and reported) this edit meanwhile
+    seen = seen_of(event)
+    directions = tenant_settings.get(services.storage, tenant).field_directions
+    crm_next = parse_shown(decision.link.shown) if decision.link else None
+    edit = edit_before_write(tracked_of(stored), seen, crm_next, directions)
+    if edit is not None:
+        callbacks.enqueue(services.storage, callbacks.CHANGED_IN_OUTLOOK, tenant, user, callback_data(edit, now))
+    assert seen.view is not None
+    link = replace(stored.link, change_key=seen.change_key, shown=seen.view.to_json())
+    try:
+        links.save(services.storage, tenant, user, links.StoredLink(link, stored.etag, stored.extra))
+    except ConflictError:
+        pass  # someone else wrote the link: the next plan starts from theirs
 
 
 @dataclass(frozen=True)
@@ -191,10 +265,22 @@ def apply(client: MailboxGraph, decision: Decision, *, lookup_first: bool = True
         decision = adopt(decision, found[0]["id"])
         action = decision.action
     if isinstance(action, Update):
+        known = decision.link.change_key if decision.link else None
         try:
-            answer = client.call("PATCH", f"me/events/{action.event_id}", json=action.patch)
+            if known:
+                answer = client.call("PATCH", f"me/events/{action.event_id}", json=action.patch, if_match=known)
+            else:
+                answer = client.call("PATCH", f"me/events/{action.event_id}", json=action.patch)
         except NotFoundError:
             raise EventGone() from None
+        except PermanentError as error:
+            if error.status != 412:
+                raise
+            try:
+                event = client.call("GET", f"me/events/{action.event_id}", params={"$select": EDIT_SELECT})
+            except NotFoundError:
+                raise EventGone() from None
+            raise OutlookChanged(event.body or {}) from None
         body = answer.body or {}
         return Applied(after(decision, change_key=body.get("changeKey")), body, action)
     if isinstance(action, Delete):
@@ -240,7 +326,7 @@ def _report(
     if link is None:
         return
     shows = isinstance(action, Create | Update) or (
-        isinstance(action, Nothing) and action.reason == UNCHANGED
+        isinstance(action, Nothing) and action.reason in (UNCHANGED, ALREADY_SHOWN)
     )
     if not (shows or isinstance(action, Delete)):
         return

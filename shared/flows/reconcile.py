@@ -9,7 +9,11 @@ A run: clear the user's pending marker (``shared.flows.notifications``), take th
    there is none, the window slid, the account changed, or Graph answered 410 /
    ``syncStateNotFound``), following every ``@odata.nextLink`` to the ``@odata.deltaLink``. Items
    whose id is not in one of the user's links are dropped as they are read.
-2. Each of ours is decided (echo / touched / moved / verify). A new round is compared against the
+2. Each of ours is decided (echo / touched / changed / verify) with the tenant's field directions
+   (``shared.store.tenant_settings``, read once per pass). Everything a decision needs (subject,
+   body, location, times, reminder, lastModifiedDateTime) is in the delta items themselves:
+   ``calendarView/delta`` returns whole events and takes no ``$select``, so reading more fields
+   costs no request; only a deletion candidate is read again by id. A new round is compared against the
    links, never against "new in delta": our events simply reappear as echoes, and the linked events
    it does not list (but should, by their last known times) are verified like ``@removed`` ones.
 3. Candidates for deletion are read by id; only a 404 is a deletion. If the deletions trip the
@@ -20,8 +24,9 @@ A run: clear the user's pending marker (``shared.flows.notifications``), take th
    CRM confirms: ``POST /api/tenants/{tenant}/users/{user}/reconcile {"confirm_deletions": true}``
    runs one pass with the guard off.
 4. Applying: the callback is queued first, then the link is saved (ETag-guarded, re-decided on the
-   fresh row): a crash in between repeats a callback (at-least-once), never loses one. A move
-   stores the new changeKey (no repeat), a deletion detaches the link (``outlook_event_id`` None;
+   fresh row): a crash in between repeats a callback (at-least-once), never loses one. A change
+   stores the new changeKey and what Outlook now shows (``Link.shown``: no repeat, and the CRM's
+   echo of an accepted edit is recognised by the push), a deletion detaches the link (``outlook_event_id`` None;
    the next CRM upsert with a higher version creates the event again). Nothing is written to
    Outlook. If the push wrote the event after what delta showed us, the item is skipped: the next
    pass sees the newer state.
@@ -51,10 +56,11 @@ from shared.rules.errors import (
     TransientError,
 )
 from shared.rules.reconcile_plan import (
+    DEFAULT_DIRECTIONS,
+    Changed,
     Decision,
     Echo,
     Gone,
-    Moved,
     Seen,
     Times,
     Touched,
@@ -65,10 +71,11 @@ from shared.rules.reconcile_plan import (
     decide,
     held,
     missing_from_full_round,
+    seen_of,
     sync_window,
-    times_of,
 )
-from shared.store import connections, links, mailbox_sync
+from shared.rules.tenant_settings import FieldDirections
+from shared.store import connections, links, mailbox_sync, tenant_settings
 from shared.store.connections import CONNECTED, Connection, iso
 
 log = logging.getLogger(__name__)
@@ -78,7 +85,11 @@ SKIPPED = "skipped"
 REQUEUED = "requeued"
 MAX_PAGES = 2000
 DELTA_PAGE_SIZE = "odata.maxpagesize=100"  # Graph pages delta by 10 unless asked; fewer requests per pass
-EVENT_SELECT = "id,changeKey,start,end,isAllDay"
+# A deletion candidate read by id: what a decision compares (the same fields delta returns anyway).
+EVENT_SELECT = (
+    "id,changeKey,lastModifiedDateTime,start,end,isAllDay,subject,body,location,"
+    "isReminderOn,reminderMinutesBeforeStart,categories,showAs"
+)
 _RESYNC_CODES = {"syncstatenotfound", "fullsyncrequired", "resyncrequired", "syncstateinvalid"}
 # What the reconcile keeps on a link row (``extra``): the times it last saw, at which changeKey.
 OBSERVED = ("ol_start", "ol_end", "ol_all_day", "ol_key")
@@ -231,7 +242,7 @@ def _run(services: Services, message: dict[str, Any], now: datetime) -> str:
 
     connections.update(services.storage, tenant, user, touch)
     log.info(
-        "Reconciled a mailbox (%s round): %d moved, %d deleted, %d deletions held",
+        "Reconciled a mailbox (%s round): %d changed, %d deleted, %d deletions held",
         "full" if result.full_round else "incremental",
         result.reported_moves,
         result.reported_deletions,
@@ -254,6 +265,7 @@ def delta_pass(
         for s in links.for_user(services.storage, connection.tenant, connection.user)
         if s.link.outlook_event_id and not s.link.tombstone
     }
+    directions = tenant_settings.get(services.storage, connection.tenant).field_directions
     try:
         seen, delta_link = read_delta(client, state.delta_link if incremental else None, window, tracked)
     except ResyncNeeded:
@@ -261,11 +273,11 @@ def delta_pass(
         incremental = False
         seen, delta_link = read_delta(client, None, window, tracked)
 
-    decisions: list[Decision] = [decide(tracked[event_id], item) for event_id, item in seen.items()]
+    decisions: list[Decision] = [decide(tracked[event_id], item, directions) for event_id, item in seen.items()]
     if not incremental:
         decisions.extend(missing_from_full_round(list(tracked.values()), set(seen), window))
     resolved = [
-        after_read(d.tracked, read_event(client, d.tracked.event_id)) if isinstance(d, Verify) else d
+        after_read(d.tracked, read_event(client, d.tracked.event_id), directions) if isinstance(d, Verify) else d
         for d in decisions
     ]
     gone = sum(isinstance(d, Gone) for d in resolved)
@@ -276,8 +288,8 @@ def delta_pass(
     for decision in resolved:
         if isinstance(decision, Gone) and hold:
             continue
-        reported = apply(services, connection.tenant, connection.user, decision, now)
-        moved += reported and isinstance(decision, Moved)
+        reported = apply(services, connection.tenant, connection.user, decision, now, directions)
+        moved += reported and isinstance(decision, Changed)
         deleted += reported and isinstance(decision, Gone)
     return PassResult(delta_link, window_key, not incremental, moved, deleted, gone if hold else 0)
 
@@ -313,7 +325,7 @@ def read_delta(
                 seen[event_id] = Seen(event_id, None, None)
                 continue
             try:
-                seen[event_id] = Seen(event_id, item.get("changeKey"), times_of(item))
+                seen[event_id] = seen_of(item)
             except (KeyError, TypeError, ValueError):
                 log.warning("An event of ours came back without readable times; skipped this pass")
         if body.get("@odata.nextLink"):
@@ -357,20 +369,29 @@ def _stored_after(stored: links.StoredLink, decision: Decision, now: datetime) -
         for name in (*OBSERVED, "web_link", "end_utc", "start_utc"):
             extra.pop(name, None)
         extra["deleted_in_outlook_at"] = iso(now)
-        link = replace(link, outlook_event_id=None, content_hash=None, change_key=None)
+        link = replace(link, outlook_event_id=None, content_hash=None, change_key=None, shown=None)
         return links.StoredLink(link, stored.etag, extra)
-    assert isinstance(decision, Echo | Touched | Moved)
+    assert isinstance(decision, Echo | Touched | Changed)
     times = decision.seen.times
     assert times is not None
     key = decision.seen.change_key
     extra.update(ol_start=times.start, ol_end=times.end, ol_all_day=times.all_day, ol_key=key)
     if not isinstance(decision, Echo):
         link = replace(link, change_key=key)
+    if decision.seen.view is not None:
+        link = replace(link, shown=decision.seen.view.to_json())
     return links.StoredLink(link, stored.etag, extra)
 
 
-def apply(services: Services, tenant: str, user: str, decision: Decision, now: datetime) -> bool:
-    """Report (Moved, Gone) and store what was seen; True when a callback was queued."""
+def apply(
+    services: Services,
+    tenant: str,
+    user: str,
+    decision: Decision,
+    now: datetime,
+    directions: FieldDirections = DEFAULT_DIRECTIONS,
+) -> bool:
+    """Report (Changed, Gone) and store what was seen; True when a callback was queued."""
     snapshot = decision.tracked
     if isinstance(decision, Echo) and _already_observed(snapshot, decision.seen):
         return False
@@ -385,12 +406,12 @@ def apply(services: Services, tenant: str, user: str, decision: Decision, now: d
         else:
             if fresh.link.change_key not in (snapshot.link.change_key, decision.seen.change_key):
                 return reported  # the push wrote after what delta showed: the next pass sees it
-            current = decide(fresh, decision.seen)
-        if isinstance(current, Moved | Gone) and not reported:
+            current = decide(fresh, decision.seen, directions)
+        if isinstance(current, Changed | Gone) and not reported:
             kind = (
-                callbacks.CHANGED_IN_OUTLOOK if isinstance(current, Moved) else callbacks.DELETED_IN_OUTLOOK
+                callbacks.CHANGED_IN_OUTLOOK if isinstance(current, Changed) else callbacks.DELETED_IN_OUTLOOK
             )
-            callbacks.enqueue(services.storage, kind, tenant, user, callback_data(current))
+            callbacks.enqueue(services.storage, kind, tenant, user, callback_data(current, now))
             reported = True
         updated = _stored_after(stored, current, now)
         if updated.link == stored.link and updated.extra == stored.extra:
@@ -406,7 +427,8 @@ def apply(services: Services, tenant: str, user: str, decision: Decision, now: d
 
 
 def _already_observed(tracked: Tracked, seen: Seen) -> bool:
-    return tracked.observed == seen.times and tracked.observed_key == seen.change_key
+    same_view = seen.view is None or tracked.link.shown == seen.view.to_json()
+    return same_view and tracked.observed == seen.times and tracked.observed_key == seen.change_key
 
 
 # === failures ========================================================================================

@@ -37,8 +37,11 @@ class MailboxClient:
         json: Any = None,
         params: dict[str, str] | None = None,
         prefer: str | None = None,
+        if_match: str | None = None,
     ) -> GraphResponse:
-        """``prefer``: more Graph preferences (e.g. ``odata.maxpagesize=100``), sent with ours."""
+        """``prefer``: more Graph preferences (e.g. ``odata.maxpagesize=100``), sent with ours.
+        ``if_match``: a changeKey; the write happens only if the item still has it (else Graph
+        answers 412 ``ErrorIrresolvableConflict``, a PermanentError with status 412)."""
         if not self._checked:
             self.gate.check()
             self._checked = True
@@ -47,19 +50,27 @@ class MailboxClient:
         if self._token is None:
             self._token = self.services.identity.access_token(self.tenant, self.user)
         try:
-            answer = self._send(method, path, json, params, prefer)
+            answer = self._send(method, path, json, params, prefer, if_match)
         except AuthError:
             # The access token may have been revoked early: one refresh, then the verdict stands.
             self._token = self.services.identity.access_token(self.tenant, self.user, force_refresh=True)
-            answer = self._send(method, path, json, params, prefer)
+            answer = self._send(method, path, json, params, prefer, if_match)
         if method != "GET":
             self.wrote = True
         return answer
 
     def _send(
-        self, method: str, path: str, json: Any, params: dict[str, str] | None, prefer: str | None
+        self,
+        method: str,
+        path: str,
+        json: Any,
+        params: dict[str, str] | None,
+        prefer: str | None,
+        if_match: str | None = None,
     ) -> Any:
-        headers = {"Prefer": f"{PREFER['Prefer']}, {prefer}"} if prefer else PREFER
+        headers = {"Prefer": f"{PREFER['Prefer']}, {prefer}"} if prefer else dict(PREFER)
+        if if_match:
+            headers["If-Match"] = f'W/"{if_match}"'  # the event's @odata.etag form
         with InFlight.slot(self.mailbox):
             try:
                 return self.services.graph.call(

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, unquote
 
+from shared.rules.event_notes import BLOCK_END, BLOCK_START
 from shared.rules.event_time import TimeNote, to_graph_times
 from shared.rules.model import Activity, Party
 
@@ -107,15 +108,19 @@ def _party_line(label: str, party: Party) -> str:
 
 
 def _body_html(activity: Activity, labels: dict[str, str]) -> str:
+    """The description (the user's notes once in Outlook), then our block between two marker lines
+    that ``shared.rules.event_notes`` finds again in whatever HTML Outlook makes of this."""
     parts = []
     if activity.description:
         text = _esc(activity.description.replace("\r\n", "\n").replace("\r", "\n"))
         parts.append(f"<p>{text.replace(chr(10), '<br>')}</p>")
+    parts.append(f'<p style="color:#888888">{BLOCK_START}</p>')
     for key in ("contact", "company", "deal"):
         party = getattr(activity, key)
         if party is not None:
             parts.append(_party_line(labels[key], party))
     parts.append(f'<p><a href="{_esc(activity.url)}">{labels["open"]}</a></p>')
+    parts.append(f'<p style="color:#888888">{BLOCK_END}</p>')
     return "<html><body>" + "".join(parts) + "</body></html>"
 
 

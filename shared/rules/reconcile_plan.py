@@ -1,23 +1,27 @@
-"""Outlook -> CRM, decided (design §4 "Outlook-side changes"): what one delta item about one of our
-events means, and when a pass is held by the mass-deletion guard. Pure; ``shared.flows.reconcile`` reads
-Graph and storage and applies what is decided here.
+"""Outlook -> CRM, decided (design §4 "Outlook-side changes", "Two-way content"): what one delta
+item about one of our events means, and when a pass is held by the mass-deletion guard. Pure;
+``shared.flows.reconcile`` reads Graph and storage and applies what is decided here.
 
 Rules:
 - **Only ours**: a delta item whose id is not the ``outlook_event_id`` of one of the user's links
   is not ours; it is skipped and nothing about it is kept (delta cannot return extended
   properties, so the event id in our link is the match).
 - **Our own echo**: an event whose ``changeKey`` equals the one stored on its link (the one our
-  last write got back, or the one we last reported) is not news; only its times are remembered
-  (``Observation``) so a later change can be compared against them.
-- **A user change**: another ``changeKey`` whose start, end or all-day flag differs from the
-  reference -> ``Moved`` (callback ``activity.changed_in_outlook`` with the exact new times). The
-  same times (a subject edit, a dismissed reminder) -> ``Touched``: the new changeKey is
-  remembered, nothing is reported. Subject and body edits stay in Outlook until the CRM next
-  changes the activity (its next push overwrites them).
-- **Reference times**, best first: our own observation made at the link's current changeKey; else
-  the end instant the push stored with its last write (``end_utc``, plus ``start_utc`` when the
-  push stores it); else nothing is known and any other changeKey is reported (the CRM receives
-  the event's current times, which is harmless when they equal its own).
+  last write got back, or the one we last reported) is not news; what it shows is remembered
+  (``Link.shown``, and its times as an observation) so a later change is compared against it.
+- **A user change**: another ``changeKey``. Its view (``shared.rules.field_diff.Shown``: subject,
+  notes, location, times, reminder) is compared with what the link says Outlook showed: the net
+  change since then, however many edits were made in between. The changed fields whose group is
+  ``two_way`` for the tenant (``shared.rules.tenant_settings``; by default only ``times``) are
+  reported -> ``Changed`` (callback ``activity.changed_in_outlook {activity_id, version,
+  changed_at, changes, start, end, all_day}``). Nothing reportable (a ``crm_to_outlook`` field, a
+  dismissed reminder, an edit undone) -> ``Touched``. Either way the new changeKey and view are
+  remembered, so each edit is reported once; the edit stays in Outlook until the CRM's next change
+  of the activity is written over it.
+- **Links from before ``Link.shown``**: only times can be compared, against our own observation
+  at the link's changeKey, else the instants the push stored with its last write (``end_utc``,
+  ``start_utc``); with nothing known any other changeKey is reported as a time change (the CRM
+  receives the event's current times, which is harmless when they equal its own).
 - **Deletions are verified**: ``@removed`` also means "moved out of the window or to another
   calendar", and a full round simply does not list such events, so each candidate is read by id;
   only a 404 makes it ``Gone`` (callback ``activity.deleted_in_outlook``, link detached).
@@ -27,47 +31,25 @@ Rules:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import UTC, date, datetime, time, timedelta
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, time, timedelta
 from typing import Any
 
-from shared.rules.event_time import graph_all_day_dates, graph_to_utc
+from shared.rules.field_diff import (
+    Shown,
+    Times,
+    conflicting,
+    diff,
+    parse_shown,
+    reportable,
+    shown_of,
+    times_of,
+    utc_text,
+)
 from shared.rules.sync_plan import MASS_DELETE_MIN, MASS_DELETE_SHARE, Link
+from shared.rules.tenant_settings import FieldDirections
 
-
-@dataclass(frozen=True, slots=True)
-class Times:
-    """An event's times as the CRM receives them: UTC instants ``2027-01-15T15:00:00Z``, or
-    dates ``2027-01-15`` for all-day events (end exclusive)."""
-
-    start: str
-    end: str
-    all_day: bool
-
-    def end_instant(self) -> datetime:
-        return _instant(self.end, self.all_day)
-
-    def start_instant(self) -> datetime:
-        return _instant(self.start, self.all_day)
-
-
-def _instant(text: str, all_day: bool) -> datetime:
-    if all_day:
-        return datetime.combine(date.fromisoformat(text), time(), UTC)
-    return datetime.fromisoformat(text.replace("Z", "+00:00"))
-
-
-def utc_text(moment: datetime) -> str:
-    return moment.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="seconds") + "Z"
-
-
-def times_of(event: dict[str, Any]) -> Times:
-    """The times of a Graph event (as delta or GET answer it)."""
-    start, end = event["start"], event["end"]
-    if event.get("isAllDay"):
-        first, last = graph_all_day_dates(start, end)
-        return Times(first.isoformat(), last.isoformat(), True)
-    return Times(utc_text(graph_to_utc(start)), utc_text(graph_to_utc(end)), False)
+DEFAULT_DIRECTIONS = FieldDirections()
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,12 +66,21 @@ class Tracked:
     def event_id(self) -> str:
         return self.link.outlook_event_id or ""
 
+    @property
+    def shown(self) -> Shown | None:
+        return parse_shown(self.link.shown)
+
     def reference(self) -> tuple[str | None, str | None, bool | None]:
         """(start instant, end instant, all_day) believed current before this change; None = unknown."""
-        if self.observed is not None and self.observed_key and self.observed_key == self.link.change_key:
+        shown = self.shown
+        if shown is not None:
+            obs: Times | None = shown.times
+        elif self.observed is not None and self.observed_key and self.observed_key == self.link.change_key:
             obs = self.observed
-            return utc_text(obs.start_instant()), utc_text(obs.end_instant()), obs.all_day
-        return self.start_utc, self.end_utc, None
+        else:
+            return self.start_utc, self.end_utc, None
+        assert obs is not None
+        return utc_text(obs.start_instant()), utc_text(obs.end_instant()), obs.all_day
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,11 +90,24 @@ class Seen:
     event_id: str
     change_key: str | None
     times: Times | None  # None when removed
+    view: Shown | None = None  # what the event shows (None when removed, or not read)
+    changed_at: str | None = None  # Graph's lastModifiedDateTime
+
+
+def seen_of(event: dict[str, Any]) -> Seen:
+    """A Graph event (delta item or GET answer) as a ``Seen``; KeyError/ValueError if unreadable."""
+    return Seen(
+        str(event.get("id") or ""),
+        event.get("changeKey"),
+        times_of(event),
+        shown_of(event),
+        event.get("lastModifiedDateTime"),
+    )
 
 
 @dataclass(frozen=True, slots=True)
 class Echo:
-    """Our own write (or what we already reported): remember its times, say nothing."""
+    """Our own write (or what we already reported): remember what it shows, say nothing."""
 
     tracked: Tracked
     seen: Seen
@@ -111,18 +115,23 @@ class Echo:
 
 @dataclass(frozen=True, slots=True)
 class Touched:
-    """Changed in Outlook without moving: remember the new changeKey, say nothing."""
+    """Changed in Outlook, nothing to report: remember the new changeKey and view, say nothing."""
 
     tracked: Tracked
     seen: Seen
 
 
 @dataclass(frozen=True, slots=True)
-class Moved:
-    """Rescheduled in Outlook: tell the CRM the exact new times."""
+class Changed:
+    """Edited in Outlook: tell the CRM the two-way fields' net change."""
 
     tracked: Tracked
     seen: Seen
+    changes: dict[str, dict[str, Any]] = field(default_factory=dict)
+    conflict: bool = False
+
+
+Moved = Changed  # the name from when only reschedules were reported
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,16 +148,37 @@ class Gone:
     tracked: Tracked
 
 
-Decision = Echo | Touched | Moved | Verify | Gone
+Decision = Echo | Touched | Changed | Verify | Gone
 
 
-def decide(tracked: Tracked, seen: Seen) -> Decision:
+def decide(tracked: Tracked, seen: Seen, directions: FieldDirections = DEFAULT_DIRECTIONS) -> Decision:
     """What one item about one of our events means."""
     if seen.times is None:
         return Verify(tracked)
     if seen.change_key is not None and seen.change_key == tracked.link.change_key:
         return Echo(tracked, seen)
-    return Moved(tracked, seen) if _moved(tracked, seen.times) else Touched(tracked, seen)
+    changes = reportable(user_changes(tracked, seen), directions)
+    return Changed(tracked, seen, changes) if changes else Touched(tracked, seen)
+
+
+def user_changes(tracked: Tracked, seen: Seen) -> dict[str, tuple[Any, Any]]:
+    """Every field that differs from what Outlook showed before (all groups; directions apply later)."""
+    before = tracked.shown
+    if before is not None and seen.view is not None:
+        return diff(before, seen.view)
+    assert seen.times is not None
+    if not _moved(tracked, seen.times):
+        return {}
+    start, end, all_day = tracked.reference()
+    now = seen.times
+    out: dict[str, tuple[Any, Any]] = {}
+    if all_day != now.all_day:
+        out["all_day"] = (all_day, now.all_day)
+    if start != utc_text(now.start_instant()) or all_day != now.all_day:
+        out["start"] = (start, now.start)
+    if end != utc_text(now.end_instant()) or all_day != now.all_day:
+        out["end"] = (end, now.end)
+    return out
 
 
 def _moved(tracked: Tracked, now: Times) -> bool:
@@ -162,11 +192,38 @@ def _moved(tracked: Tracked, now: Times) -> bool:
     return end is not None and end != utc_text(now.end_instant())
 
 
-def after_read(tracked: Tracked, event: dict[str, Any] | None) -> Decision:
+def after_read(
+    tracked: Tracked, event: dict[str, Any] | None, directions: FieldDirections = DEFAULT_DIRECTIONS
+) -> Decision:
     """A ``Verify`` resolved by reading the event: None (404) -> Gone, else decide on the event."""
     if event is None:
         return Gone(tracked)
-    return decide(tracked, Seen(tracked.event_id, event.get("changeKey"), times_of(event)))
+    return decide(tracked, replace_id(seen_of(event), tracked.event_id), directions)
+
+
+def replace_id(seen: Seen, event_id: str) -> Seen:
+    return seen if seen.event_id == event_id else Seen(event_id, seen.change_key, seen.times, seen.view,
+                                                       seen.changed_at)
+
+
+def edit_before_write(
+    tracked: Tracked, seen: Seen, crm_next: Shown | None, directions: FieldDirections
+) -> Changed | None:
+    """The push found (If-Match answered 412) that the user edited the event after what we knew,
+    just before writing the CRM's newer version over it. The rule: the CRM's change is written
+    (it wins in Outlook), and the user's edit is still reported, with ``conflict`` when the CRM
+    changed one of the same fields to something else. None when there is nothing to report."""
+    decided = decide(tracked, seen, directions)
+    if not isinstance(decided, Changed):
+        return None
+    before, now = tracked.shown, seen.view
+    conflict = bool(
+        before is not None
+        and now is not None
+        and crm_next is not None
+        and conflicting(before, now, crm_next, list(decided.changes))
+    )
+    return Changed(decided.tracked, decided.seen, decided.changes, conflict)
 
 
 def missing_from_full_round(
@@ -196,13 +253,28 @@ def held(gone: int, linked: int, *, confirmed: bool = False) -> bool:
     return not confirmed and gone > MASS_DELETE_MIN and gone > MASS_DELETE_SHARE * linked
 
 
-def callback_data(decision: Moved | Gone) -> dict[str, Any]:
+def callback_data(decision: Changed | Gone, now: datetime | None = None) -> dict[str, Any]:
+    """The callback's ``data``. A change carries ``changes`` (only two-way fields), ``version`` (the
+    CRM version the event was last written from), ``changed_at`` (Outlook's lastModifiedDateTime)
+    and, as before two-way content existed, the event's current ``start``, ``end`` and ``all_day``."""
     activity_id = decision.tracked.link.activity_id
     if isinstance(decision, Gone):
         return {"activity_id": activity_id}
     times = decision.seen.times
     assert times is not None
-    return {"activity_id": activity_id, "start": times.start, "end": times.end, "all_day": times.all_day}
+    changed_at = decision.seen.changed_at or (utc_text(now) if now else None)
+    data: dict[str, Any] = {
+        "activity_id": activity_id,
+        "version": decision.tracked.link.version,
+        "changed_at": changed_at,
+        "changes": decision.changes,
+        "start": times.start,
+        "end": times.end,
+        "all_day": times.all_day,
+    }
+    if decision.conflict:
+        data["conflict"] = True
+    return data
 
 
 # --- the sync window and the sweep ---------------------------------------------------------------------

@@ -16,7 +16,10 @@ Rules (design §4):
   applied upsert is stale (the activity was restored and changed since).
 - Every version seen is recorded, even without an event, so a late older upsert cannot create an
   event for an activity that was already cancelled.
-- Unchanged content hash -> no write. Creating again after a removal uses a new ``generation``,
+- Unchanged content hash -> no write. A changed one that renders exactly what Outlook already shows
+  (``Link.shown``, kept by the push after its writes and by the reconcile after a user's edit)
+  -> no write either (``ALREADY_SHOWN``): the CRM sent back an Outlook edit it accepted, so
+  answering it with a PATCH would only make Outlook report it again. Creating again after a removal uses a new ``generation``,
   hence a new ``transactionId``.
 - Not connected: nothing is written; deletions still record their tombstone (keeping the event
   id, removed by ``pending_deletions`` after reconnecting).
@@ -31,6 +34,7 @@ from typing import Any, Literal
 from shared.rules.errors import PermanentError
 from shared.rules.event_render import patch_body, property_value, render_event
 from shared.rules.event_time import TimeNote
+from shared.rules.field_diff import shown_of
 from shared.rules.model import Activity, ActivityDeleted, ActivityType, ActivityTypeUpdated
 
 CompletedPolicy = Literal["keep", "remove"]
@@ -40,6 +44,7 @@ NOT_CONNECTED = "not_connected"
 STALE = "stale_version"
 DELETED = "deleted"
 UNCHANGED = "unchanged"
+ALREADY_SHOWN = "already_shown"  # new content, but exactly what Outlook shows already (an accepted edit)
 COMPLETED = "completed"
 COMPLETED_KEPT = "completed_kept"
 CANCELLED = "cancelled"
@@ -66,6 +71,7 @@ class Link:
     generation: int = 0  # of the last create; transactionId input
     tombstone: bool = False  # deleted in the CRM at ``version``
     type_id: str | None = None  # to find a type's events on activity_type.updated
+    shown: str | None = None  # what Outlook shows now (field_diff.Shown as JSON); None = unknown
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,7 +137,7 @@ class MassDeletionRefused(PermanentError):
 
 
 def _without_event(link: Link) -> Link:
-    return replace(link, outlook_event_id=None, content_hash=None, change_key=None)
+    return replace(link, outlook_event_id=None, content_hash=None, change_key=None, shown=None)
 
 
 def _ineligible(activity: Activity, type_: ActivityType, user: UserContext) -> str | None:
@@ -178,15 +184,18 @@ def plan_upsert(activity: Activity, link: Link | None, user: UserContext, *,
                             generation=generation, mailbox_time_zone=user.mailbox_time_zone,
                             locale=user.locale)
     new_hash = rendered.content_hash
+    shown = shown_of(rendered.event).to_json()
     if event_id is None:
         create = Create(rendered.event, rendered.event["transactionId"],
                         property_value(user.tenant_id, activity.id), new_hash)
-        return Decision(create, replace(_without_event(seen), generation=generation, content_hash=new_hash),
-                        rendered.notes)
+        return Decision(create, replace(_without_event(seen), generation=generation, content_hash=new_hash,
+                                        shown=shown), rendered.notes)
     if new_hash == seen.content_hash:
         return Decision(Nothing(UNCHANGED), seen, rendered.notes)
+    if seen.shown == shown:
+        return Decision(Nothing(ALREADY_SHOWN), replace(seen, content_hash=new_hash), rendered.notes)
     return Decision(Update(event_id, patch_body(rendered.event), new_hash),
-                    replace(seen, content_hash=new_hash), rendered.notes)
+                    replace(seen, content_hash=new_hash, shown=shown), rendered.notes)
 
 
 def plan_deletion(deleted: ActivityDeleted, link: Link | None, user: UserContext) -> Decision:
@@ -271,6 +280,6 @@ def backfill_category(decision: Decision) -> BackfillCategory:
         return "create"
     if isinstance(action, Update):
         return "update"
-    if isinstance(action, Nothing) and action.reason in (UNCHANGED, STALE, COMPLETED_KEPT):
+    if isinstance(action, Nothing) and action.reason in (UNCHANGED, ALREADY_SHOWN, STALE, COMPLETED_KEPT):
         return "unchanged"
     return "ineligible"

@@ -36,6 +36,7 @@ MAILBOX_SYNC, RECONCILE_PENDING = (
     "ReconcilePending",
 )  # reconcile: delta state + lease, coalescing
 REQUEST_IDS = "RequestIds"  # replay protection of signed calls (shared/store/request_ids.py)
+TENANT_SETTINGS = "TenantSettings"  # one row per tenant: the settings document (shared/store/tenant_settings.py)
 TABLE_NAMES = (
     CONNECTIONS,
     TOKENS,
@@ -50,6 +51,7 @@ TABLE_NAMES = (
     MAILBOX_SYNC,
     RECONCILE_PENDING,
     REQUEST_IDS,
+    TENANT_SETTINGS,
 )
 
 _FORBIDDEN = re.compile(r"[%/\\#?\x00-\x1f\x7f-\x9f]")

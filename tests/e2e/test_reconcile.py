@@ -99,7 +99,8 @@ def test_a_move_in_outlook_is_reported_with_the_exact_times_and_our_writes_are_n
         end={"dateTime": "2027-01-16T08:15:00", "timeZone": "Pacific Standard Time"},
     )
     changed = stack.callbacks.wait_for(CHANGED)
-    assert [c["data"] for c in of(stack, ana, CHANGED)] == [
+    times = ("activity_id", "start", "end", "all_day")  # the fields this callback had before issue 16
+    assert [{k: c["data"][k] for k in times} for c in of(stack, ana, CHANGED)] == [
         {
             "activity_id": "act-1",
             "start": "2027-01-16T15:30:00Z",
@@ -107,6 +108,7 @@ def test_a_move_in_outlook_is_reported_with_the_exact_times_and_our_writes_are_n
             "all_day": False,
         }
     ]
+    assert set(changed[0]["data"]["changes"]) == {"start", "end"}
     assert changed[0]["tenant_id"] == ana.tenant
 
     # Reported once: the link holds the user's changeKey; nothing was written back to Outlook.

@@ -110,7 +110,9 @@ def test_optional_parts_absent() -> None:
                    reminder_minutes=None)
     event = render(bare).event
     assert event["body"]["content"] == (
-        '<html><body><p><a href="https://crm.example/activities/act-1">Abrir en el CRM</a></p></body></html>')
+        '<html><body><p style="color:#888888">──────── CRM ────────</p>'
+        '<p><a href="https://crm.example/activities/act-1">Abrir en el CRM</a></p>'
+        '<p style="color:#888888">─────────────────────</p></body></html>')
     assert event["location"] == {"displayName": ""}  # sent, so a PATCH clears an old location
     assert event["isReminderOn"] is False and "reminderMinutesBeforeStart" not in event
     assert render(replace(A, reminder_minutes=0)).event["reminderMinutesBeforeStart"] == 0

@@ -38,11 +38,13 @@ class FakeGraph:
         json: Any = None,
         params: dict[str, str] | None = None,
         prefer: str | None = None,
+        if_match: str | None = None,
     ) -> GraphResponse:
         self.calls.append((method, path))
+        self.if_match = if_match
         if self.fail:
             raise self.fail.pop(0)
-        if method == "GET":
+        if method == "GET" and "$filter" in (params or {}):
             value = params["$filter"].split("ep/value eq '")[1].rstrip("')")
             assert PROPERTY_ID in params["$filter"]
             found = [{"id": i, **e} for i, e in self.events.items() if e["property"].lower() == value.lower()]
@@ -65,6 +67,10 @@ class FakeGraph:
         event_id = path.rsplit("/", 1)[1]
         if event_id not in self.events:
             raise NotFoundError("gone", code="ErrorItemNotFound", status=404)
+        if method == "GET":
+            return GraphResponse(200, {}, {"id": event_id, **self.events[event_id]})
+        if if_match and if_match != self.events[event_id]["changeKey"]:
+            raise PermanentError("changed", code="ErrorIrresolvableConflict", status=412)
         if method == "PATCH":
             self.events[event_id].update(json, changeKey="ck2")
             return GraphResponse(200, {}, {"id": event_id, **self.events[event_id]})
@@ -132,10 +138,22 @@ def test_update_patches_and_a_vanished_event_is_reported_gone() -> None:
     assert isinstance(decision.action, Update)
     applied = push_apply.apply(graph, decision)
     assert graph.events["ev-1"]["subject"] == "Moved" and applied.link.change_key == "ck2"
+    assert graph.if_match == "ck1"  # only over the event we last wrote
 
     del graph.events["ev-1"]
     with pytest.raises(push_apply.EventGone):
         push_apply.apply(graph, plan_upsert(activity(version=3, subject="Again"), applied.link, USER))
+
+
+def test_an_update_over_an_edit_made_in_outlook_reads_the_event_instead_of_overwriting_it() -> None:
+    graph = FakeGraph()
+    created = push_apply.apply(graph, plan_upsert(activity(), None, USER)).link
+    graph.events["ev-1"].update(subject="Typed in Outlook", changeKey="ck-user")  # not yet reconciled
+    with pytest.raises(push_apply.OutlookChanged) as changed:
+        push_apply.apply(graph, plan_upsert(activity(version=2, subject="From the CRM"), created, USER))
+    assert changed.value.event["subject"] == "Typed in Outlook" and changed.value.event["changeKey"] == "ck-user"
+    assert graph.events["ev-1"]["subject"] == "Typed in Outlook"  # nothing written over it yet
+    assert [m for m, _ in graph.calls][-2:] == ["PATCH", "GET"]
 
 
 def test_delete_treats_404_as_done() -> None:

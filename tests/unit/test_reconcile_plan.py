@@ -70,6 +70,12 @@ def test_a_move_in_outlook_reports_the_exact_new_instants() -> None:
     assert isinstance(decision, Moved)
     assert callback_data(decision) == {
         "activity_id": "act-1",
+        "version": 3,
+        "changed_at": None,
+        "changes": {
+            "start": {"from": "2027-01-15T15:00:00Z", "to": "2027-01-16T08:30:00Z"},
+            "end": {"from": "2027-01-15T16:00:00Z", "to": "2027-01-16T09:45:00Z"},
+        },
         "start": "2027-01-16T08:30:00Z",
         "end": "2027-01-16T09:45:00Z",
         "all_day": False,
@@ -97,12 +103,14 @@ def test_an_all_day_move_reports_dates_with_an_exclusive_end() -> None:
     event = graph_event("2027-03-04T00:00:00.0000000", "2027-03-06T00:00:00.0000000", "ck-user", all_day=True)
     decision = decide(mine, seen(event))
     assert isinstance(decision, Moved)
-    assert callback_data(decision) == {
+    data = callback_data(decision)
+    assert {k: data[k] for k in ("activity_id", "start", "end", "all_day")} == {
         "activity_id": "act-1",
         "start": "2027-03-04",
         "end": "2027-03-06",
         "all_day": True,
     }
+    assert set(data["changes"]) == {"start", "end"}  # the same all-day flag: not a change
 
 
 def test_turning_a_timed_event_into_all_day_is_a_move() -> None:
@@ -181,6 +189,7 @@ class FakeGraph:
         json: Any = None,
         params: dict[str, str] | None = None,
         prefer: str | None = None,
+        if_match: str | None = None,
     ) -> GraphResponse:
         assert prefer == "odata.maxpagesize=100"  # every page asks for big pages
         self.calls.append((path, params))

@@ -49,6 +49,14 @@ const TEXT = {
     sync_dry: "Plan recibido.", sync_missing: "«Sincronizar» no está disponible en este servicio (HTTP {status}: {message}).",
     service_error: "El servicio respondió {status}: {message}", unreachable: "No se pudo contactar al servicio.",
     events_removed: "{n} evento(s) quitados de Outlook.", lang_other: "English",
+    dir_title: "Cambios hechos en Outlook",
+    dir_intro: "Por campo: «Outlook ↔ CRM» trae al CRM lo que el usuario cambie en Outlook; «Solo CRM → Outlook» lo deja en Outlook hasta el próximo cambio en el CRM.",
+    dir_save: "Guardar", dir_saved: "Guardado.", dir_two_way: "Outlook ↔ CRM", dir_crm_to_outlook: "Solo CRM → Outlook",
+    dir_subject: "Asunto", dir_description: "Notas (descripción)", dir_location: "Ubicación", dir_times: "Fecha y hora",
+    dir_reminder: "Recordatorio",
+    edit_note: "Outlook cambió esto: {fields}", edit_conflict: "a la vez que el CRM (ganó el CRM en Outlook)",
+    fld_subject: "asunto", fld_description: "notas", fld_location: "ubicación", fld_start: "inicio", fld_end: "fin",
+    fld_all_day: "todo el día", fld_reminder_minutes: "recordatorio",
   },
   en: {
     brand: "Demo CRM", crumb_calendars: "Calendars", crumb_list: "Activity list",
@@ -97,6 +105,14 @@ const TEXT = {
     sync_dry: "Plan received.", sync_missing: "“Sync” is not available on this service (HTTP {status}: {message}).",
     service_error: "The service answered {status}: {message}", unreachable: "The service could not be reached.",
     events_removed: "{n} event(s) removed from Outlook.", lang_other: "Español",
+    dir_title: "Changes made in Outlook",
+    dir_intro: "Per field: “Outlook ↔ CRM” brings what the user changes in Outlook back to the CRM; “CRM → Outlook only” leaves it in Outlook until the CRM's next change.",
+    dir_save: "Save", dir_saved: "Saved.", dir_two_way: "Outlook ↔ CRM", dir_crm_to_outlook: "CRM → Outlook only",
+    dir_subject: "Subject", dir_description: "Notes (description)", dir_location: "Location", dir_times: "Date and time",
+    dir_reminder: "Reminder",
+    edit_note: "Outlook changed this: {fields}", edit_conflict: "while the CRM changed it too (the CRM won in Outlook)",
+    fld_subject: "subject", fld_description: "notes", fld_location: "location", fld_start: "start", fld_end: "end",
+    fld_all_day: "all day", fld_reminder_minutes: "reminder",
   },
 };
 const TYPE_NAMES = {
@@ -111,7 +127,9 @@ const ui = {
   syncJob: null, syncMessage: null,
   busy: false, again: false,
   formMessage: null, calendarMessage: null,
+  settings: null, dirMessage: null,
 };
+const DIRECTION_FIELDS = ["subject", "description", "location", "times", "reminder"];
 
 const $ = (id) => document.getElementById(id);
 
@@ -183,6 +201,7 @@ function applyLanguage() {
   document.title = `${t("brand")} — ${t("crumb_calendars")}`;
   fillTypes();
   render();
+  renderDirections();
   showMessages();
 }
 
@@ -369,6 +388,51 @@ function whenText(activity) {
   return `${day} ${time.slice(0, 5)}–${endTime.slice(0, 5)} (${activity.time_zone})`;
 }
 
+function editNote(record) {
+  const edit = record.outlook_edit;
+  if (!edit || !edit.fields.length) return null;
+  const names = edit.fields.map((f) => t(`fld_${f}`)).join(", ");
+  const detail = edit.fields.map((f) => `${t(`fld_${f}`)}: ${JSON.stringify(edit.changes[f].from)} → ${JSON.stringify(edit.changes[f].to)}`).join("\n");
+  return el("div", { class: "edit-note", "data-testid": "outlook-edit", title: detail },
+    t("edit_note", { fields: names }), edit.conflict ? ` — ${t("edit_conflict")}` : "");
+}
+
+// --- field directions (the tenant's settings) --------------------------------------------------------
+
+async function loadSettings() {
+  const answer = await api("/crm/api/settings");
+  if (answer.status === 200) ui.settings = answer.body;
+  renderDirections();
+}
+
+function renderDirections() {
+  const directions = (ui.settings && ui.settings.field_directions) || {};
+  $("directions").replaceChildren(...DIRECTION_FIELDS.map((field) => el("tr", {},
+    el("th", {}, el("label", { for: `dir-${field}` }, t(`dir_${field}`))),
+    el("td", {}, (() => {
+      const select = el("select", { id: `dir-${field}`, name: field, "data-field": field },
+        ["two_way", "crm_to_outlook"].map((d) => el("option", { value: d }, t(`dir_${d}`))));
+      select.value = directions[field] || (field === "times" ? "two_way" : "crm_to_outlook");
+      return select;
+    })()))));
+  const message = ui.dirMessage;
+  $("dir-message").className = `message ${message ? message.kind : ""}`;
+  $("dir-message").textContent = message ? (typeof message.make === "function" ? message.make() : message.make) : "";
+}
+
+async function saveDirections(event) {
+  event.preventDefault();
+  const chosen = Object.fromEntries(DIRECTION_FIELDS.map((f) => [f, $(`dir-${f}`).value]));
+  const answer = await api("/crm/api/settings", { field_directions: chosen });
+  if (answer.status === 200) {
+    ui.settings = answer.body;
+    ui.dirMessage = { make: () => t("dir_saved"), kind: "ok" };
+  } else {
+    ui.dirMessage = { make: () => serviceMessage(answer), kind: "error" };
+  }
+  renderDirections();
+}
+
 function renderActivities() {
   if (!ui.crm) return;
   const rows = ui.crm.activities.map((record) => {
@@ -383,7 +447,7 @@ function renderActivities() {
       el("td", {}, t(`st_${a.status}`)),
       el("td", {}, whenText(a)),
       el("td", {}, related.length ? related : "—"),
-      el("td", { "data-testid": "activity-outlook" }, outlookCell(record)));
+      el("td", { "data-testid": "activity-outlook" }, outlookCell(record), editNote(record)));
   });
   $("activity-rows").replaceChildren(...rows);
   $("no-activities").hidden = rows.length > 0;
@@ -586,6 +650,7 @@ function init() {
     applyLanguage();
   });
   $("activity-form").addEventListener("submit", saveActivity);
+  $("directions-form").addEventListener("submit", saveDirections);
   $("f-all-day").addEventListener("change", toggleAllDay);
   $("f-start-date").addEventListener("change", () => {
     if ($("f-end-date").value < $("f-start-date").value) $("f-end-date").value = $("f-start-date").value;
@@ -603,6 +668,7 @@ function init() {
   });
   applyLanguage();
   refresh();
+  loadSettings();
   setInterval(refresh, 1500);
 }
 

@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 import pytest
 
 from shared.rules import crm_signature
+from shared.rules.event_notes import notes_of
 from shared.rules.event_render import property_value, transaction_id
 from shared.rules.settings import load
 from shared.store import links, tables
@@ -60,9 +61,9 @@ def test_a_signed_webhook_yields_one_event_with_the_right_fields_at_the_exact_ti
     assert event["isReminderOn"] is True and event["reminderMinutesBeforeStart"] == 30
     assert event["categories"] == ["Reunión"]
     assert event["attendees"] == []  # never invite the customer
-    body = event["body"]["content"]
+    body = event["body"]["content"]  # as Outlook keeps it: rewritten, so read as text where it matters
+    assert notes_of(event["body"]).notes == "Llevar la lista de precios.\nConfirmar descuentos."
     for text in (
-        "Llevar la lista de precios.<br>Confirmar descuentos.",
         "Ana Pérez",
         "ana@acme.example",
         "Acme S.A.S.",
