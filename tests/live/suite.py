@@ -97,10 +97,12 @@ class Report:
     def check(self, name: str, body: Callable[[], str | None]) -> bool:
         try:
             detail = body()
-        except (CheckFailed, RuntimeError, AssertionError, KeyError, ValueError) as error:
+        except Refused:
+            raise
+        except Exception as error:  # noqa: BLE001 - any failure is this check's FAIL line; the run goes on
             self.failed += 1
             self.failures.append(name)
-            self.out(f"FAIL         {name}: {error}")
+            self.out(f"FAIL         {name}: {type(error).__name__ + ': ' if not isinstance(error, CheckFailed) else ''}{error}")
             return False
         self.passed += 1
         self.out(f"PASS         {name}" + (f" ({detail})" if detail else ""))
@@ -266,13 +268,13 @@ class LiveCheck:
     def update(self, day: date) -> str:
         activity = self.activity("exact-time", day, "11:30", "12:15", subject=f"{TAG} {self.run} exact-time")
         activity["description"] = "Actualizada"
+        self.updated = activity
         self.push("activity.upserted", activity)
         want = datetime(day.year, day.month, day.day, 16, 30, tzinfo=UTC)
         wait_for(lambda: (e := self.find("exact-time")) and utc(e["start"]["dateTime"]) == want
                  and utc(e["end"]["dateTime"]) == want + timedelta(minutes=45), self.c.timeout,
                  f"the update to {z(want)} in Outlook")
         self.callback("activity.synced", activity["id"], version=activity["version"])
-        self.updated = activity
         return f"moved by the CRM to {z(want)}"
 
     def unchanged(self) -> str:
