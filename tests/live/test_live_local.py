@@ -157,6 +157,18 @@ def test_the_suite_refuses_a_calendar_with_foreign_events(live: LocalLive) -> No
     assert code == 0 and any(line.startswith("PASS         guard") for line in lines), "\n".join(lines)
 
 
+def test_the_postdeploy_hook_checks_health_and_settings_and_prints_the_live_command(live: LocalLive) -> None:
+    hook = [sys.executable, "infra/hooks/postdeploy.py"]
+    ok = subprocess.run(hook, cwd=ROOT, env={**os.environ, "PUBLIC_BASE_URL": live.stack.url},
+                        capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert f"LIVE_SERVICE_URL={live.stack.url}" in ok.stdout and "make test-live" in ok.stdout
+    live.stack.host.stop()  # nothing answers: the hook fails the deployment
+    down = subprocess.run(hook, cwd=ROOT, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PUBLIC_BASE_URL": live.stack.url, "POSTDEPLOY_WAIT_SECONDS": "0"})
+    assert down.returncode == 1 and "FAILED" in down.stdout, down.stdout
+
+
 def test_clean_removes_what_a_killed_run_left(live: LocalLive) -> None:
     mine = live.foreign_event(1)
     code, lines = live.run(kill_when=lambda line: line.startswith("PASS         sync:"))
