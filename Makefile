@@ -16,7 +16,7 @@ BENCH_STAMP := $(BENCH_VENV)/.installed
 CHROMIUM := /usr/bin/chromium
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo )
 
-.PHONY: setup run test lint bench clean
+.PHONY: setup run test lint bench clean test-live test-live-clean
 
 setup: $(PY_STAMP) $(NPM_STAMP) $(INFRA_STAMP)
 
@@ -49,6 +49,18 @@ test: lint $(CHROMIUM)
 $(CHROMIUM):
 	$(SUDO)apt-get update
 	$(SUDO)apt-get install -y --no-install-recommends chromium
+
+# The go-live check against a deployment and a test user of a real tenant (docs/go-live.md). It reads
+# LIVE_SERVICE_URL, LIVE_CRM_SHARED_SECRET, LIVE_CLIENT_ID, LIVE_TEST_USER, optional LIVE_TENANT (and
+# LIVE_CRM_CALLBACK_SECRET + LIVE_CALLBACK_LISTEN to receive callbacks). make test runs the same suite
+# against the local stack (tests/live/test_live_local.py).
+test-live: setup
+	$(PY) -m tests.live
+
+# Remove what a crashed or killed live check left: Remove sync for its CRM user, then every event tagged
+# [live-check] in the test user's calendar.
+test-live-clean: setup
+	$(PY) -m tests.live clean
 
 $(BENCH_STAMP): bench/requirements-peer.txt
 	test -x $(BENCH_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_VENV)

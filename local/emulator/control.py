@@ -52,9 +52,10 @@ class EmulatorControl:
 
     def add_app(self, client_id: str | None = None, client_secret: str | None = None,
                 redirect_uris: list[str] | None = None, display_name: str | None = None,
-                tenant_id: str | None = None) -> dict:
+                tenant_id: str | None = None, public_client: bool | None = None) -> dict:
+        """``public_client=True``: "Allow public client flows" (device code without a secret)."""
         body = {"client_id": client_id, "client_secret": client_secret, "redirect_uris": redirect_uris or [],
-                "display_name": display_name, "tenant_id": tenant_id}
+                "display_name": display_name, "tenant_id": tenant_id, "public_client": public_client}
         return self._call("POST", "/apps", {k: v for k, v in body.items() if v is not None})
 
     def add_user(self, upn: str, display_name: str | None = None, time_zone: str = "UTC", id: str | None = None,

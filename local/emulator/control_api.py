@@ -92,7 +92,7 @@ class ControlAPI:
                   client_secret=body.get("client_secret") or secrets.token_urlsafe(24),
                   redirect_uris=list(body.get("redirect_uris") or []),
                   display_name=body.get("display_name") or "CRM calendar sync",
-                  tenant_id=body.get("tenant_id"))
+                  tenant_id=body.get("tenant_id"), public_client=bool(body.get("public_client")))
         with self.store.lock:
             self.store.apps[app.client_id] = app
         return Response.plain_json(app.public(), 201)

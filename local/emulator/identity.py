@@ -1,7 +1,8 @@
 """Microsoft identity platform (v2.0 endpoints) as MSAL for Python uses them.
 
-OpenID configuration, instance discovery, JWKS, /authorize (auto-consent or a consent page) and /token
-(authorization_code with PKCE, refresh_token with rotation, client_credentials)."""
+OpenID configuration, instance discovery, JWKS, /authorize (auto-consent or a consent page), /devicecode
+with its sign-in page (/devicelogin) and /token (authorization_code with PKCE, refresh_token with rotation,
+client_credentials, device_code with authorization_pending, slow_down, expired_token)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import html
 import json
 import re
 import secrets
+import time
 import uuid
 from datetime import timedelta
 from urllib.parse import urlencode, urlsplit, urlunsplit
@@ -18,7 +20,7 @@ from urllib.parse import urlencode, urlsplit, urlunsplit
 import jwt
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from .state import AccessToken, AuthCode, RefreshToken, Store
+from .state import AccessToken, AuthCode, DeviceCode, RefreshToken, Store
 from .timezones import format_utc_z
 from .web import Request, Response
 
@@ -26,9 +28,14 @@ GRAPH_RESOURCE_APP_ID = "00000003-0000-0000-c000-000000000000"
 GRAPH_PREFIX = "https://graph.microsoft.com/"
 RESERVED_SCOPES = {"openid", "profile", "offline_access", "email"}
 META_TENANTS = {"common", "organizations", "consumers"}
+DEVICE_CODE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
+DEVICE_LOGIN_PATH = "/devicelogin"
+# Entra's user codes are short upper-case strings; no 0/O/1/I so a person can type them.
+_USER_CODE_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"
 
 _IDENTITY_PATH = re.compile(r"^/([^/]+)/(v2\.0/\.well-known/openid-configuration|discovery/v2\.0/keys|"
-                            r"discovery/keys|discovery/instance|oauth2/v2\.0/authorize|oauth2/v2\.0/token)$")
+                            r"discovery/keys|discovery/instance|oauth2/v2\.0/authorize|oauth2/v2\.0/token|"
+                            r"oauth2/v2\.0/devicecode)$")
 
 
 def is_identity_path(path: str) -> bool:
@@ -71,6 +78,8 @@ class Identity:
             return self.authorize(req, tenant)
         if req.method != "POST":
             return _oauth_error(405, "invalid_request", "AADSTS900561: The endpoint only accepts POST requests.")
+        if what.endswith("devicecode"):
+            return self.device_code(req, tenant)
         return self.token(req, tenant)
 
     def _tenant_known(self, tenant: str) -> bool:
@@ -240,6 +249,8 @@ class Identity:
     # --- token ---------------------------------------------------------------------------------------
     def token(self, req: Request, tenant: str) -> Response:
         form = req.form()
+        if form.get("grant_type") == DEVICE_CODE_GRANT:
+            return self._grant_device_code(form, req)
         client_id, secret = form.get("client_id"), form.get("client_secret")
         auth = req.headers.get("Authorization") or ""
         if auth.lower().startswith("basic "):
@@ -388,6 +399,128 @@ class Identity:
             body["client_info"] = base64.urlsafe_b64encode(info).decode().rstrip("=")
         return Response.plain_json(body, headers={"Cache-Control": "no-store, no-cache", "Pragma": "no-cache"})
 
+    # --- device code (ENTRA v2-oauth2-device-code.md; RFC 8628) ---------------------------------------
+    def device_code(self, req: Request, tenant: str) -> Response:
+        """`POST /{tenant}/oauth2/v2.0/devicecode`: a device code for a person to approve at /devicelogin."""
+        form = req.form()
+        client_id = form.get("client_id") or ""
+        scopes = (form.get("scope") or "").split()
+        with self.store.lock:
+            app = self.store.apps.get(client_id)
+            if app is None:
+                return _oauth_error(400, "unauthorized_client",
+                                    f"AADSTS700016: Application with identifier '{client_id}' was not found in "
+                                    "the directory.", codes=[700016])
+            if not scopes:
+                return _oauth_error(400, "invalid_request", "AADSTS900144: The request body must contain the "
+                                                            "following parameter: 'scope'.", codes=[900144])
+            settings = self.store.settings
+            user_code = "".join(secrets.choice(_USER_CODE_ALPHABET) for _ in range(9))
+            flow = DeviceCode(
+                device_code="DAQABAAEAAA" + secrets.token_urlsafe(96), user_code=user_code,
+                client_id=client_id, tenant=tenant, scopes=scopes,
+                expires_at=self.store.clock.now() + timedelta(seconds=settings.device_code_lifetime),
+                interval=settings.device_code_interval)
+            self.store.device_codes[flow.device_code] = flow
+        uri = f"{self.base_url}{DEVICE_LOGIN_PATH}"
+        return Response.plain_json({
+            "user_code": user_code, "device_code": flow.device_code, "verification_uri": uri,
+            "expires_in": self.store.settings.device_code_lifetime, "interval": flow.interval,
+            "message": f"To sign in, use a web browser to open the page {uri} and enter the code {user_code} "
+                       "to authenticate."})
+
+    def _grant_device_code(self, form: dict, req: Request) -> Response:
+        """The client's poll. Pending → 400 authorization_pending (70016); polled again sooner than
+        `interval` seconds → 400 slow_down and the interval grows by 5 s (RFC 8628 §3.5; Entra does not
+        list it, MSAL honours it); past `expires_in` → 400 expired_token (70019)."""
+        client_id, secret = form.get("client_id") or "", form.get("client_secret")
+        with self.store.lock:
+            app = self.store.apps.get(client_id)
+            if app is None:
+                return _oauth_error(400, "unauthorized_client",
+                                    f"AADSTS700016: Application with identifier '{client_id}' was not found in "
+                                    "the directory.", codes=[700016])
+            if not app.public_client and not secret:
+                return _oauth_error(401, "invalid_client",
+                                    "AADSTS7000218: The request body must contain the following parameter: "
+                                    "'client_assertion' or 'client_secret'.", codes=[7000218])
+            if app.public_client and secret:
+                return _oauth_error(401, "invalid_client",
+                                    "AADSTS700025: Client is public so neither 'client_assertion' nor "
+                                    "'client_secret' should be presented.", codes=[700025])
+            if not app.public_client and not secrets.compare_digest(secret or "", app.client_secret):
+                return _oauth_error(401, "invalid_client", "AADSTS7000215: Invalid client secret provided.",
+                                    codes=[7000215])
+            flow = self.store.device_codes.get(form.get("device_code") or form.get("code") or "")
+            if flow is None or flow.client_id != client_id:
+                return _oauth_error(400, "bad_verification_code",
+                                    "AADSTS70000: The provided value for the input parameter 'device_code' is "
+                                    "not valid.", codes=[70000])
+            if flow.state == "redeemed":
+                return _oauth_error(400, "invalid_grant", "AADSTS54005: OAuth2 Authorization code was already "
+                                                          "redeemed, please retry with a new valid code.",
+                                    codes=[54005])
+            if self.store.clock.now() > flow.expires_at:
+                return _oauth_error(400, "expired_token", "AADSTS70019: Verification code expired.",
+                                    codes=[70019])
+            if flow.state == "declined":
+                return _oauth_error(400, "authorization_declined", "AADSTS70020: The user declined to "
+                                                                   "authorize the request.", codes=[70020])
+            now = time.monotonic()
+            too_soon = flow.last_poll is not None and now - flow.last_poll < flow.interval - 0.5
+            flow.last_poll = now
+            if too_soon and flow.state == "pending":
+                flow.interval += 5
+                return _oauth_error(400, "slow_down", "AADSTS70016: OAuth 2.0 device flow error. Polling too "
+                                                      f"fast: wait {flow.interval} seconds between requests.",
+                                    codes=[70016])
+            if flow.state == "pending":
+                return _oauth_error(400, "authorization_pending", "AADSTS70016: OAuth 2.0 device flow error. "
+                                                                  "Authorization is pending. Continue polling.",
+                                    codes=[70016])
+            flow.state = "redeemed"
+            assert flow.oid is not None and flow.tenant_id is not None
+            return self._issue(app, flow.oid, flow.tenant_id, flow.scopes, nonce=None,
+                               want_client_info=form.get("client_info") == "1")
+
+    def device_login(self, req: Request) -> Response:
+        """The page a person opens (`verification_uri`): enter the code, then say who signs in and accept.
+        Form fields: `otc` (the user code), `login` (the account's UPN), `consent` (accept | refuse)."""
+        params = dict(req.query)
+        if req.method == "POST":
+            params.update(req.form())
+        es = (params.get("ui_locales") or req.headers.get("Accept-Language") or "en").lower().startswith("es")
+        entered = (params.get("otc") or "").strip().upper().replace("-", "")
+        if not entered:
+            return _device_page(es, "")
+        with self.store.lock:
+            now = self.store.clock.now()
+            flow = next((f for f in self.store.device_codes.values() if f.user_code == entered), None)
+            if flow is None or flow.state != "pending":
+                return _device_page(es, "AADSTS70018: " + ("Código no válido." if es else
+                                    "Invalid verification code entered."), status=400)
+            if now > flow.expires_at:
+                return _device_page(es, "AADSTS70019: " + ("El código expiró." if es else
+                                    "Verification code expired."), status=400)
+            app = self.store.apps[flow.client_id]
+            decision = params.get("consent")
+            if decision not in ("accept", "refuse"):
+                return _device_consent_page(es, flow, app.display_name, params.get("login") or "")
+            if decision == "refuse":
+                flow.state = "declined"
+                return _device_done_page(es, "declined", app.display_name)
+            user = self.store.find_user(params.get("login") or "")
+            if user is None:
+                return _device_consent_page(es, flow, app.display_name, params.get("login") or "",
+                                            error="AADSTS50034: " + ("La cuenta no existe." if es else
+                                                                     "The user account does not exist."))
+            if flow.tenant.lower() not in META_TENANTS and user.tenant_id != flow.tenant:
+                return _device_consent_page(es, flow, app.display_name, user.upn,
+                                            error=f"AADSTS50020: User account '{user.upn}' does not exist in "
+                                                  f"tenant '{flow.tenant}'.")
+            flow.state, flow.oid, flow.tenant_id = "approved", user.oid, user.tenant_id
+            return _device_done_page(es, "approved", app.display_name)
+
     def _jwt(self, claims: dict) -> str:
         return jwt.encode(claims, self.key, algorithm="RS256", headers={"kid": self.kid, "typ": "JWT"})
 
@@ -412,6 +545,43 @@ def _oauth_error(status: int, error: str, description: str, codes: list[int] | N
     if suberror:
         body["suberror"] = suberror
     return Response.plain_json(body, status)
+
+
+def _device_page(es: bool, error: str, status: int = 200) -> Response:
+    title = "Escribir código" if es else "Enter code"
+    hint = ("Escriba el código que aparece en su aplicación o dispositivo." if es else
+            "Enter the code displayed on your app or device.")
+    err = f'<p class="error">{html.escape(error)}</p>' if error else ""
+    return Response.html(f"""<!doctype html><html lang="{'es' if es else 'en'}"><head><meta charset="utf-8">
+<title>{title}</title></head><body><h1>{title}</h1><p>{hint}</p>{err}
+<form method="post" action="{DEVICE_LOGIN_PATH}"><input name="otc" autocomplete="off">
+<button type="submit">{"Siguiente" if es else "Next"}</button></form></body></html>""", status=status)
+
+
+def _device_consent_page(es: bool, flow: DeviceCode, app_name: str, login: str, error: str = "") -> Response:
+    asks = (f"¿Está intentando iniciar sesión en <b>{html.escape(app_name)}</b>?" if es else
+            f"Are you trying to sign in to <b>{html.escape(app_name)}</b>?")
+    scopes = "".join(f"<li>{html.escape(s)}</li>" for s in flow.scopes if s not in RESERVED_SCOPES)
+    err = f'<p class="error">{html.escape(error)}</p>' if error else ""
+    return Response.html(f"""<!doctype html><html lang="{'es' if es else 'en'}"><head><meta charset="utf-8">
+<title>{"Iniciar sesión" if es else "Sign in"}</title></head><body><p>{asks}</p><ul>{scopes}</ul>{err}
+<form method="post" action="{DEVICE_LOGIN_PATH}"><input type="hidden" name="otc" value="{flow.user_code}">
+<label>{"Cuenta" if es else "Account"} <input name="login" value="{html.escape(login)}"></label>
+<button type="submit" name="consent" value="accept">{"Continuar" if es else "Continue"}</button>
+<button type="submit" name="consent" value="refuse">{"Cancelar" if es else "Cancel"}</button>
+</form></body></html>""", status=400 if error else 200)
+
+
+def _device_done_page(es: bool, outcome: str, app_name: str) -> Response:
+    name = html.escape(app_name)
+    if outcome == "approved":
+        text = (f"Ha iniciado sesión en la aplicación {name} en su dispositivo. Ya puede cerrar esta ventana."
+                if es else f"You have signed in to the {name} application on your device. You may now close "
+                           "this window.")
+    else:
+        text = "Se canceló el inicio de sesión." if es else "The sign-in was cancelled."
+    return Response.html(f"""<!doctype html><html><head><meta charset="utf-8"><title>{name}</title></head>
+<body><p id="outcome" data-outcome="{outcome}">{text}</p></body></html>""")
 
 
 def _error_page(message: str) -> Response:

@@ -20,7 +20,7 @@ from . import faults
 from .control import EmulatorControl
 from .control_api import ControlAPI
 from .graph import GraphService
-from .identity import Identity, is_identity_path
+from .identity import DEVICE_LOGIN_PATH, Identity, is_identity_path
 from .notify import Notifier
 from .state import Clock, Store
 from .web import Request, Response, graph_error
@@ -171,6 +171,8 @@ class Emulator:
             return self.control_api.handle(req)
         if req.path == "/v1.0" or req.path.startswith("/v1.0/"):
             return self.graph.serve(req)
+        if req.path == DEVICE_LOGIN_PATH:
+            return self.identity.device_login(req)
         if is_identity_path(req.path):
             rule = faults.pick(self.store, req, "identity")
             if rule is not None:

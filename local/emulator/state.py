@@ -65,6 +65,8 @@ class App:
     redirect_uris: list[str]
     display_name: str = "CRM calendar sync"
     tenant_id: str | None = None
+    # "Allow public client flows" (Authentication blade): the device-code grant without a secret.
+    public_client: bool = False
 
     def public(self) -> dict:
         return {
@@ -73,6 +75,7 @@ class App:
             "redirect_uris": self.redirect_uris,
             "display_name": self.display_name,
             "tenant_id": self.tenant_id,
+            "public_client": self.public_client,
         }
 
 
@@ -167,6 +170,23 @@ class AuthCode:
 
 
 @dataclass
+class DeviceCode:
+    """One device-code sign-in (RFC 8628 as the identity platform serves it)."""
+
+    device_code: str
+    user_code: str
+    client_id: str
+    tenant: str  # the tenant segment the flow was started on (common, organizations, a tenant id)
+    scopes: list[str]
+    expires_at: datetime  # emulator clock
+    interval: int  # seconds; grows by 5 on every slow_down
+    last_poll: float | None = None  # time.monotonic() of the last token poll
+    state: str = "pending"  # pending, approved, declined, redeemed
+    oid: str | None = None
+    tenant_id: str | None = None
+
+
+@dataclass
 class AccessToken:
     token: str
     client_id: str
@@ -232,6 +252,8 @@ class Settings:
     default_user: str | None = None
     access_token_lifetime: int = 3600
     refresh_token_inactivity_days: int = 90
+    device_code_interval: int = 5  # seconds between polls the device-code answer asks for (Entra: 5)
+    device_code_lifetime: int = 900  # expires_in of a device code (Entra: 15 minutes)
     # throttling (Outlook: per app+mailbox 10,000 / 10 min; 4 concurrent)
     rate_limit: int = 10_000
     rate_window_seconds: float = 600.0
@@ -295,6 +317,7 @@ class Store:
             self.apps: dict[str, App] = {}
             self.mailboxes: dict[str, Mailbox] = {}
             self.codes: dict[str, AuthCode] = {}
+            self.device_codes: dict[str, DeviceCode] = {}
             self.access_tokens: dict[str, AccessToken] = {}
             self.refresh_tokens: dict[str, RefreshToken] = {}
             self.subscriptions: dict[str, Subscription] = {}

@@ -66,3 +66,22 @@ class _AutoPostForm(HTMLParser):
     def handle_endtag(self, tag: str) -> None:
         if tag == "form":
             self._inside = False
+
+
+def approve_device_code(
+    verification_uri: str, user_code: str, login: str, ca_path: str, *, accept: bool = True
+) -> requests.Response:
+    """What a person does with a device-code prompt: open the page, type the code, say which account
+    signs in and accept (or cancel). Over HTTP on the identity platform's own page, nothing else."""
+    with requests.Session() as browser:
+        browser.verify = ca_path
+        page = browser.get(verification_uri, timeout=30)
+        assert page.status_code == 200 and 'name="otc"' in page.text, page.text[:300]
+        asked = browser.post(verification_uri, data={"otc": user_code}, timeout=30)
+        if asked.status_code != 200:  # a wrong or expired code: the page says why
+            return asked
+        return browser.post(
+            verification_uri,
+            data={"otc": user_code, "login": login, "consent": "accept" if accept else "refuse"},
+            timeout=30,
+        )

@@ -10,6 +10,8 @@ import msal
 import pytest
 import requests
 
+from tests.support.sign_in import approve_device_code
+
 from .conftest import REDIRECT_URI, SCOPES, Graph, browser_sign_in, msal_app, raw_token, sign_in
 
 pytestmark = [
@@ -181,3 +183,89 @@ def test_graph_rejects_missing_unknown_and_expired_tokens(emu, ctl, app, user):
     ctl.advance_clock(seconds=3601)
     r = Graph(emu, tok)("GET", "/me")
     assert r.status_code == 401 and "expired" in r.json()["error"]["message"]
+
+
+# --- device code (ENTRA v2-oauth2-device-code.md; RFC 8628) -----------------------------------------
+
+
+@pytest.fixture
+def public_app(ctl):
+    """A registration with "Allow public client flows" on, as the live check's sign-in needs."""
+    return ctl.add_app(client_id="22222222-3333-4444-5555-666666666666", display_name="Go-live check",
+                       public_client=True)
+
+
+def _device_code(emu, client_id, tenant="organizations", scope="Calendars.ReadWrite offline_access"):
+    return requests.post(f"{emu.authority_host}/{tenant}/oauth2/v2.0/devicecode", verify=emu.ca_path,
+                         timeout=10, data={"client_id": client_id, "scope": scope})
+
+
+def _poll(emu, client_id, device_code, tenant="organizations", **extra):
+    return requests.post(f"{emu.authority_host}/{tenant}/oauth2/v2.0/token", verify=emu.ca_path, timeout=10,
+                         data={"grant_type": "urn:ietf:params:oauth:grant-type:device_code",
+                               "client_id": client_id, "device_code": device_code, **extra})
+
+
+def test_msal_device_flow_waits_for_the_person_then_gets_a_delegated_token(emu, ctl, public_app, user):
+    ctl.update_settings(device_code_interval=1)
+    client = msal.PublicClientApplication(public_app["client_id"], authority=f"{emu.authority_host}/organizations",
+                                          instance_discovery=False, verify=emu.ca_path,
+                                          token_cache=msal.SerializableTokenCache())
+    flow = client.initiate_device_flow(scopes=SCOPES)
+    assert flow["verification_uri"] == f"{emu.authority_host}/devicelogin" and flow["interval"] == 1
+    assert flow["expires_in"] == 900 and flow["user_code"] in flow["message"]
+    assert flow["verification_uri"] in flow["message"]
+    # Nobody signed in yet: one non-blocking poll is answered authorization_pending (70016).
+    pending = client.acquire_token_by_device_flow(flow, exit_condition=lambda f: True)
+    assert pending["error"] == "authorization_pending" and pending["error_codes"] == [70016], pending
+    answer = approve_device_code(flow["verification_uri"], flow["user_code"], user["upn"], emu.ca_path)
+    assert 'data-outcome="approved"' in answer.text, answer.text
+    result = client.acquire_token_by_device_flow(flow)
+    assert "access_token" in result, result
+    assert result["id_token_claims"]["preferred_username"] == user["upn"]
+    assert Graph(emu, result["access_token"])("GET", "/me").json()["id"] == user["id"]
+    # The token cache holds the account: the next run signs in silently, without a person.
+    account = client.get_accounts(username=user["upn"])[0]
+    assert "access_token" in client.acquire_token_silent_with_error(SCOPES, account)
+    # The device code is single use.
+    again = _poll(emu, public_app["client_id"], flow["device_code"])
+    assert again.status_code == 400 and again.json()["error"] == "invalid_grant"
+
+
+def test_polling_faster_than_the_interval_gets_slow_down_and_msal_backs_off(emu, ctl, public_app, user):
+    code = _device_code(emu, public_app["client_id"]).json()
+    assert code["interval"] == 5  # Entra's usual answer
+    first = _poll(emu, public_app["client_id"], code["device_code"])
+    assert first.status_code == 400 and first.json()["error"] == "authorization_pending"
+    second = _poll(emu, public_app["client_id"], code["device_code"])
+    assert second.status_code == 400 and second.json()["error"] == "slow_down"
+    # MSAL adds 5 s to the flow's interval on slow_down (RFC 8628 §3.5) and keeps polling.
+    client = msal.PublicClientApplication(public_app["client_id"], authority=f"{emu.authority_host}/organizations",
+                                          instance_discovery=False, verify=emu.ca_path)
+    flow = {**code, "expires_at": 2**40}
+    fast = client.acquire_token_by_device_flow(flow, exit_condition=lambda f: True)
+    assert fast["error"] == "slow_down" and flow["interval"] == 10
+
+
+def test_device_code_expires_is_declined_and_needs_public_client_flows(emu, ctl, public_app, app, user):
+    code = _device_code(emu, public_app["client_id"]).json()
+    ctl.advance_clock(seconds=901)
+    expired = _poll(emu, public_app["client_id"], code["device_code"])
+    assert expired.status_code == 400 and expired.json()["error"] == "expired_token"
+    assert expired.json()["error_codes"] == [70019]
+    late = approve_device_code(code["verification_uri"], code["user_code"], user["upn"], emu.ca_path)
+    assert late.status_code == 400 and "AADSTS70019" in late.text
+
+    declined = _device_code(emu, public_app["client_id"]).json()
+    answer = approve_device_code(declined["verification_uri"], declined["user_code"], user["upn"], emu.ca_path,
+                                 accept=False)
+    assert 'data-outcome="declined"' in answer.text
+    refused = _poll(emu, public_app["client_id"], declined["device_code"])
+    assert refused.status_code == 400 and refused.json()["error"] == "authorization_declined"
+
+    wrong = requests.post(code["verification_uri"], data={"otc": "NOSUCHCOD"}, verify=emu.ca_path, timeout=10)
+    assert wrong.status_code == 400 and "AADSTS70018" in wrong.text
+    # A registration without "Allow public client flows" needs a secret: 401 AADSTS7000218.
+    confidential = _device_code(emu, app["client_id"]).json()
+    no_secret = _poll(emu, app["client_id"], confidential["device_code"])
+    assert no_secret.status_code == 401 and no_secret.json()["error_codes"] == [7000218]

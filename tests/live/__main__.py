@@ -1,0 +1,3 @@
+from tests.live.suite import cli
+
+raise SystemExit(cli())
