@@ -13,12 +13,17 @@ import pytest
 from local.azurite import Azurite, free_port
 from local.dev_settings import new_secrets, service_environment
 from local.processes import Service
+from tests.support.clock import host_clock_env, start_tests_clock
 from tests.support.stack import Stack, launch_stack
 
 __all__ = ["ROOT", "Stack", "wait_until"]
 
 T = TypeVar("T")
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    start_tests_clock()  # TESTS_CLOCK, when set: the whole run on another date (tests/support/clock.py)
 
 
 def wait_until(probe: Callable[[], T], timeout: float = 30.0, what: str = "condition") -> T:
@@ -59,7 +64,7 @@ def start_host(azurite: Azurite, test_secrets: dict[str, str]) -> Iterator[Calla
             crm_callback_url="http://127.0.0.1:9/unused",
             secrets_=test_secrets,
         )
-        settings.update(env)
+        settings.update({**host_clock_env(), **env})
         service = Service(
             "host",
             ["-m", "local.host", "--port", str(port), "--app", app, "--host-json", host_json],

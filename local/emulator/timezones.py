@@ -2,7 +2,17 @@
 
 Source: GDC `api-reference/v1.0/resources/datetimetimezone.md`: "The TimeZone property can be set to any of
 the time zones supported by Windows, as well as the following time zones names" (the IANA list below).
-Windows names are mapped to IANA through the CLDR windowsZones table that `tzlocal.windows_tz` carries.
+Windows names are mapped to IANA through CLDR's windowsZones table (the world-wide "001" row of each Windows
+zone) as Babel ships it (`babel.core.get_global("windows_zone_mapping")`): deliberately not `tzlocal.windows_tz`,
+the table the product uses, so that the exact-time tests compare the product with an independent reading of
+the same CLDR data (tests/unit/test_windows_zones.py checks that the two agree on every zone the product
+knows, and says where they differ). Times are only ever read through Babel's table.
+
+Naming a mailbox's zone from an IANA name (the control API's ``time_zone``, e.g. "Europe/Madrid") needs
+CLDR's per-territory rows, which Babel does not ship: an IANA zone that is some Windows zone's "001" zone
+(or an old spelling of one) maps back through Babel's rows; any other is named through tzlocal's
+territory rows, and only when the Windows id it gives is one CLDR (Babel) lists. That only picks the
+name a test mailbox reports; the instants are still computed from Babel's table.
 """
 
 from __future__ import annotations
@@ -11,7 +21,8 @@ import re
 from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from tzlocal.windows_tz import tz_win, win_tz
+from babel.core import get_global
+from tzlocal.windows_tz import tz_win as _territory_rows
 
 # The documented "additional time zones" (IANA names), verbatim from the docs page. Where the page gives an
 # alias in parentheses ("Europe/Kyiv (Kiev)") both spellings are accepted.
@@ -37,7 +48,24 @@ Pacific/Kiritimati
 # Spellings in the documented list that tzdata does not carry under that name.
 _IANA_ALIASES = {"Asia/Toshkent": "Asia/Tashkent", "Asia/Astana": "Asia/Almaty"}
 
-_WINDOWS_BY_LOWER = {name.lower(): name for name in win_tz}
+# CLDR windowsZones, "001" rows: Windows zone id -> IANA zone (e.g. "Romance Standard Time" -> "Europe/Paris").
+WINDOWS_TO_IANA: dict[str, str] = dict(get_global("windows_zone_mapping"))
+_CLDR_ALIASES: dict[str, str] = dict(get_global("zone_aliases"))  # old IANA spelling -> CLDR's
+
+
+def _iana_to_windows() -> dict[str, str]:
+    mapped: dict[str, str] = {}
+    for windows, iana in sorted(WINDOWS_TO_IANA.items()):
+        for spelling in {iana, _CLDR_ALIASES.get(iana, iana)}:
+            mapped.setdefault(spelling, windows)  # a zone shared by two ids: the first by name
+    for old, new in _CLDR_ALIASES.items():
+        if new in mapped:
+            mapped.setdefault(old, mapped[new])
+    return mapped
+
+
+IANA_TO_WINDOWS = _iana_to_windows()
+_WINDOWS_BY_LOWER = {name.lower(): name for name in WINDOWS_TO_IANA}
 
 
 class TimeZoneNotSupported(ValueError):
@@ -57,7 +85,7 @@ def resolve(name: str | None) -> ZoneInfo:
         raise TimeZoneNotSupported(str(name))
     windows = _WINDOWS_BY_LOWER.get(name.lower())
     if windows is not None:
-        return _zone(win_tz[windows], name)
+        return _zone(WINDOWS_TO_IANA[windows], name)
     if name in DOCUMENTED_IANA:
         return _zone(_IANA_ALIASES.get(name, name), name)
     raise TimeZoneNotSupported(name)
@@ -85,8 +113,9 @@ def windows_name(name: str) -> str:
         return windows
     if name in ("UTC", "Etc/UTC"):
         return "UTC"
-    mapped = tz_win.get(_IANA_ALIASES.get(name, name))
-    if mapped:
+    canonical = _IANA_ALIASES.get(name, name)
+    mapped = IANA_TO_WINDOWS.get(name) or IANA_TO_WINDOWS.get(canonical) or _territory_rows.get(canonical)
+    if mapped in WINDOWS_TO_IANA:
         return mapped
     raise TimeZoneNotSupported(name)
 

@@ -6,9 +6,11 @@ import argparse
 import faulthandler
 import json
 import logging
+import os
 import signal
 import sys
 import threading
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from local.host import DevHost, fail, load_app
@@ -25,6 +27,7 @@ def main() -> None:
     args = parser.parse_args()
     configure_logging()
     faulthandler.register(signal.SIGUSR1)  # `kill -USR1` prints every thread's stack
+    shift_clock(os.environ.get("LOCAL_HOST_CLOCK_OFFSET_SECONDS"))
     sys.path.insert(0, str(Path.cwd()))
 
     from shared.rules.settings import SettingsError
@@ -46,6 +49,20 @@ def main() -> None:
     stopped.wait()
     log.info("Stopping")
     host.stop()
+
+
+def shift_clock(offset: str | None) -> None:
+    """Tests only (tests/support/clock.py, TESTS_CLOCK): run the whole app that many seconds from
+    now, as the test process does, so both read the same faked date. The wall clock only
+    (``time.time``, ``datetime.now``); ``time.monotonic`` and sleeps stay real. Needs the dev
+    dependency time-machine; never set outside tests."""
+    if not offset:
+        return
+    import time_machine
+
+    start = datetime.now(UTC) + timedelta(seconds=float(offset))
+    time_machine.travel(start, tick=True).start()
+    log.warning("Clock shifted by %s s for tests: it is now %s", offset, datetime.now(UTC).isoformat())
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import random
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -31,7 +31,9 @@ from tests.e2e.push.conftest import (
     user_path,
     utc,
 )
+from tests.support.clock import days_from_today
 
+pytestmark = pytest.mark.e2e
 BACKFILL = "/api/tenants/{tenant}/users/{user}/backfill"
 ZONES = ["America/Bogota", "Europe/Madrid", "Asia/Tokyo", "America/New_York", "Australia/Sydney", "UTC"]
 
@@ -215,6 +217,7 @@ def test_two_thousand_activities_backfill_exactly_once_under_throttling(stack: S
     done2 = completed(stack, who, job2["job_id"], timeout=60)["data"]
     assert done2["created"] == 0 and done2["unchanged"] == len(expected) and done2["failed"] == 0
     assert stack.control.counters(who.oid)["totals"][who.oid]["batch_inner"] == before
+    stack.wait_until_idle()
     check_events(stack, who, expected)
     assert len(stack.callbacks.of_type("backfill.completed")) == 2
     assert stack.storage.queue("activity-backfill-poison").peek_messages() == []
@@ -284,7 +287,7 @@ def test_an_unfinished_create_is_found_not_duplicated(stack: Stack) -> None:
 
 def test_all_day_and_window_edges_in_the_dry_run(stack: Stack) -> None:
     who = connect_user(stack)
-    today = date.today()
+    today = days_from_today(0)
     old = {
         **copy.deepcopy(BASE_ACTIVITY),
         "id": "old",
@@ -309,8 +312,9 @@ def test_all_day_and_window_edges_in_the_dry_run(stack: Stack) -> None:
 def test_backfilled_activities_come_back_when_their_type_is_shown_again(stack: Stack) -> None:
     who = connect_user(stack)
     call_type = {"id": "type-call", "name": "Llamada", "show_in_calendar": True}
-    recent = activity(who, id="call-soon", type=call_type)  # 15 January 2027: inside the window
-    old = activity(who, id="call-old", type=call_type, start="2026-01-15T10:00:00", end="2026-01-15T11:00:00")
+    recent = activity(who, id="call-soon", type=call_type)  # the base activity's DAY: inside the window
+    long_ago = days_from_today(-40).isoformat()  # ended 40 days ago: outside the 30-day window
+    old = activity(who, id="call-old", type=call_type, start=f"{long_ago}T10:00:00", end=f"{long_ago}T11:00:00")
     job = run_job(stack, who, [recent, old])
     assert completed(stack, who, job["job_id"], timeout=60)["data"]["created"] == 1
     assert [property_of(e) for e in ours(stack, who)] == [property_value(who.tenant, "call-soon")]
@@ -319,7 +323,9 @@ def test_backfilled_activities_come_back_when_their_type_is_shown_again(stack: S
     wait_until(lambda: ours(stack, who) == [], what="the type's events removed")
 
     send(stack, envelope(who.tenant, "activity_type.updated", call_type))
-    back = wait_until(lambda: ours(stack, who), what="the backfilled call back in the calendar")
+    wait_until(lambda: ours(stack, who), what="the backfilled call back in the calendar")
+    stack.wait_until_idle()
+    back = ours(stack, who)
     # Only the one inside the window: the old call never reaches the calendar.
     assert [property_of(e) for e in back] == [property_value(who.tenant, "call-soon")]
     assert back[0]["subject"] == recent["subject"]

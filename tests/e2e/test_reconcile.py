@@ -5,7 +5,7 @@ without duplicates, subscriptions are renewed and recreated, and a mass deletion
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from urllib.parse import quote
 
@@ -14,8 +14,20 @@ import requests
 
 from shared.store import links, tables
 from tests.conftest import Stack, wait_until
+from tests.e2e.push.conftest import DAY as BASE_DAY
 from tests.e2e.push.conftest import CrmUser, connect_user, ours, status, synced, upsert, user_path, writes
 from tests.e2e.push.openapi_contract import check_callback
+from tests.support.clock import days_from_today
+
+# Every date below is computed from the clock: the base activity's DAY (tests.e2e.push.conftest,
+# inside the sync window and on standard time in Europe and America, as are the week after it) and
+# days after it. Written as calendar dates they would fall out of the delta window one day.
+DAY = date.fromisoformat(BASE_DAY)
+
+
+def day(n: int) -> str:
+    """The n-th day after the base activity's, ``YYYY-MM-DD``."""
+    return (DAY + timedelta(days=n)).isoformat()
 
 pytestmark = pytest.mark.e2e
 CHANGED = "activity.changed_in_outlook"
@@ -48,6 +60,7 @@ def pushed(stack: Stack, who: CrmUser, activity_id: str = "act-1", **overrides: 
     upsert(stack, who, id=activity_id, **overrides)
     synced(stack, who, activity_id, overrides.get("version", 1))
     reconciled_after(stack, who, before)  # the notification of our own write was read
+    stack.wait_until_idle()  # and whatever it queued (a callback would be a bug) delivered
     stored = links.get(stack.storage, who.tenant, who.user, activity_id)
     return next(e for e in ours(stack, who) if e["id"] == stored.link.outlook_event_id)
 
@@ -78,6 +91,7 @@ def test_a_wrong_client_state_is_ignored_but_answered_202(stack: Stack, ana: Crm
     }
     answer = requests.post(f"{stack.url}/api/graph/notifications", json=forged, timeout=10)
     assert answer.status_code == 202
+    stack.wait_until_idle()
     row = stack.storage.table(tables.RECONCILE_PENDING).query_entities(
         "PartitionKey eq @pk", parameters={"pk": tables.key(ana.tenant, ana.user)}
     )
@@ -95,16 +109,17 @@ def test_a_move_in_outlook_is_reported_with_the_exact_times_and_our_writes_are_n
     stack.control.user_move_event(
         ana.oid,
         event["id"],
-        start={"dateTime": "2027-01-16T07:30:00", "timeZone": "Pacific Standard Time"},
-        end={"dateTime": "2027-01-16T08:15:00", "timeZone": "Pacific Standard Time"},
+        start={"dateTime": f"{day(1)}T07:30:00", "timeZone": "Pacific Standard Time"},
+        end={"dateTime": f"{day(1)}T08:15:00", "timeZone": "Pacific Standard Time"},
     )
     changed = stack.callbacks.wait_for(CHANGED)
+    stack.wait_until_idle()
     times = ("activity_id", "start", "end", "all_day")  # the fields this callback had before issue 16
     assert [{k: c["data"][k] for k in times} for c in of(stack, ana, CHANGED)] == [
         {
             "activity_id": "act-1",
-            "start": "2027-01-16T15:30:00Z",
-            "end": "2027-01-16T16:15:00Z",
+            "start": f"{day(1)}T15:30:00Z",  # Pacific standard time is UTC-8
+            "end": f"{day(1)}T16:15:00Z",
             "all_day": False,
         }
     ]
@@ -117,6 +132,7 @@ def test_a_move_in_outlook_is_reported_with_the_exact_times_and_our_writes_are_n
     before = status(stack, ana)["last_reconcile_at"]
     request_reconcile(stack, ana)
     reconciled_after(stack, ana, before)
+    stack.wait_until_idle()  # the pass's callbacks, if any, are delivered after it ends
     assert len(of(stack, ana, CHANGED)) == 1
     assert writes(stack, ana, "PATCH") == patches
 
@@ -129,6 +145,7 @@ def test_a_move_in_outlook_is_reported_with_the_exact_times_and_our_writes_are_n
         ),
         what="the edit to be read",
     )
+    stack.wait_until_idle()
     assert len(of(stack, ana, CHANGED)) == 1
 
 
@@ -146,7 +163,8 @@ def test_a_deletion_in_outlook_is_reported_and_a_newer_crm_version_creates_it_ag
         what="the link to be detached",
     )
     assert stored.extra.get("deleted_in_outlook_at")
-    assert of(stack, ana, CHANGED) == []
+    stack.wait_until_idle()
+    assert len(of(stack, ana, DELETED)) == 1 and of(stack, ana, CHANGED) == []
 
     upsert(stack, ana, version=2, subject="Reprogramada desde el CRM")
     synced(stack, ana, "act-1", 2)
@@ -165,13 +183,18 @@ def move_unnoticed(stack: Stack, who: CrmUser, event: dict[str, Any], day: str) 
         start={"dateTime": f"{day}T09:00:00", "timeZone": "UTC"},
         end={"dateTime": f"{day}T10:00:00", "timeZone": "UTC"},
     )
-    stack.control.deliveries(after=mark, at_least=1, timeout=10, mailbox=who.oid, outcome="dropped")
+    dropped = stack.control.deliveries(after=mark, at_least=1, timeout=10, mailbox=who.oid, outcome="dropped")
     stack.control.set_notifications(drop_probability=0.0)
+    # Really lost: Graph dropped the notification of this very event, and sent nothing else about it.
+    assert [d["payload"]["value"][0]["resourceData"]["id"] for d in dropped["value"]] == [event["id"]]
+    sent = stack.control.deliveries(after=mark, mailbox=who.oid)["value"]
+    assert [d["outcome"] for d in sent] == ["dropped"], sent
+    stack.wait_until_idle()  # so a test's "nothing reported yet" is not just "not yet""
 
 
 def test_lost_notifications_are_caught_by_the_sweep(stack: Stack, ana: CrmUser) -> None:
     event = pushed(stack, ana)
-    move_unnoticed(stack, ana, event, "2027-01-20")
+    move_unnoticed(stack, ana, event, day(5))
     # Six hours and more since this user's last reconcile: the sweep takes them first.
     stack.storage.table(tables.CONNECTIONS).update_entity(
         {
@@ -183,32 +206,34 @@ def test_lost_notifications_are_caught_by_the_sweep(stack: Stack, ana: CrmUser) 
     answer = requests.post(f"{stack.url}/admin/functions/reconcile_sweep", json={}, timeout=10)
     assert answer.status_code == 202
     stack.callbacks.wait_for(CHANGED)
-    assert [c["data"]["start"] for c in of(stack, ana, CHANGED)] == ["2027-01-20T09:00:00Z"]
+    stack.wait_until_idle()
+    assert [c["data"]["start"] for c in of(stack, ana, CHANGED)] == [f"{day(5)}T09:00:00Z"]
 
 
 def test_an_expired_delta_token_resyncs_without_duplicate_callbacks(stack: Stack, ana: CrmUser) -> None:
     first = pushed(stack, ana, "act-1")
-    second = pushed(stack, ana, "act-2", start="2027-02-01T10:00:00", end="2027-02-01T11:00:00")
+    second = pushed(stack, ana, "act-2", start=f"{day(3)}T10:00:00", end=f"{day(3)}T11:00:00")
     stack.control.user_move_event(
         ana.oid,
         first["id"],
-        start={"dateTime": "2027-01-15T18:00:00", "timeZone": "UTC"},
-        end={"dateTime": "2027-01-15T19:00:00", "timeZone": "UTC"},
+        start={"dateTime": f"{day(0)}T18:00:00", "timeZone": "UTC"},
+        end={"dateTime": f"{day(0)}T19:00:00", "timeZone": "UTC"},
     )
     stack.callbacks.wait_for(CHANGED)
     stack.control.invalidate_delta_tokens(ana.oid)
     stack.control.user_move_event(
         ana.oid,
         second["id"],
-        start={"dateTime": "2027-02-02T10:00:00", "timeZone": "UTC"},
-        end={"dateTime": "2027-02-02T11:00:00", "timeZone": "UTC"},
+        start={"dateTime": f"{day(4)}T10:00:00", "timeZone": "UTC"},
+        end={"dateTime": f"{day(4)}T11:00:00", "timeZone": "UTC"},
     )
     stack.callbacks.wait_for(CHANGED, count=2)
     before = status(stack, ana)["last_reconcile_at"]
     request_reconcile(stack, ana)  # one more pass over the new round: still nothing new
     reconciled_after(stack, ana, before)
+    stack.wait_until_idle()
     reported = sorted((c["data"]["activity_id"], c["data"]["start"]) for c in of(stack, ana, CHANGED))
-    assert reported == [("act-1", "2027-01-15T18:00:00Z"), ("act-2", "2027-02-02T10:00:00Z")]
+    assert reported == [("act-1", f"{day(0)}T18:00:00Z"), ("act-2", f"{day(4)}T10:00:00Z")]
     assert of(stack, ana, DELETED) == []
 
 
@@ -274,13 +299,14 @@ def test_reauthorization_required_reauthorizes_the_same_subscription(stack: Stac
 
 def test_missed_notifications_are_caught_by_a_reconcile(stack: Stack, ana: CrmUser) -> None:
     event = pushed(stack, ana)
-    move_unnoticed(stack, ana, event, "2027-01-21")
-    assert of(stack, ana, CHANGED) == []
+    move_unnoticed(stack, ana, event, day(6))
+    assert of(stack, ana, CHANGED) == []  # after the barrier in move_unnoticed
 
     # Graph tells us it could not deliver some notifications: the reconcile finds the move.
     stack.control.send_lifecycle(stack.control.subscriptions(ana.oid)[0]["id"], "missed")
     stack.callbacks.wait_for(CHANGED)
-    assert [c["data"]["start"] for c in of(stack, ana, CHANGED)] == ["2027-01-21T09:00:00Z"]
+    stack.wait_until_idle()
+    assert [c["data"]["start"] for c in of(stack, ana, CHANGED)] == [f"{day(6)}T09:00:00Z"]
 
 
 def test_a_mass_deletion_is_held_flagged_and_released_on_confirmation(stack: Stack, ana: CrmUser) -> None:
@@ -290,8 +316,8 @@ def test_a_mass_deletion_is_held_flagged_and_released_on_confirmation(stack: Sta
             stack,
             ana,
             id=f"act-{i}",
-            start=f"2027-03-{i + 1:02d}T10:00:00",
-            end=f"2027-03-{i + 1:02d}T11:00:00",
+            start=f"{days_from_today(i + 2)}T10:00:00",  # inside the window, in the future
+            end=f"{days_from_today(i + 2)}T11:00:00",
         )
     for i in range(count):
         synced(stack, ana, f"act-{i}", 1)
@@ -301,6 +327,7 @@ def test_a_mass_deletion_is_held_flagged_and_released_on_confirmation(stack: Sta
     before = status(stack, ana)["last_reconcile_at"]
     request_reconcile(stack, ana)
     reconciled_after(stack, ana, before)
+    stack.wait_until_idle()
 
     now = status(stack, ana)
     assert now["held_deletions"] == count
@@ -310,6 +337,7 @@ def test_a_mass_deletion_is_held_flagged_and_released_on_confirmation(stack: Sta
 
     request_reconcile(stack, ana, confirm_deletions=True)
     stack.callbacks.wait_for(DELETED, count=count)
+    stack.wait_until_idle()
     assert sorted(c["data"]["activity_id"] for c in of(stack, ana, DELETED)) == sorted(
         f"act-{i}" for i in range(count)
     )

@@ -21,6 +21,11 @@ pytestmark = pytest.mark.integration
 NOW = datetime(2026, 11, 27, 3, 17, tzinfo=UTC)
 
 
+def iso_z(moment: datetime) -> str:
+    """As Graph writes expirationDateTime (a string, unlike the other tables' datetimes)."""
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.0000000Z")
+
+
 def exists(storage: Storage, table: str, pk: str, rk: str) -> bool:
     return tables.read(storage.table(table), pk, rk, "checking") is not None
 
@@ -48,10 +53,10 @@ def test_clean_up_removes_only_what_is_past_its_time(azurite: Azurite) -> None:
 
     subscriptions = storage.table(tables.SUBSCRIPTIONS)
     subscriptions.upsert_entity(
-        {"PartitionKey": f"gone-{tag}", "RowKey": "", "expires_at": "2026-11-20T00:00:00.0000000Z"}
+        {"PartitionKey": f"gone-{tag}", "RowKey": "", "expires_at": iso_z(NOW - timedelta(days=7))}
     )
     subscriptions.upsert_entity(
-        {"PartitionKey": f"live-{tag}", "RowKey": "", "expires_at": "2026-12-03T00:00:00.0000000Z"}
+        {"PartitionKey": f"live-{tag}", "RowKey": "", "expires_at": iso_z(NOW + timedelta(days=6))}
     )
 
     pending = storage.table(tables.RECONCILE_PENDING)

@@ -15,6 +15,7 @@ from local.processes import Service
 from shared.rules.queues import QUEUE_NAMES
 from shared.rules.settings import storage_settings
 from shared.store.storage import Storage
+from tests.support.clock import host_clock_env
 from tests.support.crm import CallbackReceiver, SignedClient
 
 RETURN_ORIGIN = "https://crm.example.com"
@@ -73,7 +74,7 @@ def launch_stack(azurite: Azurite, emulator: Any, secrets: dict[str, str], **env
         ca_bundle=emulator.ca_path,
         return_origins=RETURN_ORIGIN,
     )
-    settings.update({**TIMERS_OFF, **env})
+    settings.update({**TIMERS_OFF, **host_clock_env(), **env})
     storage = Storage(storage_settings({"AzureWebJobsStorage": azurite.connection_string}))
     empty_queues(storage)
     host = Service("host", ["-m", "local.host", "--port", str(port)], settings).start()

@@ -18,10 +18,14 @@ import requests
 from shared.rules.event_render import PROPERTY_ID
 from tests.conftest import Stack, wait_until
 from tests.e2e.push import openapi_contract
+from tests.support.clock import winter_day
 from tests.support.sign_in import sign_in
 
 RETURN_URL = "https://crm.example.com/calendars/activities"
 EVENTS_PATH = "/api/crm/events"
+# The day of the base activity: computed from the clock (inside the sync window, in the future, on
+# standard time in Europe and America), so 10:00 in Bogotá is always 15:00 UTC and 16:00 in Madrid.
+DAY = winter_day().isoformat()
 
 BASE_ACTIVITY: dict[str, Any] = {
     "id": "act-1",
@@ -32,8 +36,8 @@ BASE_ACTIVITY: dict[str, Any] = {
     "show_in_calendar": True,
     "subject": "Revisar la renovación con Ana",
     "description": "Llevar la lista de precios.\nConfirmar descuentos.",
-    "start": "2027-01-15T10:00:00",
-    "end": "2027-01-15T11:00:00",
+    "start": f"{DAY}T10:00:00",
+    "end": f"{DAY}T11:00:00",
     "time_zone": "America/Bogota",
     "all_day": False,
     "location": "Oficina Bogotá",

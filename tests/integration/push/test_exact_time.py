@@ -1,6 +1,11 @@
-"""Property: whatever the CRM's IANA zone and the mailbox's Windows zone, around DST transitions,
-the instant the emulator stores for our event equals the activity's instant, and all-day dates
-never move. Runs the real plan + apply code against the in-process Graph emulator."""
+"""Property: whatever the CRM's IANA zone and the mailbox's Windows zone, around DST transitions
+(1990-2037) and at any other time, the instant the emulator stores for our event equals the
+activity's instant, and all-day dates never move. Runs the real plan + apply code against the
+in-process Graph emulator.
+
+The oracle is independent of the product's zone table: the mailbox zones and the model's reading
+of them come from CLDR windowsZones as Babel ships it (the emulator's source too), not from
+``tzlocal.windows_tz``, which the product uses (tests/unit/test_windows_zones.py compares them)."""
 
 from __future__ import annotations
 
@@ -13,9 +18,9 @@ from urllib.parse import parse_qs, urlsplit
 import msal
 import pytest
 import requests
-from hypothesis import HealthCheck, given, settings
+from babel.core import get_global
+from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
-from tzlocal.windows_tz import win_tz
 
 from shared.flows import push_apply
 from shared.outlook.graph import GraphClient
@@ -34,18 +39,23 @@ REDIRECT = "http://localhost:7071/api/auth/callback"
 IANA = sorted(
     z for z in zoneinfo.available_timezones() if is_iana_zone(z) and "/" in z and not z.startswith("Etc/")
 )
-WINDOWS = sorted(win_tz)
+CLDR_WINDOWS = get_global("windows_zone_mapping")  # Windows id -> IANA, CLDR "001" rows
+WINDOWS = sorted(CLDR_WINDOWS)
+# 200 examples a run, drawn with a seed that changes every day (the same all day, so a failure
+# reproduces): the runs cover ever more cases instead of the same fixed few.
+EXAMPLES = 200
+SEED = date.today().toordinal()
 
 
 @functools.cache
 def transitions(zone_name: str) -> tuple[datetime, ...]:
-    """UTC instants in 2026-2028 where the zone's offset changes (hour resolution, then exact)."""
+    """UTC instants in 1990-2037 where the zone's offset changes (day steps, then 15 minutes)."""
     zone = zoneinfo.ZoneInfo(zone_name)
     found = []
-    moment = datetime(2026, 1, 1, tzinfo=UTC)
+    moment = datetime(1990, 1, 1, tzinfo=UTC)
     offset = moment.astimezone(zone).utcoffset()
-    while moment.year < 2029:
-        nxt = moment + timedelta(hours=1)
+    while moment.year < 2038:
+        nxt = moment + timedelta(days=1)
         if nxt.astimezone(zone).utcoffset() != offset:
             minute = moment
             while minute.astimezone(zone).utcoffset() == offset:
@@ -87,12 +97,12 @@ def mailbox(emulator) -> Mailbox:
 def cases(draw):
     crm_zone = draw(st.sampled_from(IANA))
     mailbox_zone = draw(st.sampled_from(WINDOWS))
-    source = draw(st.sampled_from([crm_zone, win_tz[mailbox_zone]]))
+    source = draw(st.sampled_from([crm_zone, CLDR_WINDOWS[mailbox_zone]]))
     around = transitions(source)
-    if around:
+    if around and draw(st.integers(0, 3)):  # mostly next to a transition, sometimes anywhen
         base = draw(st.sampled_from(around))
     else:
-        base = datetime(2027, 1, 1, tzinfo=UTC) + timedelta(hours=draw(st.integers(0, 364 * 24)))
+        base = datetime(1990, 1, 1, tzinfo=UTC) + timedelta(hours=draw(st.integers(0, 48 * 365 * 24)))
     start = base + timedelta(minutes=15 * draw(st.integers(-12, 12)))
     minutes = 15 * draw(st.integers(0, 16))
     form = draw(st.sampled_from(["offset", "wall", "all_day"]))
@@ -108,11 +118,12 @@ def instant(text: str) -> datetime:
 
 
 @settings(
-    max_examples=60,
+    max_examples=EXAMPLES,
     deadline=None,
-    derandomize=True,
+    database=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
+@seed(SEED)
 @given(case=cases())
 def test_the_stored_instant_is_the_activitys_instant(mailbox: Mailbox, case) -> None:
     crm_zone, mailbox_zone, start, minutes, form, days = case
