@@ -64,6 +64,16 @@ def is_iana_zone(name: object) -> bool:
     return isinstance(name, str) and name in _iana_zones()
 
 
+# tzlocal's table also lists three Canadian ids that no Windows version has and CLDR's windowsZones
+# does not list (tests/unit/test_windows_zones.py finds exactly these). Graph takes Windows ids only,
+# so the IANA zones tzlocal maps to them are sent as the Windows id CLDR gives their region.
+_NOT_WINDOWS_IDS = {
+    "Alberta Standard Time": "Mountain Standard Time",
+    "British Columbia Standard Time": "Pacific Standard Time",
+    "Manitoba Standard Time": "Central Standard Time",
+}
+
+
 def windows_to_iana(name: str | None) -> str | None:
     """CLDR's IANA zone for a Windows zone id (``mailboxSettings.timeZone``); None if unknown."""
     return win_tz.get(name) if name else None
@@ -73,7 +83,10 @@ def iana_to_windows(name: str | None) -> str | None:
     """CLDR's Windows zone id for an IANA zone (aliases included); None if there is none."""
     if not name:
         return None
-    return UTC_NAME if name == "GMT" else tz_win.get(name)
+    if name == "GMT":
+        return UTC_NAME
+    found = tz_win.get(name)
+    return _NOT_WINDOWS_IDS.get(found, found) if found else None
 
 
 def mailbox_zone(name: str | None) -> str | None:
@@ -81,7 +94,7 @@ def mailbox_zone(name: str | None) -> str | None:
     if not name:
         return None
     if name in win_tz:
-        return name
+        return _NOT_WINDOWS_IDS.get(name, name)
     return iana_to_windows(name) if is_iana_zone(name) else None
 
 

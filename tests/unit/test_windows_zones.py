@@ -18,10 +18,9 @@ from local.emulator import timezones as emulator_zones
 from shared.rules.event_time import iana_to_windows, mailbox_zone, windows_to_iana, zone_for
 
 CLDR = get_global("windows_zone_mapping")  # Windows id -> IANA zone ("001" rows)
-# Windows ids in tzlocal's table that CLDR 47 (Babel 2.18) does not list, and the IANA zones the
-# product maps to them instead of CLDR's (Mountain, Pacific and Central Standard Time). Graph may
-# not accept these ids: the product sends one only for a mailbox whose time zone is one of these
-# three IANA names, and the emulator, reading CLDR, refuses them as Graph documents.
+# Windows ids in tzlocal's table that CLDR 47 (Babel 2.18) does not list, and the IANA zones tzlocal
+# maps to them. Graph takes Windows ids only (the emulator, reading CLDR, refuses these as Graph
+# documents), so the product sends CLDR's id for those zones instead (event_time._NOT_WINDOWS_IDS).
 ONLY_IN_TZLOCAL = {
     "Alberta Standard Time": "America/Edmonton",
     "British Columbia Standard Time": "America/Vancouver",
@@ -75,7 +74,10 @@ def test_the_tables_differ_only_on_three_canadian_ids() -> None:
     assert set(CLDR) - set(win_tz) == set()
     for windows, iana in ONLY_IN_TZLOCAL.items():
         assert win_tz[windows] == iana
-        assert iana_to_windows(iana) == windows  # what the product would send for such a mailbox
+        sent = iana_to_windows(iana)  # what the product sends for a mailbox in that zone
+        assert sent in CLDR and emulator_zones.is_supported(sent), (iana, sent)
+        assert same_rules(CLDR[sent], iana), (iana, sent)
+        assert mailbox_zone(iana) == sent and mailbox_zone(windows) == sent
         assert not emulator_zones.is_supported(windows)  # not a CLDR (Windows) id: refused
         # The same rules as the CLDR zone of that region, so times would be right where accepted.
         cldr_id = emulator_zones.windows_name(iana) if iana in emulator_zones.IANA_TO_WINDOWS else None
