@@ -20,6 +20,18 @@ ROOT = Path(__file__).resolve().parent.parent
 PEER_VENV = ROOT / ".venv-bench"
 OUT = ROOT / "bench" / "out"
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "15"))
+FIRST_REQUEST_IMPORTS = ", ".join(
+    [
+        "shared.flows.activity_queue",
+        "shared.flows.push",
+        "shared.store.storage",
+        "azure.data.tables",
+        "azure.storage.queue",
+        "requests",
+        "msal",
+        "cryptography.hazmat.primitives.ciphers.aead",
+    ]
+)
 
 
 def _environment() -> dict[str, str]:
@@ -65,6 +77,9 @@ def main() -> None:
         "ours": (ours_python, "import function_app", ROOT),
         "peer": (str(PEER_VENV / "bin" / "python"), "import function_app", ROOT / "bench" / "peer_app"),
         "bare": (ours_python, "import azure.functions", ROOT),
+        # What our lazy imports move out of the cold start: the start plus everything the first
+        # push and its first Graph call import (flows, storage SDKs, requests, MSAL, AES-GCM).
+        "ours_first_request": (ours_python, f"import function_app; import {FIRST_REQUEST_IMPORTS}", ROOT),
     }
     samples: dict[str, list[tuple[float, float]]] = {name: [] for name in cases}
     for python, line, cwd in cases.values():
@@ -86,6 +101,8 @@ def main() -> None:
         "time_vs_bare": median["ours"]["seconds"] / median["bare"]["seconds"],
         "memory_vs_peer": median["ours"]["peak_mib"] / median["peer"]["peak_mib"],
         "memory_vs_bare": median["ours"]["peak_mib"] / median["bare"]["peak_mib"],
+        "first_request_imports_seconds": median["ours_first_request"]["seconds"] - median["ours"]["seconds"],
+        "start_plus_first_request_vs_peer": median["ours_first_request"]["seconds"] / median["peer"]["seconds"],
         "goals": {"time_vs_peer": "<= 0.5", "time_vs_bare": "<= 1.3"},
         "python": sys.version.split()[0],
     }
@@ -97,7 +114,10 @@ def main() -> None:
         f"ours/bare memory {result['memory_vs_bare']:.2f}; medians ours {median['ours']['seconds'] * 1000:.0f} ms "
         f"{median['ours']['peak_mib']:.0f} MiB, peer {median['peer']['seconds'] * 1000:.0f} ms "
         f"{median['peer']['peak_mib']:.0f} MiB, bare {median['bare']['seconds'] * 1000:.0f} ms "
-        f"{median['bare']['peak_mib']:.0f} MiB"
+        f"{median['bare']['peak_mib']:.0f} MiB; the first request's lazy imports "
+        f"{result['first_request_imports_seconds'] * 1000:.0f} ms (start + first request "
+        f"{median['ours_first_request']['seconds'] * 1000:.0f} ms, "
+        f"{result['start_plus_first_request_vs_peer']:.2f} of the peer's start)"
     )
 
 
