@@ -394,6 +394,9 @@ def disconnect(services: Services, tenant: str, user: str, remove_events: str, n
     # No CRM content is kept for a user who removed sync (versions and counts stay).
     kept_activities.forget(services.storage, tenant, user)
     backfill_jobs.forget_payloads(services.storage, tenant, user)
+    from shared.store import captured_events
+
+    captured_events.forget_user(services.storage, tenant, user)  # what was reported of their meetings
     connections.update(
         services.storage,
         tenant,
