@@ -178,3 +178,54 @@ def test_turning_capture_on_reports_the_meetings_already_there_once(stack: Stack
     put_settings(stack, ana.tenant, capture_meetings="all")  # the same document again: no new round
     stack.wait_until_idle()
     assert len(captured(stack, ana)) == 3
+
+
+def test_the_crm_adopts_a_captured_meeting_without_writing_to_it(stack: Stack, ana: CrmUser) -> None:
+    put_settings(stack, ana.tenant, capture_meetings="external")
+    meeting = book(stack, ana, "Demo con Acme", OUTSIDER)
+    stack.callbacks.wait_for(CREATED)
+    stack.wait_until_idle()
+    before = {m: writes(stack, ana, m) for m in ("POST", "PATCH", "DELETE")}
+
+    upsert(stack, ana, id="act-9", start=f"{DAY}T08:00:00", end=f"{DAY}T09:00:00", outlook_event_id=meeting["id"])
+    answer = synced(stack, ana, "act-9", 1)
+    stack.wait_until_idle()
+    assert answer["data"]["outlook_event_id"] == meeting["id"]
+    assert {m: writes(stack, ana, m) for m in before} == before  # no event created, nothing written
+    assert len(stack.control.events(ana.oid)) == 1
+
+    # The user moves it in Outlook: reported for the adopting activity, not as a captured meeting.
+    stack.control.user_move_event(
+        ana.oid,
+        meeting["id"],
+        start={"dateTime": f"{DAY}T12:00:00", "timeZone": "Pacific Standard Time"},
+        end={"dateTime": f"{DAY}T12:45:00", "timeZone": "Pacific Standard Time"},
+    )
+    changed = stack.callbacks.wait_for("activity.changed_in_outlook")
+    stack.wait_until_idle()
+    mine = [c for c in changed if c["user_id"] == ana.user]
+    assert [(c["data"]["activity_id"], c["data"]["start"]) for c in mine] == [("act-9", f"{DAY}T20:00:00Z")]
+    assert set(mine[0]["data"]["changes"]) == {"start", "end"}
+    assert [c["type"] for c in captured(stack, ana)] == [CREATED]
+
+    # Cancelled in the CRM: only unlinked; the user's meeting stays in Outlook untouched.
+    upsert(stack, ana, id="act-9", version=2, status="cancelled", outlook_event_id=meeting["id"])
+    unlinked = synced(stack, ana, "act-9", 2)
+    stack.wait_until_idle()
+    assert unlinked["data"]["outlook_event_id"] is None
+    assert {m: writes(stack, ana, m) for m in before} == before
+    (still,) = stack.control.events(ana.oid)
+    assert still["id"] == meeting["id"] and still["subject"] == "Demo con Acme"
+
+
+def test_adopting_an_unknown_event_fails_and_creates_nothing(stack: Stack, ana: CrmUser) -> None:
+    other = connect_user(stack)
+    foreign = book(stack, other, "Otra agenda", OUTSIDER)  # an event of another mailbox
+    for n, event_id in enumerate(("AAMkAGI2bm9leGlzdGU=", foreign["id"])):
+        upsert(stack, ana, id=f"act-{n}", outlook_event_id=event_id)
+    failed = stack.callbacks.wait_for("activity.sync_failed", count=2)
+    stack.wait_until_idle()
+    mine = [c["data"] for c in failed if c["user_id"] == ana.user]
+    assert sorted(d["activity_id"] for d in mine) == ["act-0", "act-1"]
+    assert {d["reason"] for d in mine} == {"outlook_event_not_found"}
+    assert stack.control.events(ana.oid) == [] and writes(stack, ana, "POST") == 0

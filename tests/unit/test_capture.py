@@ -152,3 +152,76 @@ def test_cancel_delete_and_no_longer_captured() -> None:
 def test_an_event_created_by_an_app_is_checked_for_our_property_before_capture() -> None:
     assert plan.needs_ownership_check(meeting(transactionId="tx"), None)
     assert not plan.needs_ownership_check(meeting(), None)
+
+
+# --- adoption ------------------------------------------------------------------------------------------
+
+from dataclasses import replace as _replace  # noqa: E402
+
+from shared.flows import push_apply  # noqa: E402
+from shared.rules import sync_plan  # noqa: E402
+from shared.rules.errors import PermanentError  # noqa: E402
+from shared.rules.model import ActivityDeleted, ActivityTypeUpdated  # noqa: E402
+from tests.unit.activity_builders import activity  # noqa: E402
+from tests.unit.test_push_apply import USER, FakeGraph  # noqa: E402
+
+USER_EVENT = {
+    "subject": "Demo con Acme", "changeKey": "user-ck", "webLink": "https://outlook/user-ev",
+    "start": {"dateTime": "2025-03-10T08:00:00.0000000", "timeZone": "UTC"},
+    "end": {"dateTime": "2025-03-10T09:00:00.0000000", "timeZone": "UTC"},
+    "isAllDay": False, "body": {"contentType": "html", "content": "<p>agenda</p>"}, "property": "",
+}
+
+
+def adopted(graph: FakeGraph) -> sync_plan.Link:
+    graph.events["user-ev"] = dict(USER_EVENT)
+    decision = sync_plan.plan_upsert(activity(outlook_event_id="user-ev"), None, USER)
+    assert isinstance(decision.action, sync_plan.Adopt) and decision.action.replaces is None
+    applied = push_apply.apply(graph, decision)
+    assert applied.link is not None
+    return applied.link
+
+
+def test_adoption_links_the_users_event_and_never_writes_it() -> None:
+    graph = FakeGraph()
+    link = adopted(graph)
+    assert (link.outlook_event_id, link.adopted, link.change_key) == ("user-ev", True, "user-ck")
+    assert link.shown is not None  # so the reconcile reports later Outlook edits as changed_in_outlook
+    newer = sync_plan.plan_upsert(activity(version=2, subject="Otro título", outlook_event_id="user-ev"), link, USER)
+    assert newer.action == sync_plan.Nothing(sync_plan.ADOPTED) and newer.link is not None
+    assert newer.link.outlook_event_id == "user-ev" and newer.link.version == 2
+    assert sync_plan.plan_upsert(activity(version=2), link, USER).action == sync_plan.Nothing(sync_plan.ADOPTED)
+    cancelled = sync_plan.plan_upsert(activity(version=3, status="cancelled"), link, USER)
+    assert isinstance(cancelled.action, sync_plan.Unlink) and cancelled.link is not None
+    assert cancelled.link.outlook_event_id is None and not cancelled.link.adopted
+    offline = _replace(USER, connected=False)  # no Graph call is needed to unlink
+    deleted = sync_plan.plan_deletion(ActivityDeleted("act-1", "user-1", 4), link, offline)
+    assert isinstance(deleted.action, sync_plan.Unlink)
+    hidden = sync_plan.plan_type_update(ActivityTypeUpdated("type-call", "Llamada", False), [link], USER)
+    assert [type(d.action) for d in hidden] == [sync_plan.Unlink]
+    assert sync_plan.pending_deletions([_replace(link, tombstone=True)], USER) == []
+    for decision in (cancelled, deleted, hidden[0]):
+        push_apply.apply(graph, decision)
+    assert [m for m, _ in graph.calls] == ["GET"]  # only the adoption's read, ever
+    assert "user-ev" in graph.events
+
+
+def test_an_unknown_event_fails_the_activity_and_creates_nothing() -> None:
+    graph = FakeGraph()
+    decision = sync_plan.plan_upsert(activity(outlook_event_id="someone-elses"), None, USER)
+    with pytest.raises(PermanentError) as error:
+        push_apply.apply(graph, decision)
+    assert error.value.code == sync_plan.OUTLOOK_EVENT_NOT_FOUND
+    assert [m for m, _ in graph.calls] == ["GET"] and graph.events == {}
+
+
+def test_adopting_replaces_an_event_we_created_for_the_activity() -> None:
+    graph = FakeGraph()
+    created = push_apply.apply(graph, sync_plan.plan_upsert(activity(), None, USER), lookup_first=False)
+    assert created.link is not None and created.link.outlook_event_id == "ev-1"
+    graph.events["user-ev"] = dict(USER_EVENT)
+    decision = sync_plan.plan_upsert(activity(version=2, outlook_event_id="user-ev"), created.link, USER)
+    assert decision.action == sync_plan.Adopt("user-ev", "ev-1")
+    applied = push_apply.apply(graph, decision)
+    assert applied.link is not None and applied.link.outlook_event_id == "user-ev"
+    assert "ev-1" not in graph.events and "user-ev" in graph.events
