@@ -229,3 +229,41 @@ def test_adopting_an_unknown_event_fails_and_creates_nothing(stack: Stack, ana: 
     assert sorted(d["activity_id"] for d in mine) == ["act-0", "act-1"]
     assert {d["reason"] for d in mine} == {"outlook_event_not_found"}
     assert stack.control.events(ana.oid) == [] and writes(stack, ana, "POST") == 0
+
+
+@pytest.mark.timeout(600)
+def test_initial_capture_of_300_meetings_reports_each_once_across_a_host_restart(stack: Stack, ana: CrmUser) -> None:
+    from collections import Counter
+
+    from tests.support.chaos import restart_host
+
+    booked = set()
+    for n in range(300):
+        day = clock.days_from_today(1 + n % 60)
+        event = {
+            "subject": f"Visita {n}",
+            "start": {"dateTime": f"{day}T{8 + n % 9:02d}:00:00", "timeZone": "UTC"},
+            "end": {"dateTime": f"{day}T{8 + n % 9:02d}:30:00", "timeZone": "UTC"},
+            "attendees": [attendee(f"cliente{n}@acme.test")],
+        }
+        booked.add(stack.control.user_create_event(ana.oid, event)["id"])
+    stack.wait_until_idle()
+    assert captured(stack, ana) == []
+
+    put_settings(stack, ana.tenant, capture_meetings="external")
+    stack.callbacks.wait_for(CREATED, count=20, timeout=120)  # delivery is paced: the rest is still due
+    restart_host(stack, kill=False)
+    try:
+        # After the restart, a new round over the whole window (delta token gone) finds them all again.
+        stack.control.invalidate_delta_tokens(ana.oid)
+        path = f"/api/tenants/{quote(ana.tenant, safe='')}/users/{quote(ana.user, safe='')}/reconcile"
+        assert stack.crm.post(path, {}).status_code == 202
+        stack.callbacks.wait_for(CREATED, count=300, timeout=300)
+        stack.wait_until_idle(timeout=300)
+        # A callback delivered twice across the restart keeps its envelope id (the CRM dedupes on it).
+        envelopes = {c["id"]: c for c in captured(stack, ana)}.values()
+        reported = Counter(c["data"]["outlook_event_id"] for c in envelopes)
+        assert set(reported) == booked
+        assert [i for i, n in reported.items() if n > 1] == []  # none twice
+    finally:
+        stack.host.stop()
