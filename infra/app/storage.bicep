@@ -30,6 +30,7 @@ var tableNames = [
   'ReconcilePending'
   'RequestIds'
   'TenantSettings'
+  'CapturedEvents'
 ]
 
 param name string

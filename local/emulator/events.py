@@ -275,6 +275,9 @@ def render(ev: Event, mb: Mailbox, *, tz: str = "UTC", body_type: str = "html", 
         start, end = timezones.render(ev.start, tz), timezones.render(ev.end, tz)
     location = p.get("location") or {"displayName": "", "locationType": "default", "uniqueIdType": "unknown",
                                      "address": {}, "coordinates": {}}
+    owner = {"emailAddress": {"name": mb.display_name, "address": mb.upn}}
+    organizer = p.get("organizer") or owner  # set only by the control API's user_create (an invitation)
+    is_organizer = str(organizer["emailAddress"].get("address") or "").lower() == mb.upn.lower()
     full = {
         "id": ev.id,
         "createdDateTime": timezones.format_utc_z(ev.created),
@@ -294,11 +297,11 @@ def render(ev: Event, mb: Mailbox, *, tz: str = "UTC", body_type: str = "html", 
         "sensitivity": p.get("sensitivity") or "normal",
         "isAllDay": ev.is_all_day,
         "isCancelled": False,
-        "isOrganizer": True,
+        "isOrganizer": is_organizer,
         "responseRequested": p.get("responseRequested", True),
         "seriesMasterId": None,
         "showAs": p.get("showAs") or "busy",
-        "type": "singleInstance",
+        "type": "seriesMaster" if p.get("recurrence") else "singleInstance",  # occurrences are not expanded
         "webLink": f"https://outlook.office365.com/owa/?itemid={ev.id}&exvsurl=1&path=/calendar/item",
         "onlineMeetingUrl": None,
         "isOnlineMeeting": p.get("isOnlineMeeting", False),
@@ -306,7 +309,8 @@ def render(ev: Event, mb: Mailbox, *, tz: str = "UTC", body_type: str = "html", 
         "allowNewTimeProposals": p.get("allowNewTimeProposals", True),
         "isDraft": False,
         "hideAttendees": p.get("hideAttendees", False),
-        "responseStatus": {"response": "organizer", "time": "0001-01-01T00:00:00Z"},
+        "responseStatus": {"response": "organizer" if is_organizer else "notResponded",
+                           "time": "0001-01-01T00:00:00Z"},
         "body": _body_as(body, body_type),
         "start": start,
         "end": end,
@@ -314,7 +318,7 @@ def render(ev: Event, mb: Mailbox, *, tz: str = "UTC", body_type: str = "html", 
         "locations": p.get("locations") or [],
         "recurrence": p.get("recurrence"),
         "attendees": p.get("attendees") or [],
-        "organizer": {"emailAddress": {"name": mb.display_name, "address": mb.upn}},
+        "organizer": organizer,
         "onlineMeeting": None,
     }
     if ev.transaction_id is None:

@@ -854,7 +854,10 @@ class GraphService:
             cal = self._calendar(mb, calendar_id)
             body = dict(body)
             body.pop("transactionId", None)
+            organizer = body.pop("organizer", None)  # a meeting someone else organised (an invitation)
             ev, _ = ev_rules.create(self.store, mb, cal.id, body)
+            if isinstance(organizer, dict) and isinstance(organizer.get("emailAddress"), dict):
+                ev.props["organizer"] = {"emailAddress": dict(organizer["emailAddress"])}
             self.notifier.event_changed(mb, ev, "created")
             return ev
 

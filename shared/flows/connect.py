@@ -52,6 +52,7 @@ class ConnectRequest:
     time_zone: str
     locale: str
     login_hint: str | None = None
+    capture: bool = True  # issue 17: false = this user's Outlook meetings are never reported
 
 
 @dataclass(frozen=True)
@@ -84,9 +85,14 @@ def parse_connect_request(body: object, allowed_origins: frozenset[str]) -> Conn
     login_hint = body.get("login_hint")
     if login_hint is not None and (not isinstance(login_hint, str) or len(login_hint) > 320):
         errors.append(("login_hint", "must be an email address or user name"))
+    capture = body.get("capture", True)
+    if not isinstance(capture, bool):
+        errors.append(("capture", "must be true or false"))
     if errors:
         raise ValidationError(errors)
-    return ConnectRequest(return_url, str(time_zone), normalize_locale(str(locale)), login_hint or None)
+    return ConnectRequest(
+        return_url, str(time_zone), normalize_locale(str(locale)), login_hint or None, capture is not False
+    )
 
 
 def origin_of(url: str) -> str | None:
@@ -112,6 +118,7 @@ def begin_connect(
         "locale": request.locale,
         "time_zone": request.time_zone,
         "expires_at": expires_at,
+        "capture": request.capture,
     }
     entity["flow"] = encrypt(json.dumps(flow).encode(), keys, _flow_aad(flow["state"], entity))
     with tables.storage_errors("storing the sign-in flow"):
@@ -229,6 +236,8 @@ def _finish_connect(
         account_oid=oid,
         account_tid=claims.get("tid"),
         account_username=claims.get("preferred_username") or (me or {}).get("userPrincipalName"),
+        account_mail=(me or {}).get("mail") or None,
+        capture=pending.get("capture") is not False,
         connected_at=iso(now),
         disconnected_at=None,
     )
@@ -343,6 +352,8 @@ def _flow_aad(state: str, row: Any) -> str:
     """Binds the flow to its row's clear fields: who signs in, where they return, until when."""
     expires_at = int(tables.aware(row["expires_at"]).timestamp())
     fields = [row["tenant"], row["user"], row["return_url"], row["locale"], row["time_zone"], expires_at]
+    if row.get("capture") is False:
+        fields.append("no-capture")  # the opt-out is bound too (rows with capture on keep the old form)
     return json.dumps(["oauth-flow", state, *fields])
 
 
@@ -383,6 +394,9 @@ def disconnect(services: Services, tenant: str, user: str, remove_events: str, n
     # No CRM content is kept for a user who removed sync (versions and counts stay).
     kept_activities.forget(services.storage, tenant, user)
     backfill_jobs.forget_payloads(services.storage, tenant, user)
+    from shared.store import captured_events
+
+    captured_events.forget_user(services.storage, tenant, user)  # what was reported of their meetings
     connections.update(
         services.storage,
         tenant,
@@ -421,6 +435,7 @@ def status(services: Services, tenant: str, user: str) -> dict[str, Any]:
         "disconnected_at": current.disconnected_at,
         "last_sync_at": current.last_sync_at,
         "last_reconcile_at": current.last_reconcile_at,
+        "capture": current.capture,
         "held_deletions": held,  # Outlook deletions held by the mass-deletion guard (shared/flows/reconcile.py)
         "counts": links.counts(services.storage, tenant, user),
         "backfill": backfill_jobs.status(services.storage, tenant, user),

@@ -44,9 +44,11 @@ from shared.rules.errors import (
 from shared.rules.event_time import iso
 from shared.rules.model import Activity, ActivityDeleted, ActivityTypeUpdated
 from shared.rules.sync_plan import (
+    OUTLOOK_EVENT_NOT_FOUND,
     Decision,
     Delete,
     Link,
+    Unlink,
     UserContext,
     check_mass_deletion,
     plan_deletion,
@@ -291,7 +293,7 @@ def _type_for_user(
     check_mass_deletion(decisions, sum(bool(s.link.outlook_event_id) for s in stored), confirmed=True)
     for decision in decisions:
         activity_id = decision.link.activity_id if decision.link else ""
-        if not isinstance(decision.action, Delete):  # a Replay: recreate from the kept payload
+        if not isinstance(decision.action, Delete | Unlink):  # a Replay: recreate from the kept payload
             message = {
                 "v": MESSAGE_VERSION,
                 "kind": "replay",
@@ -366,6 +368,7 @@ def _give_up(services: Services, message: dict[str, Any], error: SyncError) -> s
             "activity_id": activity_id,
             "version": version,
             "error": {"code": error.code or "error", "message": error.message[:1000]},
+            **({"reason": error.code} if error.code == OUTLOOK_EVENT_NOT_FOUND else {}),
         },
     )
     return DONE

@@ -38,13 +38,17 @@ from shared.rules.errors import ConflictError, PermanentError, SyncError
 from shared.rules.event_render import PROPERTY_ID
 from shared.rules.event_time import graph_to_utc, iso
 from shared.rules.sync_plan import (
+    ADOPTED,
     ALREADY_SHOWN,
+    OUTLOOK_EVENT_NOT_FOUND,
     UNCHANGED,
+    Adopt,
     Create,
     Decision,
     Delete,
     Link,
     Nothing,
+    Unlink,
     Update,
     adopt,
     after,
@@ -244,6 +248,8 @@ def apply(client: MailboxGraph, decision: Decision, *, lookup_first: bool = True
     from shared.outlook.graph import NotFoundError
 
     action = decision.action
+    if isinstance(action, Adopt):
+        return _adopt(client, decision, action)
     if isinstance(action, Create):
         found = lookup(client, action.lookup_value) if lookup_first else []
         if not found:
@@ -289,6 +295,39 @@ def apply(client: MailboxGraph, decision: Decision, *, lookup_first: bool = True
     return Applied(decision.link, None, action)
 
 
+def _adopt(client: MailboxGraph, decision: Decision, action: Adopt) -> Applied:
+    """Link the activity to the user's own event (issue 17): read it (never write it). An id this
+    mailbox does not know (deleted, another mailbox's, malformed) fails the activity."""
+    from shared.outlook.graph import NotFoundError
+    from shared.rules.field_diff import shown_of
+
+    try:
+        answer = client.call("GET", f"me/events/{action.event_id}", params={"$select": EDIT_SELECT + ",webLink"})
+    except NotFoundError:
+        answer = None
+    except PermanentError as error:
+        if error.status != 400:
+            raise
+        answer = None  # ErrorInvalidIdMalformed: not an id of this mailbox
+    event = (answer.body or {}) if answer is not None else {}
+    if not event.get("id"):
+        raise PermanentError(
+            "the Outlook event to adopt was not found in this user's mailbox", code=OUTLOOK_EVENT_NOT_FOUND
+        )
+    if action.replaces:
+        _delete_quietly(client, action.replaces)  # the event we created before is now a duplicate
+    assert decision.link is not None
+    link = replace(
+        decision.link,
+        outlook_event_id=action.event_id,
+        change_key=event.get("changeKey"),
+        shown=shown_of(event).to_json(),
+        content_hash=None,
+        adopted=True,
+    )
+    return Applied(link, event, action)
+
+
 def lookup(client: MailboxGraph, value: str) -> list[dict[str, Any]]:
     """Our events carrying this property value (normally none or one)."""
     query = f"singleValueExtendedProperties/Any(ep: ep/id eq '{PROPERTY_ID}' and ep/value eq '{value}')"
@@ -325,10 +364,10 @@ def _report(
     action, link = applied.action, applied.link
     if link is None:
         return
-    shows = isinstance(action, Create | Update) or (
-        isinstance(action, Nothing) and action.reason in (UNCHANGED, ALREADY_SHOWN)
+    shows = isinstance(action, Create | Update | Adopt) or (
+        isinstance(action, Nothing) and action.reason in (UNCHANGED, ALREADY_SHOWN, ADOPTED)
     )
-    if not (shows or isinstance(action, Delete)):
+    if not (shows or isinstance(action, Delete | Unlink)):
         return
     data: dict[str, Any] = {
         "activity_id": link.activity_id,

@@ -30,6 +30,11 @@ A run: clear the user's pending marker (``shared.flows.notifications``), take th
    the next CRM upsert with a higher version creates the event again). Nothing is written to
    Outlook. If the push wrote the event after what delta showed us, the item is skipped: the next
    pass sees the newer state.
+5. Meeting capture (issue 17, ``shared.flows.capture``): when the tenant captures meetings and the
+   user did not opt out, the items no link names are kept while reading (instead of dropped) and
+   reported as ``outlook_event.*`` once per real change. The capture the delta position was read
+   with is stored with it: turning capture on (or changing its domains) starts a new round, whose
+   items are the meetings already in the window (the initial capture).
 
 Retries: throttling (the push's mailbox gate), a busy lease and transient errors re-queue the
 message with a delay, never sleeping; an AuthError moves the user to ``reauth_required``.
@@ -44,9 +49,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from shared.flows import callbacks
+from shared.flows.capture import capture_meetings
 from shared.outlook.throttle import next_step
 from shared.ports import MailboxGraph, Services, Storage
-from shared.rules import queues
+from shared.rules import capture_plan, queues
 from shared.rules.errors import (
     AuthError,
     ConflictError,
@@ -107,6 +113,8 @@ class PassResult:
     reported_moves: int = 0
     reported_deletions: int = 0
     held_deletions: int = 0
+    capture: str = "off"  # capture_plan.scope_key this position was read with
+    captured: int = 0  # outlook_event.* callbacks queued
 
 
 # === entry points ====================================================================================
@@ -224,6 +232,7 @@ def _run(services: Services, message: dict[str, Any], now: datetime) -> str:
             "delta_link": result.delta_link,
             "window": result.window,
             "account_oid": connection.account_oid,
+            "capture": result.capture,
             "held_deletions": 0,
             "held_since": None,
         }
@@ -242,11 +251,12 @@ def _run(services: Services, message: dict[str, Any], now: datetime) -> str:
 
     connections.update(services.storage, tenant, user, touch)
     log.info(
-        "Reconciled a mailbox (%s round): %d changed, %d deleted, %d deletions held",
+        "Reconciled a mailbox (%s round): %d changed, %d deleted, %d deletions held, %d meetings reported",
         "full" if result.full_round else "incremental",
         result.reported_moves,
         result.reported_deletions,
         result.held_deletions,
+        result.captured,
     )
     return DONE
 
@@ -257,21 +267,34 @@ def delta_pass(
     settings = services.settings
     window = sync_window(now, settings.sync_window_past_days, settings.sync_window_future_days)
     window_key = f"{iso(window[0])}/{iso(window[1])}"
-    incremental = bool(
-        state.delta_link and state.window == window_key and state.account_oid == connection.account_oid
+    document = tenant_settings.get(services.storage, connection.tenant)
+    directions = document.field_directions
+    scope = capture_plan.scope_of(
+        document,
+        opted_in=connection.capture,
+        account_addresses=(connection.account_username, connection.account_mail),
+        window=window,
+        mailbox_time_zone=connection.mailbox_time_zone,
     )
+    capture_key = capture_plan.scope_key(scope)
+    incremental = bool(
+        state.delta_link
+        and state.window == window_key
+        and state.account_oid == connection.account_oid
+        and (state.capture or "off") == capture_key  # capture turned on or changed: initial capture
+    )
+    all_links = links.for_user(services.storage, connection.tenant, connection.user)
     tracked = {
-        s.link.outlook_event_id: tracked_of(s)
-        for s in links.for_user(services.storage, connection.tenant, connection.user)
-        if s.link.outlook_event_id and not s.link.tombstone
+        s.link.outlook_event_id: tracked_of(s) for s in all_links if s.link.outlook_event_id and not s.link.tombstone
     }
-    directions = tenant_settings.get(services.storage, connection.tenant).field_directions
+    others: dict[str, dict[str, Any]] | None = {} if scope is not None else None
     try:
-        seen, delta_link = read_delta(client, state.delta_link if incremental else None, window, tracked)
+        seen, delta_link = read_delta(client, state.delta_link if incremental else None, window, tracked, others)
     except ResyncNeeded:
         log.info("Delta state expired; starting a full round")
         incremental = False
-        seen, delta_link = read_delta(client, None, window, tracked)
+        others = {} if scope is not None else None
+        seen, delta_link = read_delta(client, None, window, tracked, others)
 
     decisions: list[Decision] = [decide(tracked[event_id], item, directions) for event_id, item in seen.items()]
     if not incremental:
@@ -291,16 +314,27 @@ def delta_pass(
         reported = apply(services, connection.tenant, connection.user, decision, now, directions)
         moved += reported and isinstance(decision, Changed)
         deleted += reported and isinstance(decision, Gone)
-    return PassResult(delta_link, window_key, not incremental, moved, deleted, gone if hold else 0)
+    captured = 0
+    if scope is not None and others:
+        ours = {s.link.outlook_event_id for s in all_links if s.link.outlook_event_id}
+        captured = capture_meetings(services, client, connection, scope, others, ours, now)
+    return PassResult(
+        delta_link, window_key, not incremental, moved, deleted, gone if hold else 0, capture_key, captured
+    )
 
 
 # === reading Graph ===================================================================================
 
 
 def read_delta(
-    client: MailboxGraph, delta_link: str | None, window: tuple[datetime, datetime], tracked: dict[str, Tracked]
+    client: MailboxGraph,
+    delta_link: str | None,
+    window: tuple[datetime, datetime],
+    tracked: dict[str, Tracked],
+    others: dict[str, dict[str, Any]] | None = None,
 ) -> tuple[dict[str, Seen], str]:
-    """Every item about our events in one delta round (the last one per id wins), and the new link."""
+    """Every item about our events in one delta round (the last one per id wins), and the new link.
+    With ``others`` (meeting capture on), every other item is collected there too (last one wins)."""
     if delta_link:
         url, params = delta_link, None
     else:
@@ -320,6 +354,8 @@ def read_delta(
         for item in body.get("value") or []:
             event_id = item.get("id") if isinstance(item, dict) else None
             if event_id not in tracked:
+                if others is not None and isinstance(event_id, str) and event_id:
+                    others[event_id] = item  # a capture candidate (shared.rules.capture_plan)
                 continue  # not ours: nothing about it is kept
             if "@removed" in item:
                 seen[event_id] = Seen(event_id, None, None)

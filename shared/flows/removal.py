@@ -29,7 +29,9 @@ def remove_events(services: Services, token: str, tenant: str, user: str, choice
     targets = [
         stored
         for stored in links.for_user(services.storage, tenant, user)
-        if stored.link.outlook_event_id and (choice == "all" or _ends_after(stored, now))
+        if stored.link.outlook_event_id
+        and not stored.link.adopted  # the user's own meeting, adopted by the CRM: never removed
+        and (choice == "all" or _ends_after(stored, now))
     ]
     removed = 0
     for _ in range(MAX_ROUNDS):

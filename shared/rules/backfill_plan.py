@@ -43,11 +43,13 @@ from typing import Any, Literal, TypeVar
 from shared.rules.event_time import activity_instants
 from shared.rules.model import Activity, ActivityType
 from shared.rules.sync_plan import (
+    Adopt,
     BackfillCategory,
     CompletedPolicy,
     Decision,
     Link,
     Nothing,
+    Unlink,
     UserContext,
     backfill_category,
     plan_upsert,
@@ -100,6 +102,9 @@ def intent_status(extra: dict[str, Any] | None, owned_token: str | None) -> Inte
     return "unfinished"
 
 
+ADOPT_BY_UPSERT = "adopt_by_upsert"  # an item with outlook_event_id: send it as activity.upserted
+
+
 # --- one item -------------------------------------------------------------------------------------
 
 
@@ -116,7 +121,7 @@ def plan_item(
     """The decision for one backfill item (see the module docstring)."""
     if not in_window(activity, now, past_days):
         return Decision(Nothing(OUT_OF_WINDOW), link)
-    return plan_upsert(
+    decision = plan_upsert(
         activity,
         link,
         user,
@@ -124,6 +129,11 @@ def plan_item(
         activity_type=activity_type,
         replay=True,
     )
+    if isinstance(decision.action, Adopt):  # adoption reads the event first: only activity.upserted does it
+        return Decision(Nothing(ADOPT_BY_UPSERT), link)
+    if isinstance(decision.action, Unlink):  # the user's event stays; only the link changes
+        return Decision(Nothing(decision.action.reason), decision.link)
+    return decision
 
 
 def category(decision: Decision) -> BackfillCategory:

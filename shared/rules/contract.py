@@ -120,6 +120,7 @@ def _activity(f: Fields) -> Activity | None:
     reminder = f.integer("reminder_minutes", 0, MAX_REMINDER_MINUTES, required=False)
     deal, company, contact = _party(f, "deal"), _party(f, "company"), _party(f, "contact")
     url = f.url("url")
+    adopt = f.id("outlook_event_id", required=False)
     if f.errors:
         return None
     # No error recorded, so every required value above is set.
@@ -129,6 +130,7 @@ def _activity(f: Fields) -> Activity | None:
         subject=_set(subject), description=description or "", start=_set(start), end=_set(end),
         time_zone=_set(zone), all_day=_set(all_day), url=_set(url), show_in_calendar=_set(show),
         location=location or None, reminder_minutes=reminder, deal=deal, company=company, contact=contact,
+        outlook_event_id=adopt or None,
     )
 
 

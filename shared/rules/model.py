@@ -54,6 +54,7 @@ class Activity:
     deal: Party | None = None
     company: Party | None = None
     contact: Party | None = None
+    outlook_event_id: str | None = None  # issue 17: adopt this existing Outlook event (never write it)
 
 
 @dataclass(frozen=True, slots=True)

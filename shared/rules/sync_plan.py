@@ -1,4 +1,4 @@
-"""Plan, then apply (vdirsyncer): what one CRM change means for one user's Outlook calendar.
+r"""Plan, then apply (vdirsyncer): what one CRM change means for one user's Outlook calendar.
 
 Pure. Each ``plan_*`` returns ``Decision(action, link)``: the Graph write to do (or ``Nothing``)
 and the ``Link`` row to store once it has succeeded (``after`` fills in what Graph returns).
@@ -23,6 +23,11 @@ Rules (design §4):
   hence a new ``transactionId``.
 - Not connected: nothing is written; deletions still record their tombstone (keeping the event
   id, removed by ``pending_deletions`` after reconnecting).
+- **Adoption** (issue 17): an upsert carrying ``outlook_event_id`` links the activity to that
+  existing event of the user (``Adopt``; ours, if one was created before, goes as a duplicate).
+  The link is ``adopted``: later upserts write nothing (``ADOPTED``; ``activity.synced`` still
+  answers with the event), and losing eligibility or a deletion only ``Unlink``\ s it: the
+  service never PATCHes or DELETEs the user's meeting (a write could send its attendees updates).
 """
 
 from __future__ import annotations
@@ -52,6 +57,8 @@ OWNER_CHANGED = "owner_changed"
 ACTIVITY_HIDDEN = "activity_hidden"
 TYPE_HIDDEN = "type_hidden"
 TYPE_CHANGED = "type_changed"
+ADOPTED = "adopted"  # the activity is linked to the user's own event: nothing is ever written to it
+OUTLOOK_EVENT_NOT_FOUND = "outlook_event_not_found"
 
 # Mass-deletion guard: refuse more than MASS_DELETE_MIN deletions that are also more than
 # MASS_DELETE_SHARE of the user's linked events, unless confirmed.
@@ -72,6 +79,7 @@ class Link:
     tombstone: bool = False  # deleted in the CRM at ``version``
     type_id: str | None = None  # to find a type's events on activity_type.updated
     shown: str | None = None  # what Outlook shows now (field_diff.Shown as JSON); None = unknown
+    adopted: bool = False  # the event is the user's (issue 17): never PATCHed nor DELETEd, only unlinked
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,7 +125,24 @@ class Replay:
     reason: str
 
 
-Action = Create | Update | Delete | Nothing | Replay
+@dataclass(frozen=True, slots=True)
+class Adopt:
+    """Link the activity to the user's existing event ``event_id`` (read it; 404 fails the activity
+    with ``outlook_event_not_found``). ``replaces``: an event we created for it before, now a duplicate."""
+
+    event_id: str
+    replaces: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Unlink:
+    """The activity no longer wants its adopted event: forget the link, leave the event alone."""
+
+    event_id: str
+    reason: str
+
+
+Action = Create | Update | Delete | Nothing | Replay | Adopt | Unlink
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,7 +162,12 @@ class MassDeletionRefused(PermanentError):
 
 
 def _without_event(link: Link) -> Link:
-    return replace(link, outlook_event_id=None, content_hash=None, change_key=None, shown=None)
+    return replace(link, outlook_event_id=None, content_hash=None, change_key=None, shown=None, adopted=False)
+
+
+def _remove(link: Link, event_id: str, reason: str) -> Action:
+    """Our event goes; an adopted one (the user's) is only unlinked."""
+    return Unlink(event_id, reason) if link.adopted else Delete(event_id, reason)
 
 
 def _ineligible(activity: Activity, type_: ActivityType, user: UserContext) -> str | None:
@@ -176,8 +206,15 @@ def plan_upsert(activity: Activity, link: Link | None, user: UserContext, *,
         return Decision(Nothing(COMPLETED_KEPT), seen)
     if reason is not None:
         if event_id:
-            return Decision(Delete(event_id, reason), _without_event(seen))
+            return Decision(_remove(seen, event_id, reason), _without_event(seen))
         return Decision(Nothing(reason), seen)
+    wanted = activity.outlook_event_id
+    if wanted and (event_id != wanted or not seen.adopted):
+        # Adoption (issue 17): the CRM recorded the user's own Outlook meeting as this activity.
+        replaces = event_id if event_id and not seen.adopted else None
+        return Decision(Adopt(wanted, replaces), replace(_without_event(seen), adopted=True))
+    if seen.adopted and event_id:
+        return Decision(Nothing(ADOPTED), seen)  # the user's event: the CRM's content is never written
 
     generation = seen.generation if event_id else seen.generation + 1
     rendered = render_event(replace(activity, type=type_), tenant_id=user.tenant_id, user_id=user.user_id,
@@ -207,6 +244,8 @@ def plan_deletion(deleted: ActivityDeleted, link: Link | None, user: UserContext
     event_id = link.outlook_event_id if link else None
     if event_id is None:
         return Decision(Nothing(DELETED), tomb)
+    if link is not None and link.adopted:
+        return Decision(Unlink(event_id, DELETED), _without_event(tomb))  # the user's event stays
     if not user.connected:
         return Decision(Nothing(NOT_CONNECTED), tomb)  # keeps the id for pending_deletions
     return Decision(Delete(event_id, DELETED), _without_event(tomb))
@@ -217,7 +256,7 @@ def pending_deletions(links: Iterable[Link], user: UserContext) -> list[Decision
     if not user.connected:
         return []
     return [Decision(Delete(link.outlook_event_id, DELETED), _without_event(link))
-            for link in links if link.tombstone and link.outlook_event_id]
+            for link in links if link.tombstone and link.outlook_event_id and not link.adopted]
 
 
 def plan_type_update(update: ActivityTypeUpdated, links: Iterable[Link], user: UserContext) -> list[Decision]:
@@ -233,7 +272,8 @@ def plan_type_update(update: ActivityTypeUpdated, links: Iterable[Link], user: U
         if update.show_in_calendar:
             decisions.append(Decision(Replay(link.activity_id, TYPE_CHANGED), link))
         elif link.outlook_event_id and user.connected:
-            decisions.append(Decision(Delete(link.outlook_event_id, TYPE_HIDDEN), _without_event(link)))
+            action = _remove(link, link.outlook_event_id, TYPE_HIDDEN)
+            decisions.append(Decision(action, _without_event(link)))
     return decisions
 
 
@@ -280,6 +320,6 @@ def backfill_category(decision: Decision) -> BackfillCategory:
         return "create"
     if isinstance(action, Update):
         return "update"
-    if isinstance(action, Nothing) and action.reason in (UNCHANGED, ALREADY_SHOWN, STALE, COMPLETED_KEPT):
+    if isinstance(action, Nothing) and action.reason in (UNCHANGED, ALREADY_SHOWN, STALE, COMPLETED_KEPT, ADOPTED):
         return "unchanged"
     return "ineligible"

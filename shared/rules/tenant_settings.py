@@ -1,6 +1,6 @@
 """Per-tenant sync settings (design §3 ``GET``/``PUT /api/tenants/{tenant}/settings``), decided here.
 
-One document per tenant. Today it holds ``field_directions``: per field group, whether an Outlook
+One document per tenant. It holds ``field_directions``: per field group, whether an Outlook
 edit of it is reported to the CRM (``two_way``) or not (``crm_to_outlook``: the edit stays in
 Outlook until the CRM's next change of the activity overwrites it). Defaults keep the contract
 as it was before per-field directions existed: ``times`` two-way, everything else
@@ -10,8 +10,11 @@ as it was before per-field directions existed: ``times`` two-way, everything els
 (``GET``), changes what it wants and sends it back. A key this version does not know is a 400
 naming it, never silently dropped.
 
-Growing the document (issue 17: ``capture_meetings``, ``capture_body``, ``internal_domains``;
-issue 18: ``dedicated_calendar_name``): add a field to ``TenantSettings`` with its default, a
+Issue 17 added ``capture_meetings`` (``off`` | ``external`` | ``all``, default ``off``),
+``capture_body`` (default false) and ``internal_domains`` (default none), read by
+``shared.rules.capture_plan``.
+
+Growing the document (issue 18: ``dedicated_calendar_name``): add a field to ``TenantSettings`` with its default, a
 parser to ``_PARSERS`` and its JSON to ``as_json``/``from_stored``. Storage keeps one column per
 top-level key (``shared.store.tenant_settings``), so an older row simply lacks the new column and
 reads as the default.
@@ -20,6 +23,7 @@ reads as the default.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
@@ -51,12 +55,32 @@ class FieldDirections:
 GROUPS = tuple(f.name for f in fields(FieldDirections))
 
 
+CAPTURE_OFF = "off"
+CAPTURE_EXTERNAL = "external"
+CAPTURE_ALL = "all"
+CAPTURE_MODES = (CAPTURE_OFF, CAPTURE_EXTERNAL, CAPTURE_ALL)
+MAX_INTERNAL_DOMAINS = 100
+
+
 @dataclass(frozen=True, slots=True)
 class TenantSettings:
     field_directions: FieldDirections = field(default_factory=FieldDirections)
+    # Issue 17: meetings booked in Outlook reported to the CRM (shared.rules.capture_plan).
+    capture_meetings: str = CAPTURE_OFF
+    capture_body: bool = False
+    internal_domains: tuple[str, ...] = ()
+
+    @property
+    def capturing(self) -> bool:
+        return self.capture_meetings != CAPTURE_OFF
 
     def as_json(self) -> dict[str, Any]:
-        return {"field_directions": self.field_directions.as_json()}
+        return {
+            "field_directions": self.field_directions.as_json(),
+            "capture_meetings": self.capture_meetings,
+            "capture_body": self.capture_body,
+            "internal_domains": list(self.internal_domains),
+        }
 
 
 DEFAULT = TenantSettings()
@@ -78,8 +102,42 @@ def _parse_directions(value: Any, errors: list[tuple[str, str]]) -> FieldDirecti
     return replace(FieldDirections(), **chosen)
 
 
+def _parse_capture(value: Any, errors: list[tuple[str, str]]) -> str:
+    if value not in CAPTURE_MODES:
+        errors.append(("capture_meetings", f"must be one of {', '.join(CAPTURE_MODES)}"))
+        return CAPTURE_OFF
+    return str(value)
+
+
+def _parse_capture_body(value: Any, errors: list[tuple[str, str]]) -> bool:
+    if not isinstance(value, bool):
+        errors.append(("capture_body", "must be true or false"))
+        return False
+    return value
+
+
+_DOMAIN = re.compile(r"^(?=.{1,253}$)([a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z0-9-]{2,63}$")
+
+
+def _parse_domains(value: Any, errors: list[tuple[str, str]]) -> tuple[str, ...]:
+    if not isinstance(value, list) or len(value) > MAX_INTERNAL_DOMAINS:
+        errors.append(("internal_domains", f"must be a list of at most {MAX_INTERNAL_DOMAINS} domain names"))
+        return ()
+    domains: list[str] = []
+    for i, item in enumerate(value):
+        name = item.strip().lower().rstrip(".") if isinstance(item, str) else ""
+        if not _DOMAIN.match(name):
+            errors.append((f"internal_domains[{i}]", "must be a domain name such as contoso.com"))
+        elif name not in domains:
+            domains.append(name)
+    return tuple(domains)
+
+
 _PARSERS: dict[str, Callable[[Any, list[tuple[str, str]]], Any]] = {
     "field_directions": _parse_directions,
+    "capture_meetings": _parse_capture,
+    "capture_body": _parse_capture_body,
+    "internal_domains": _parse_domains,
 }
 
 

@@ -36,6 +36,8 @@ class Connection:
     account_oid: str | None = None
     account_tid: str | None = None
     account_username: str | None = None
+    account_mail: str | None = None  # the mailbox's primary address: its domain is the owner's too
+    capture: bool = True  # issue 17: False = the user opted out of meeting capture at connect
     connected_at: str | None = None
     disconnected_at: str | None = None
     subscription_id: str | None = None

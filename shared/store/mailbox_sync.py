@@ -3,6 +3,8 @@
 - ``delta_link`` (never logged: it is a bearer of the mailbox's sync state), the ``window`` it
   was started with and the ``account_oid`` of the mailbox it belongs to: a different window (it
   slides daily) or account starts a new round.
+- ``capture``: what meeting capture (issue 17) the delta position was read with; another one
+  (capture turned on, domains changed) starts a new round, which is the initial capture.
 - ``held_deletions`` / ``held_since``: the mass-deletion guard's flag, shown by status.
 - A lease (``lease_id``, ``lease_until``): one reconcile or subscription change per user at a
   time, across processes. Claiming is an ETag-guarded write; a crashed holder's lease expires.
@@ -41,6 +43,7 @@ class SyncState:
     account_oid: str | None = None
     held_deletions: int = 0
     held_since: str | None = None
+    capture: str | None = None  # capture_plan.scope_key the delta position was read with (None = off)
     lease_id: str | None = None
     lease_until: datetime | None = None
     etag: str | None = None
@@ -49,7 +52,9 @@ class SyncState:
         return f"SyncState({self.tenant!r}, {self.user!r}, held={self.held_deletions}, lease={self.lease_id})"
 
 
-_FIELDS = ("delta_link", "window", "account_oid", "held_deletions", "held_since", "lease_id", "lease_until")
+_FIELDS = (
+    "delta_link", "window", "account_oid", "held_deletions", "held_since", "capture", "lease_id", "lease_until"
+)
 
 
 def _read(storage: Storage, tenant: str, user: str) -> Any:

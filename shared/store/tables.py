@@ -37,6 +37,7 @@ MAILBOX_SYNC, RECONCILE_PENDING = (
 )  # reconcile: delta state + lease, coalescing
 REQUEST_IDS = "RequestIds"  # replay protection of signed calls (shared/store/request_ids.py)
 TENANT_SETTINGS = "TenantSettings"  # one row per tenant: the settings document (shared/store/tenant_settings.py)
+CAPTURED_EVENTS = "CapturedEvents"  # what was reported per captured Outlook meeting (shared/store/captured_events.py)
 TABLE_NAMES = (
     CONNECTIONS,
     TOKENS,
@@ -52,6 +53,7 @@ TABLE_NAMES = (
     RECONCILE_PENDING,
     REQUEST_IDS,
     TENANT_SETTINGS,
+    CAPTURED_EVENTS,
 )
 
 _FORBIDDEN = re.compile(r"[%/\\#?\x00-\x1f\x7f-\x9f]")

@@ -100,7 +100,8 @@ def test_settings_are_validated_stored_and_default_to_times_two_way(stack: Stack
     for body, field in (
         ({"field_directions": {"subject": "always"}}, "field_directions.subject"),
         ({"field_directions": {"colour": "two_way"}}, "field_directions.colour"),
-        ({"capture_meetings": "all"}, "capture_meetings"),
+        ({"capture_meetings": "always"}, "capture_meetings"),
+        ({"dedicated_calendar": "CRM"}, "dedicated_calendar"),
     ):
         bad = stack.crm.request("PUT", settings_path(tenant), body)
         assert bad.status_code == 400, bad.text

@@ -25,7 +25,14 @@ from shared.rules.reconcile_plan import (
     seen_of,
 )
 from shared.rules.sync_plan import ALREADY_SHOWN, Link, Nothing, Update, UserContext, after, plan_upsert
-from shared.rules.tenant_settings import CRM_TO_OUTLOOK, TWO_WAY, FieldDirections, parse_settings
+from shared.rules.tenant_settings import (
+    CRM_TO_OUTLOOK,
+    TWO_WAY,
+    FieldDirections,
+    from_stored,
+    parse_settings,
+    to_stored,
+)
 from tests.unit.activity_builders import activity
 
 USER = UserContext("tenant-1", "user-1", connected=True, mailbox_time_zone="Romance Standard Time", locale="es")
@@ -192,16 +199,31 @@ def test_a_conflict_is_flagged_only_when_the_crm_changed_the_same_field() -> Non
 def test_settings_default_and_replace_the_whole_document() -> None:
     assert parse_settings({}).as_json() == {"field_directions": {
         "subject": CRM_TO_OUTLOOK, "description": CRM_TO_OUTLOOK, "location": CRM_TO_OUTLOOK,
-        "times": TWO_WAY, "reminder": CRM_TO_OUTLOOK}}
+        "times": TWO_WAY, "reminder": CRM_TO_OUTLOOK},
+        "capture_meetings": "off", "capture_body": False, "internal_domains": []}
     chosen = parse_settings({"field_directions": {"subject": "two_way", "times": "crm_to_outlook"}})
     assert chosen.field_directions == FieldDirections(subject=TWO_WAY, times=CRM_TO_OUTLOOK)
+
+
+def test_capture_settings_are_parsed_and_stored_and_old_rows_read_as_off() -> None:
+    chosen = parse_settings({"capture_meetings": "external", "capture_body": True,
+                             "internal_domains": ["Contoso.COM.", "contoso.com", "fabrikam.co"]})
+    assert (chosen.capture_meetings, chosen.capture_body, chosen.internal_domains) == (
+        "external", True, ("contoso.com", "fabrikam.co"))
+    assert from_stored(to_stored(chosen)) == chosen
+    old_row = {"field_directions": to_stored(chosen)["field_directions"]}  # written before issue 17
+    assert from_stored(old_row).capture_meetings == "off" and not from_stored(old_row).capturing
 
 
 @pytest.mark.parametrize(("body", "fields"), [
     ({"field_directions": {"subject": "both"}}, ["field_directions.subject"]),
     ({"field_directions": {"colour": "two_way"}}, ["field_directions.colour"]),
     ({"field_directions": ["subject"]}, ["field_directions"]),
-    ({"capture_meetings": "all"}, ["capture_meetings"]),  # issue 17's key: not known yet
+    ({"capture_meetings": "some"}, ["capture_meetings"]),
+    ({"capture_body": "yes"}, ["capture_body"]),
+    ({"internal_domains": "contoso.com"}, ["internal_domains"]),
+    ({"internal_domains": ["contoso.com", "not a domain", "@x.com"]}, ["internal_domains[1]", "internal_domains[2]"]),
+    ({"capture_all_the_things": True}, ["capture_all_the_things"]),
     ([], ["body"]),
 ])
 def test_bad_settings_name_every_bad_field(body: Any, fields: list[str]) -> None:
