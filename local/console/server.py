@@ -19,8 +19,13 @@ Routes (JSON unless said otherwise):
   can show the service's own error when there is one
 - ``GET /crm/api/outlook?date=YYYY-MM-DD&days=1|7``: the mailbox's events in that window, placed in
   the mailbox's time zone as Outlook shows them
-- ``GET /crm/api/settings``, ``POST /crm/api/settings`` ``{field_directions}``: the tenant's sync
-  settings, read and replaced through the signed ``GET``/``PUT /api/tenants/{tenant}/settings``
+- ``GET /crm/api/settings``, ``POST /crm/api/settings`` ``{field_directions?, capture_meetings?}``: the
+  tenant's sync settings, read and replaced through the signed ``GET``/``PUT /api/tenants/{tenant}/settings``
+  (the PUT replaces the whole document, so what the page did not send is sent back as it is)
+- ``POST /crm/api/meetings/adopt`` ``{outlook_event_id}``: "Registrar como actividad" for a meeting
+  captured from Outlook (``outlook_event.*`` callbacks, kept in ``state``): a new activity of type
+  meeting with that meeting's subject and times, sent as a signed ``activity.upserted`` carrying
+  ``outlook_event_id`` (adoption: the service links the user's event instead of creating one)
 """
 
 from __future__ import annotations
@@ -79,6 +84,7 @@ ZONES = (
     "Asia/Tokyo",
     "UTC",
 )
+SETTINGS_KEYS = ("field_directions", "capture_meetings", "capture_body", "internal_domains")
 _DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 _TIME = re.compile(r"\d{2}:\d{2}")
 
@@ -108,6 +114,9 @@ class Crm:
     seen_callback_ids: set[str] = field(default_factory=set)
     rejected: int = 0
     next_number: int = 1
+    # Meetings captured from Outlook (``outlook_event.*``), by outlook_event_id: the last data reported,
+    # ``cancelled`` once the organizer cancelled it, and ``activity_id`` once the CRM adopted it.
+    meetings: dict[str, dict[str, Any]] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -241,7 +250,16 @@ class Console:
         return self.call_service("GET", self.settings_path())
 
     def save_settings(self, body: dict[str, Any]) -> dict[str, Any]:
-        return self.call_service("PUT", self.settings_path(), body)
+        """Replace the settings with what the page sent over the current document.
+
+        ``PUT`` replaces the whole document (a key left out takes its default), so the keys the page
+        does not edit (``capture_body``, ``internal_domains``, ...) are read first and sent back."""
+        current = self.settings()
+        if current["status"] != 200 or not isinstance(current["body"], dict):
+            return current
+        document = {k: v for k, v in current["body"].items() if k in SETTINGS_KEYS}
+        document.update({k: v for k, v in body.items() if k in SETTINGS_KEYS and v is not None})
+        return self.call_service("PUT", self.settings_path(), document)
 
     def disconnect(self, remove_events: str) -> dict[str, Any]:
         return self.call_service("POST", self.user_path("disconnect"), {"remove_events": remove_events})
@@ -273,14 +291,20 @@ class Console:
 
     # --- activities ---------------------------------------------------------------------------------
 
-    def add_activity(self, form: dict[str, Any], push: bool = True) -> dict[str, Any]:
-        """Store a new activity in the CRM; push it when the user is connected."""
+    def add_activity(
+        self, form: dict[str, Any], push: bool = True, outlook_event_id: str | None = None
+    ) -> dict[str, Any]:
+        """Store a new activity in the CRM; push it when the user is connected.
+
+        With ``outlook_event_id`` the activity adopts that existing Outlook meeting."""
         with self.crm.lock:
             number = self.crm.next_number
             self.crm.next_number += 1
         activity_id = f"act-{number}"
         try:
             payload = build_activity(form, activity_id, 1, self.config)
+            if outlook_event_id:
+                payload["outlook_event_id"] = outlook_event_id
             parse_activity(payload)  # the CRM's form checks are the contract's
         except ValidationError as error:
             return {"status": 400, "body": error.as_json()}
@@ -306,6 +330,26 @@ class Console:
             "body": {"activity": payload, "pushed": sent["status"] == 202, "service": sent},
         }
 
+    def adopt_meeting(self, outlook_event_id: str) -> dict[str, Any]:
+        """ "Registrar como actividad": the captured meeting becomes a CRM activity linked to its event."""
+        with self.crm.lock:
+            meeting = self.crm.meetings.get(outlook_event_id)
+            if meeting is None:
+                return {"status": 404, "body": {"message": "no such captured meeting"}}
+            if meeting.get("activity_id"):
+                return {"status": 409, "body": {"message": "already recorded", "activity_id": meeting["activity_id"]}}
+            if meeting.get("cancelled"):
+                return {"status": 409, "body": {"message": "the meeting was cancelled"}}
+            data = dict(meeting["data"])
+            meeting["activity_id"] = ""  # claimed: a second click while this one runs gets 409
+        answer = self.add_activity(meeting_form(data, self.config), outlook_event_id=outlook_event_id)
+        activity = (answer["body"] or {}).get("activity") if answer["status"] in (201, 502) else None
+        with self.crm.lock:
+            current = self.crm.meetings.get(outlook_event_id)
+            if current is not None:
+                current["activity_id"] = activity["id"] if activity else None
+        return answer
+
     # --- callbacks ------------------------------------------------------------------------------------
 
     def receive_callback(self, path: str, header: str | None, body: bytes, request_id: str | None = None) -> int:
@@ -328,6 +372,7 @@ class Console:
             self.crm.seen_callback_ids.add(callback.get("id"))
             self.crm.callbacks.append({**callback, "received_at": _now(), "verified": True})
             del self.crm.callbacks[:-MAX_CALLBACKS]
+            keep_meeting(self.crm.meetings, callback)
         self._print(f"callback {callback.get('type')} {callback.get('id')} (signature verified)")
         return 200
 
@@ -336,6 +381,7 @@ class Console:
             callbacks = list(self.crm.callbacks)
             activities = [dict(a) for a in self.crm.activities.values()]
             rejected = self.crm.rejected
+            meetings = [{**m, "data": dict(m["data"])} for m in self.crm.meetings.values()]
         outcome: dict[str, dict[str, Any]] = {}
         disconnected = None
         backfilled: dict[str, dict[str, Any]] = {}  # job id -> its backfill.completed counts
@@ -375,6 +421,7 @@ class Console:
             "activities": activities,
             "callbacks": list(reversed(callbacks)),
             "rejected_callbacks": rejected,
+            "meetings": sorted(meetings, key=lambda m: (str(m["data"].get("start") or ""), m["outlook_event_id"])),
             "outlook_view": self.control is not None,
         }
 
@@ -415,6 +462,72 @@ class Console:
     def _print(self, line: str) -> None:
         if self.log:
             print(line, file=self.log, flush=True)
+
+
+def keep_meeting(meetings: dict[str, dict[str, Any]], callback: dict[str, Any]) -> None:
+    """What the CRM keeps of a captured meeting from one ``outlook_event.*`` callback.
+
+    ``created``/``updated`` replace the meeting's data (an older ``changed_at`` than the one kept is a
+    late repeat and changes nothing); ``cancelled`` marks it; ``deleted`` drops it unless the CRM
+    recorded it as an activity (then it stays, marked gone). The adopting activity is kept throughout."""
+    kind = str(callback.get("type") or "")
+    data = callback.get("data") or {}
+    event_id = data.get("outlook_event_id") if isinstance(data, dict) else None
+    if not kind.startswith("outlook_event.") or not event_id:
+        return
+    kept = meetings.get(event_id)
+    if kind in ("outlook_event.created", "outlook_event.updated"):
+        if kept and (kept["data"].get("changed_at") or "") > (data.get("changed_at") or ""):
+            return
+        meetings[event_id] = {
+            "outlook_event_id": event_id,
+            "data": dict(data),
+            "cancelled": False,
+            "gone": False,
+            "activity_id": (kept or {}).get("activity_id"),
+            "received_at": _now(),
+        }
+    elif kind == "outlook_event.cancelled":
+        merged = {**(kept or {}).get("data", {}), **data}
+        meetings[event_id] = {
+            **(kept or {"outlook_event_id": event_id, "activity_id": None, "gone": False}),
+            "data": merged,
+            "cancelled": True,
+            "received_at": _now(),
+        }
+    elif kind == "outlook_event.deleted":
+        if kept and kept.get("activity_id"):
+            kept["gone"] = True
+        else:
+            meetings.pop(event_id, None)
+
+
+def meeting_form(data: dict[str, Any], config: Config) -> dict[str, Any]:
+    """The "Agregar actividad" form for a captured meeting: type meeting, its subject and times.
+
+    Times are the meeting's wall-clock times in the mailbox's zone (``start_local``/``end_local`` in
+    ``time_zone``), so the activity is the same instant Outlook shows."""
+    start_local, end_local = str(data.get("start_local") or ""), str(data.get("end_local") or "")
+    form: dict[str, Any] = {
+        "type_id": "meeting",
+        "status": "planned",
+        "subject": str(data.get("subject") or "").strip() or "(sin asunto)",
+        "time_zone": data.get("time_zone") or "UTC",
+        "location": data.get("location") or "",
+        "all_day": bool(data.get("all_day")),
+    }
+    if form["all_day"]:
+        first, after = start_local[:10], end_local[:10]
+        last = (date.fromisoformat(after) - timedelta(days=1)).isoformat() if _DATE.fullmatch(after) else after
+        form.update(start_date=first, end_date=max(first, last))  # the form's end day is inclusive
+    else:
+        form.update(
+            start_date=start_local[:10],
+            start_time=start_local[11:16],
+            end_date=end_local[:10],
+            end_time=end_local[11:16],
+        )
+    return form
 
 
 def build_activity(form: dict[str, Any], activity_id: str, version: int, config: Config) -> dict[str, Any]:
@@ -658,7 +771,14 @@ class Handler(BaseHTTPRequestHandler):
         elif url.path == "/crm/api/sync":
             self._json(console.sync())
         elif url.path == "/crm/api/settings":
-            self._json(console.save_settings({"field_directions": body.get("field_directions") or {}}))
+            sent = {k: body[k] for k in ("field_directions", "capture_meetings") if k in body}
+            self._json(console.save_settings(sent))
+        elif url.path == "/crm/api/meetings/adopt":
+            event_id = body.get("outlook_event_id")
+            if not isinstance(event_id, str) or not event_id:
+                self._json({"status": 400, "body": {"message": "outlook_event_id, please"}})
+            else:
+                self._json(console.adopt_meeting(event_id))
         elif url.path == "/crm/api/disconnect":
             choice = (
                 body.get("remove_events")

@@ -57,6 +57,15 @@ const TEXT = {
     edit_note: "Outlook cambió esto: {fields}", edit_conflict: "a la vez que el CRM (ganó el CRM en Outlook)",
     fld_subject: "asunto", fld_description: "notas", fld_location: "ubicación", fld_start: "inicio", fld_end: "fin",
     fld_all_day: "todo el día", fld_reminder_minutes: "recordatorio",
+    cap_label: "Reuniones agendadas en Outlook", cap_off: "No traerlas al CRM",
+    cap_external: "Solo las que tienen personas de fuera", cap_all: "Todas las que tienen asistentes",
+    mt_title: "Reuniones de Outlook",
+    mt_intro: "Reuniones agendadas directamente en Outlook que el servicio informó al CRM. «Registrar como actividad» las enlaza sin crear otro evento.",
+    mt_subject: "Asunto", mt_when: "Cuándo (zona del buzón)", mt_attendees: "Asistentes", mt_crm: "CRM",
+    mt_none: "Ninguna reunión de Outlook todavía.", mt_adopt: "Registrar como actividad",
+    mt_recorded: "Registrada como actividad", mt_recording: "Registrando…", mt_cancelled: "Cancelada en Outlook",
+    mt_gone: "Borrada en Outlook", mt_organizer: "organiza", mt_adopted: "Reunión registrada como actividad {id}.",
+    mt_error: "No se registró: {message}",
   },
   en: {
     brand: "Demo CRM", crumb_calendars: "Calendars", crumb_list: "Activity list",
@@ -113,6 +122,15 @@ const TEXT = {
     edit_note: "Outlook changed this: {fields}", edit_conflict: "while the CRM changed it too (the CRM won in Outlook)",
     fld_subject: "subject", fld_description: "notes", fld_location: "location", fld_start: "start", fld_end: "end",
     fld_all_day: "all day", fld_reminder_minutes: "reminder",
+    cap_label: "Meetings booked in Outlook", cap_off: "Do not bring them to the CRM",
+    cap_external: "Only those with outside people", cap_all: "All those with attendees",
+    mt_title: "Outlook meetings",
+    mt_intro: "Meetings booked straight in Outlook that the service reported to the CRM. “Record as activity” links one without creating another event.",
+    mt_subject: "Subject", mt_when: "When (mailbox time zone)", mt_attendees: "Attendees", mt_crm: "CRM",
+    mt_none: "No Outlook meetings yet.", mt_adopt: "Record as activity",
+    mt_recorded: "Recorded as activity", mt_recording: "Recording…", mt_cancelled: "Cancelled in Outlook",
+    mt_gone: "Deleted in Outlook", mt_organizer: "organizer", mt_adopted: "Meeting recorded as activity {id}.",
+    mt_error: "Not recorded: {message}",
   },
 };
 const TYPE_NAMES = {
@@ -127,7 +145,7 @@ const ui = {
   syncJob: null, syncMessage: null,
   busy: false, again: false,
   formMessage: null, calendarMessage: null,
-  settings: null, dirMessage: null,
+  settings: null, dirMessage: null, meetingMessage: null,
 };
 const DIRECTION_FIELDS = ["subject", "description", "location", "times", "reminder"];
 
@@ -341,6 +359,7 @@ function showReturn() {
 
 function render() {
   renderActivities();
+  renderMeetings();
   renderStatus();
   renderCallbacks();
   renderOutlook();
@@ -397,6 +416,77 @@ function editNote(record) {
     t("edit_note", { fields: names }), edit.conflict ? ` — ${t("edit_conflict")}` : "");
 }
 
+// --- meetings captured from Outlook (outlook_event.* callbacks) ----------------------------------------
+
+function meetingWhen(data) {
+  if (data.all_day) {
+    const last = addDays(data.end_local.slice(0, 10), -1);
+    const first = data.start_local.slice(0, 10);
+    return last <= first ? `${first} · ${t("f_all_day")}` : `${first} → ${last} · ${t("f_all_day")}`;
+  }
+  const [day, time] = data.start_local.split("T");
+  const [endDay, endTime] = data.end_local.split("T");
+  const end = endDay === day ? endTime.slice(0, 5) : `${endDay} ${endTime.slice(0, 5)}`;
+  return `${day} ${time.slice(0, 5)}–${end} (${data.time_zone})`;
+}
+
+function meetingPeople(data) {
+  const organizer = data.organizer && data.organizer.address;
+  const people = organizer ? [el("span", { class: "address organizer", title: t("mt_organizer") }, organizer)] : [];
+  for (const person of data.attendees || []) {
+    if (person.address && person.address !== organizer) people.push(el("span", { class: "address" }, person.address));
+  }
+  return people.length ? people : "—";
+}
+
+function meetingCrmCell(meeting) {
+  if (meeting.activity_id) {
+    const record = (ui.crm.activities || []).find((a) => a.payload.id === meeting.activity_id);
+    return [el("span", { class: "badge ok", "data-testid": "meeting-recorded" }, t("mt_recorded"), " ",
+      el("a", { href: `#activity-${meeting.activity_id}` }, meeting.activity_id)),
+    record ? el("div", {}, outlookCell(record)) : null];
+  }
+  if (meeting.activity_id === "") return el("span", { class: "badge" }, t("mt_recording"));
+  return el("button", { type: "button", "data-testid": "adopt-meeting", disabled: meeting.cancelled || meeting.gone,
+    "data-event-id": meeting.outlook_event_id }, t("mt_adopt"));
+}
+
+function renderMeetings() {
+  if (!ui.crm) return;
+  const rows = (ui.crm.meetings || []).map((meeting) => {
+    const data = meeting.data;
+    const flags = [meeting.cancelled ? el("span", { class: "badge warn" }, t("mt_cancelled")) : null,
+      meeting.gone ? el("span", { class: "badge warn" }, t("mt_gone")) : null];
+    return el("tr", { "data-testid": "meeting-row", "data-event-id": meeting.outlook_event_id },
+      el("td", {}, el("div", {}, data.subject || "—"), data.location ? el("div", { class: "muted" }, data.location) : null, flags),
+      el("td", { "data-testid": "meeting-when" }, meetingWhen(data)),
+      el("td", { "data-testid": "meeting-attendees" }, meetingPeople(data)),
+      el("td", { "data-testid": "meeting-crm" }, meetingCrmCell(meeting)));
+  });
+  $("meeting-rows").replaceChildren(...rows);
+  $("no-meetings").hidden = rows.length > 0;
+  const message = ui.meetingMessage;
+  $("meeting-message").className = `message ${message ? message.kind : ""}`;
+  $("meeting-message").textContent = message ? message.make() : "";
+}
+
+async function adoptMeeting(event) {
+  const button = event.target.closest("button[data-testid='adopt-meeting']");
+  if (!button) return;
+  button.disabled = true;
+  const answer = await api("/crm/api/meetings/adopt", { outlook_event_id: button.dataset.eventId });
+  const body = answer.body || {};
+  if (answer.status === 201 && body.pushed) {
+    ui.meetingMessage = { make: () => t("mt_adopted", { id: body.activity.id }), kind: "ok" };
+  } else if (answer.status === 201) {
+    ui.meetingMessage = { make: () => t("mt_adopted", { id: body.activity.id }) + " " + t("saved_local"), kind: "" };
+  } else {
+    const detail = body.service ? serviceMessage(body.service) : body.message || JSON.stringify(body);
+    ui.meetingMessage = { make: () => t("mt_error", { message: detail }), kind: "error" };
+  }
+  await refresh();
+}
+
 // --- field directions (the tenant's settings) --------------------------------------------------------
 
 async function loadSettings() {
@@ -415,6 +505,7 @@ function renderDirections() {
       select.value = directions[field] || (field === "times" ? "two_way" : "crm_to_outlook");
       return select;
     })()))));
+  $("capture-meetings").value = (ui.settings && ui.settings.capture_meetings) || "off";
   const message = ui.dirMessage;
   $("dir-message").className = `message ${message ? message.kind : ""}`;
   $("dir-message").textContent = message ? (typeof message.make === "function" ? message.make() : message.make) : "";
@@ -423,7 +514,7 @@ function renderDirections() {
 async function saveDirections(event) {
   event.preventDefault();
   const chosen = Object.fromEntries(DIRECTION_FIELDS.map((f) => [f, $(`dir-${f}`).value]));
-  const answer = await api("/crm/api/settings", { field_directions: chosen });
+  const answer = await api("/crm/api/settings", { field_directions: chosen, capture_meetings: $("capture-meetings").value });
   if (answer.status === 200) {
     ui.settings = answer.body;
     ui.dirMessage = { make: () => t("dir_saved"), kind: "ok" };
@@ -651,6 +742,7 @@ function init() {
   });
   $("activity-form").addEventListener("submit", saveActivity);
   $("directions-form").addEventListener("submit", saveDirections);
+  $("meeting-rows").addEventListener("click", adoptMeeting);
   $("f-all-day").addEventListener("change", toggleAllDay);
   $("f-start-date").addEventListener("change", () => {
     if ($("f-end-date").value < $("f-start-date").value) $("f-end-date").value = $("f-start-date").value;
