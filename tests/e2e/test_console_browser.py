@@ -4,7 +4,10 @@
 Sign in -> "Sí" on the emulator's consent page -> back on the console, connected -> a planned
 activity at 10:00 America/Bogota shows at 16:00 in a 'Romance Standard Time' mailbox -> an activity
 whose type has no calendar flag does not -> "Sincronizar" loads what the CRM had before the
-connection -> "Remover sincronización" answers "La sincronización se eliminó correctamente.".
+connection -> with "Reuniones agendadas en Outlook" set to outside people, a meeting the user books in
+Outlook with luisa@acme.test shows in "Reuniones de Outlook", and "Registrar como actividad" records
+it as a CRM activity linked to that event (no new event) -> "Remover sincronización" answers "La
+sincronización se eliminó correctamente." and leaves the user's meeting in Outlook.
 
 Browser: Debian's ``chromium`` (``/usr/bin/chromium``) through Playwright's ``executable_path``; no
 browser is ever downloaded. The emulator's throwaway CA is trusted by this test's browser context
@@ -22,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 
 from local.azurite import free_port
 from local.processes import Service
@@ -49,6 +53,7 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 UPN = "ana@contoso.example"
+OUTSIDER = "luisa@acme.test"
 # Two days computed from the clock, inside the sync window and in winter (Bogotá UTC-5, Madrid
 # UTC+1), in the same week: the activity the CRM had before the connection, and the day after.
 BEFORE = winter_day()
@@ -176,17 +181,18 @@ def add_activity(
     company: str = "",
     contact: str = "",
 ) -> None:
-    page.get_by_label("Asunto", exact=True).fill(subject)
-    page.get_by_label("Tipo de actividad").select_option(type_id)
-    page.get_by_label("Estado", exact=True).select_option("planned")
-    page.get_by_label("Fecha de inicio").fill(day)
-    page.get_by_label("Hora de inicio").fill(start)
-    page.get_by_label("Fecha de fin").fill(day)
-    page.get_by_label("Hora de fin").fill(end)
-    page.get_by_label("Zona horaria").select_option("America/Bogota")
-    page.get_by_label("Negocio").fill(deal)
-    page.get_by_label("Empresa").fill(company)
-    page.get_by_label("Contacto", exact=True).fill(contact)
+    form = page.locator("#activity-form")  # the settings panel has an "Asunto" label too
+    form.get_by_label("Asunto", exact=True).fill(subject)
+    form.get_by_label("Tipo de actividad").select_option(type_id)
+    form.get_by_label("Estado", exact=True).select_option("planned")
+    form.get_by_label("Fecha de inicio").fill(day)
+    form.get_by_label("Hora de inicio").fill(start)
+    form.get_by_label("Fecha de fin").fill(day)
+    form.get_by_label("Hora de fin").fill(end)
+    form.get_by_label("Zona horaria").select_option("America/Bogota")
+    form.get_by_label("Negocio").fill(deal)
+    form.get_by_label("Empresa").fill(company)
+    form.get_by_label("Contacto", exact=True).fill(contact)
     page.get_by_role("button", name="Guardar actividad").click()
     expect(page.get_by_test_id("form-message")).to_contain_text("Actividad guardada")
     expect(page.get_by_test_id("activity-row").filter(has_text=subject)).to_have_count(1)
@@ -203,6 +209,23 @@ def show_outlook(page: Page, view: str, day: str, first_day: str) -> None:
     grid = page.get_by_test_id("outlook-grid")
     expect(grid).to_have_attribute("data-first-day", first_day)
     expect(grid).to_have_attribute("data-days", "7" if view == "Semana" else "1")
+
+
+def event_writes(stack: ConsoleStack) -> dict[str, int]:
+    """Graph writes on events (POST, PATCH, DELETE) the emulator counted, over every mailbox."""
+    counted: dict[str, int] = {"POST": 0, "PATCH": 0, "DELETE": 0}
+    for per in stack.emulator.control.counters()["mailboxes"].values():
+        for endpoint, n in per.get("requests", {}).items():
+            for method in counted:
+                if endpoint.startswith(f"{method} /events"):
+                    counted[method] += n
+    return counted
+
+
+def console_state(stack: ConsoleStack) -> dict[str, Any]:
+    answer = requests.get(f"{stack.url}crm/api/state", timeout=10)
+    answer.raise_for_status()
+    return answer.json()
 
 
 def test_the_help_centre_flow_in_a_browser(page: Page, console_stack: ConsoleStack) -> None:
@@ -293,21 +316,80 @@ def test_the_help_centre_flow_in_a_browser(page: Page, console_stack: ConsoleSta
     assert "Correo de seguimiento" not in subjects
     assert {"Llamada con Contoso", "Preparar contrato"} <= set(subjects)
 
+    # Meetings booked in Outlook: the capture setting, saved with the field directions (one PUT of
+    # the whole settings document: the directions stay as they were).
+    settings_panel = page.get_by_test_id("settings-panel")
+    expect(settings_panel.get_by_label("Reuniones agendadas en Outlook")).to_have_value("off")
+    settings_panel.get_by_label("Reuniones agendadas en Outlook").select_option("external")
+    settings_panel.get_by_role("button", name="Guardar", exact=True).click()
+    expect(page.get_by_test_id("directions-message")).to_have_text("Guardado.")
+    stored = requests.get(f"{stack.url}crm/api/settings", timeout=10).json()["body"]
+    assert stored["capture_meetings"] == "external"
+    assert stored["field_directions"]["times"] == "two_way"
+    assert stored["field_directions"]["subject"] == "crm_to_outlook"
+
+    # The user books a meeting with someone outside in Outlook, 09:00-09:45 in the mailbox's zone.
+    booked = stack.emulator.control.user_create_event(
+        UPN,
+        {
+            "subject": "Demo con Acme",
+            "start": {"dateTime": f"{DAY}T09:00:00", "timeZone": "Romance Standard Time"},
+            "end": {"dateTime": f"{DAY}T09:45:00", "timeZone": "Romance Standard Time"},
+            "attendees": [{"type": "required", "emailAddress": {"name": "Luisa", "address": OUTSIDER}}],
+        },
+    )
+    captured = page.get_by_test_id("meeting-row").filter(has_text="Demo con Acme")
+    expect(captured).to_have_count(1)
+    expect(captured).to_have_attribute("data-event-id", booked["id"])
+    expect(captured.get_by_test_id("meeting-when")).to_have_text(f"{DAY} 09:00–09:45 (Europe/Paris)")
+    expect(captured.get_by_test_id("meeting-attendees")).to_contain_text(OUTSIDER)
+    expect(captured.get_by_test_id("meeting-attendees")).to_contain_text(UPN)  # the organizer
+    shot(page, "07-outlook-meeting-captured")
+    wait_until_idle(stack.host.ready["url"], stack.emulator)
+    writes_before = event_writes(stack)
+    events_before = len(stack.emulator.control.events(UPN))
+
+    # "Registrar como actividad": a CRM activity linked to the user's event, no second event.
+    captured.get_by_role("button", name="Registrar como actividad").click()
+    expect(page.get_by_test_id("meeting-message")).to_contain_text("Reunión registrada como actividad act-")
+    expect(captured.get_by_test_id("meeting-crm")).to_contain_text("Registrada como actividad")
+    expect(captured.get_by_test_id("meeting-crm")).to_contain_text("En Outlook")
+    adopted_row = page.get_by_test_id("activity-row").filter(has_text="Demo con Acme")
+    expect(adopted_row).to_have_count(1)
+    expect(adopted_row.get_by_test_id("activity-outlook")).to_contain_text("En Outlook")
+    expect(captured.get_by_role("button", name="Registrar como actividad")).to_have_count(0)
+    wait_until_idle(stack.host.ready["url"], stack.emulator)
+    assert event_writes(stack) == writes_before  # adopting wrote nothing to Outlook
+    assert len(stack.emulator.control.events(UPN)) == events_before
+    state = console_state(stack)
+    (meeting,) = [m for m in state["meetings"] if m["outlook_event_id"] == booked["id"]]
+    (adopting,) = [a for a in state["activities"] if a["payload"]["id"] == meeting["activity_id"]]
+    assert adopting["payload"]["outlook_event_id"] == booked["id"]
+    assert adopting["payload"]["type"]["id"] == "meeting"
+    assert (adopting["payload"]["start"], adopting["payload"]["end"]) == (f"{DAY}T09:00:00", f"{DAY}T09:45:00")
+    assert adopting["payload"]["time_zone"] == "Europe/Paris"
+    assert adopting["outlook"]["type"] == "activity.synced"
+    assert adopting["outlook"]["outlook_event_id"] == booked["id"]
+    shot(page, "08-outlook-meeting-recorded")
+
     # "Remover sincronización", removing the events this service created.
     page.get_by_label("Eventos ya creados en Outlook").select_option("all")
     page.get_by_role("button", name="Remover sincronización").click()
     expect(message).to_have_text("La sincronización se eliminó correctamente.")
     expect(page.get_by_test_id("status-state")).to_have_text("Desconectado")
-    expect(page.get_by_test_id("outlook-event")).to_have_count(0)
+    # Only this service's events are removed: the user's adopted meeting stays.
+    expect(page.get_by_test_id("outlook-event")).to_have_count(1)
+    expect(outlook_event(page, "Demo con Acme")).to_have_count(1)
     expect(page.get_by_test_id("callbacks").locator("[data-type='connection.disconnected']")).to_have_count(1)
-    shot(page, "07-sync-removed")
+    shot(page, "09-sync-removed")
 
     # English on a toggle.
     page.get_by_test_id("lang-toggle").click()
     expect(page.get_by_role("button", name="Sign in with Outlook")).to_be_visible()
     expect(page.get_by_role("heading", name="Microsoft calendar")).to_be_visible()
     expect(page.get_by_test_id("status-state")).to_have_text("Disconnected")
-    shot(page, "08-english")
+    expect(page.get_by_role("heading", name="Outlook meetings")).to_be_visible()
+    shot(page, "10-english")
 
 
 def test_the_outlook_view_places_events_in_the_mailbox_zone() -> None:
