@@ -32,6 +32,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from shared.flows import callbacks
 from shared.ports import Services
+from shared.rules.calendars import graph_path
 from shared.rules.contract import ValidationError
 from shared.rules.errors import AuthError, ConflictError, SyncError
 from shared.rules.event_time import is_iana_zone
@@ -274,7 +275,7 @@ def subscribe(services: Services, token: str, connection: Connection, now: datet
         "changeType": SUBSCRIBED_CHANGES,
         "notificationUrl": f"{base}/api/graph/notifications",
         "lifecycleNotificationUrl": f"{base}/api/graph/lifecycle",
-        "resource": "me/events",
+        "resource": graph_path(connection.calendar_id, "events"),
         "expirationDateTime": iso(expires),
         "clientState": client_state,
     }

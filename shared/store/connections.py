@@ -42,6 +42,8 @@ class Connection:
     subscription_expires_at: str | None = None
     last_sync_at: str | None = None
     last_reconcile_at: str | None = None
+    calendar: str = "default"  # the user's choice: default | dedicated | id (shared.rules.calendars)
+    calendar_id: str | None = None  # the calendar events live in; None = the default calendar
     recent_errors: tuple[dict[str, str], ...] = field(default=())
     etag: str | None = None
 
