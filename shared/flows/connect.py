@@ -30,9 +30,10 @@ from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from shared.flows import callbacks
+from shared.flows import calendars, callbacks
+from shared.flows.calendars import CalendarUnavailable
 from shared.ports import Services
-from shared.rules.calendars import graph_path
+from shared.rules.calendars import CHOSEN, DEDICATED, DEFAULT, CalendarChoice, graph_path, parse_choice
 from shared.rules.contract import ValidationError
 from shared.rules.errors import AuthError, ConflictError, SyncError
 from shared.rules.event_time import is_iana_zone
@@ -53,6 +54,7 @@ class ConnectRequest:
     time_zone: str
     locale: str
     login_hint: str | None = None
+    calendar: CalendarChoice = CalendarChoice()
 
 
 @dataclass(frozen=True)
@@ -85,9 +87,15 @@ def parse_connect_request(body: object, allowed_origins: frozenset[str]) -> Conn
     login_hint = body.get("login_hint")
     if login_hint is not None and (not isinstance(login_hint, str) or len(login_hint) > 320):
         errors.append(("login_hint", "must be an email address or user name"))
+    calendar = parse_choice(body.get("calendar"))
+    if calendar is None:
+        errors.append(("calendar", 'must be "default", "dedicated" or {"id": "<calendar id>"}'))
     if errors:
         raise ValidationError(errors)
-    return ConnectRequest(return_url, str(time_zone), normalize_locale(str(locale)), login_hint or None)
+    assert calendar is not None
+    return ConnectRequest(
+        return_url, str(time_zone), normalize_locale(str(locale)), login_hint or None, calendar
+    )
 
 
 def origin_of(url: str) -> str | None:
@@ -113,6 +121,7 @@ def begin_connect(
         "locale": request.locale,
         "time_zone": request.time_zone,
         "expires_at": expires_at,
+        "calendar": json.dumps([request.calendar.kind, request.calendar.calendar_id]),
     }
     entity["flow"] = encrypt(json.dumps(flow).encode(), keys, _flow_aad(flow["state"], entity))
     with tables.storage_errors("storing the sign-in flow"):
@@ -147,6 +156,8 @@ def complete_connect(
     try:
         claims, cache = services.identity.redeem(pending["flow"], params)
         outcome = _connect(services, tenant, user, pending, claims, cache, now)
+    except CalendarUnavailable as unavailable:
+        return fail(unavailable.reason, f"error_{unavailable.reason}")
     except AuthError:
         return fail("sign_in_failed", "error_sign_in_failed")
     except SyncError as error:
@@ -233,6 +244,10 @@ def _finish_connect(
         connected_at=iso(now),
         disconnected_at=None,
     )
+    if current.state not in (CONNECTED, REAUTH_REQUIRED):  # a reconnect keeps its calendar (switch: PUT)
+        connection = calendars.resolve(services, token, connection, _pending_choice(pending))
+    elif connection.calendar == DEDICATED:
+        connection = calendars.resolve(services, token, connection, CalendarChoice(DEDICATED))
     connection = subscribe(services, token, connection, now)
     _save_latest(services, connection)
     if current.state == REAUTH_REQUIRED:
@@ -250,6 +265,14 @@ def _finish_connect(
         },
     )
     return None
+
+
+def _pending_choice(pending: dict[str, Any]) -> CalendarChoice:
+    try:
+        kind, calendar_id = json.loads(pending.get("calendar") or '["default", null]')
+    except (ValueError, TypeError):
+        return CalendarChoice()
+    return CalendarChoice(kind, calendar_id) if kind in (DEFAULT, DEDICATED, CHOSEN) else CalendarChoice()
 
 
 def _save_latest(services: Services, connection: Connection) -> None:
@@ -344,6 +367,8 @@ def _flow_aad(state: str, row: Any) -> str:
     """Binds the flow to its row's clear fields: who signs in, where they return, until when."""
     expires_at = int(tables.aware(row["expires_at"]).timestamp())
     fields = [row["tenant"], row["user"], row["return_url"], row["locale"], row["time_zone"], expires_at]
+    if row.get("calendar"):
+        fields.append(row["calendar"])  # the calendar chosen at connect is bound too
     return json.dumps(["oauth-flow", state, *fields])
 
 
@@ -377,7 +402,10 @@ def disconnect(services: Services, tenant: str, user: str, remove_events: str, n
         token = None  # the grant is gone: we can still forget everything on our side
     if current.subscription_id:
         remove_subscription(services, token, current.subscription_id)
-    removed = removal.remove_events(services, token, tenant, user, remove_events, now) if token else 0
+    if token and remove_events == "all" and current.calendar == DEDICATED and current.calendar_id:
+        removed = calendars.delete_dedicated(services, token, current)  # the calendar itself, one request
+    else:
+        removed = removal.remove_events(services, token, tenant, user, remove_events, now) if token else 0
     services.identity.forget(tenant, user)
     from shared.store import backfill_jobs, kept_activities
 
@@ -417,6 +445,7 @@ def status(services: Services, tenant: str, user: str) -> dict[str, Any]:
         "locale": current.locale,
         "crm_time_zone": current.crm_time_zone,
         "mailbox_time_zone": current.mailbox_time_zone,
+        "calendar": calendars.describe(current),
         "subscription_expires_at": current.subscription_expires_at,
         "connected_at": current.connected_at,
         "disconnected_at": current.disconnected_at,

@@ -66,3 +66,48 @@ def parse_choice(value: object) -> CalendarChoice | None:
             return CalendarChoice(CHOSEN, chosen)
     return None
 
+
+# --- the dedicated calendar ------------------------------------------------------------------------
+
+# Our mark on the dedicated calendar: found again by it, never by name (users rename calendars).
+# Same property set GUID as our events' property (shared.rules.event_render), another name.
+CALENDAR_PROPERTY_ID = "String {835ac582-803a-4cbe-8e1f-6eb316b033d1} Name crmCalendar"
+DEDICATED_NAMES = {"es": "CRM", "en": "CRM"}
+MAX_NAME_LENGTH = 255
+
+
+def dedicated_mark(tenant: str) -> str:
+    """The property value on a user's dedicated calendar: which CRM tenant's sync made it."""
+    return f"crm-outlook-sync:dedicated:{tenant}"
+
+
+def dedicated_filter(tenant: str) -> str:
+    """``$filter`` finding our dedicated calendar among the user's calendars (graph-facts-2 §6)."""
+    return (
+        f"singleValueExtendedProperties/Any(ep: ep/id eq '{CALENDAR_PROPERTY_ID}' "
+        f"and ep/value eq '{dedicated_mark(tenant)}')"
+    )
+
+
+def dedicated_name(locale: str | None, tenant_setting: str | None, attempt: int = 0) -> str:
+    """The name the dedicated calendar is created with: the tenant's setting, else by locale; a later
+    ``attempt`` (the name is taken by a calendar of the user's) adds a number: "CRM (2)"."""
+    from shared.rules.messages import normalize_locale
+
+    base = tenant_setting or DEDICATED_NAMES[normalize_locale(locale)]
+    return base if attempt == 0 else f"{base} ({attempt + 1})"
+
+
+def new_dedicated_calendar(tenant: str, name: str) -> dict[str, object]:
+    """The ``POST me/calendars`` body: the name and our mark."""
+    return {
+        "name": name,
+        "singleValueExtendedProperties": [{"id": CALENDAR_PROPERTY_ID, "value": dedicated_mark(tenant)}],
+    }
+
+
+def choice_json(kind: str, calendar_id: str | None) -> object:
+    """How status and callbacks show the choice: ``"default"``, ``"dedicated"`` or ``{"id": ...}``."""
+    if kind == CHOSEN:
+        return {"id": calendar_id}
+    return kind if kind in (DEFAULT, DEDICATED) else DEFAULT

@@ -54,9 +54,13 @@ GROUPS = tuple(f.name for f in fields(FieldDirections))
 @dataclass(frozen=True, slots=True)
 class TenantSettings:
     field_directions: FieldDirections = field(default_factory=FieldDirections)
+    dedicated_calendar_name: str | None = None  # None: by the user's locale ("CRM")
 
     def as_json(self) -> dict[str, Any]:
-        return {"field_directions": self.field_directions.as_json()}
+        return {
+            "field_directions": self.field_directions.as_json(),
+            "dedicated_calendar_name": self.dedicated_calendar_name,
+        }
 
 
 DEFAULT = TenantSettings()
@@ -78,8 +82,18 @@ def _parse_directions(value: Any, errors: list[tuple[str, str]]) -> FieldDirecti
     return replace(FieldDirections(), **chosen)
 
 
+def _parse_calendar_name(value: Any, errors: list[tuple[str, str]]) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip() or len(value.strip()) > 255:
+        errors.append(("dedicated_calendar_name", "must be a calendar name of 1 to 255 characters, or null"))
+        return None
+    return value.strip()
+
+
 _PARSERS: dict[str, Callable[[Any, list[tuple[str, str]]], Any]] = {
     "field_directions": _parse_directions,
+    "dedicated_calendar_name": _parse_calendar_name,
 }
 
 

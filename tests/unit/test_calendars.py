@@ -48,3 +48,19 @@ def test_an_event_by_id_needs_no_calendar() -> None:
 def test_the_connect_body_calendar_value(value: object, choice: CalendarChoice | None) -> None:
     assert parse_choice(value) == choice
 
+
+def test_the_dedicated_calendar_name_comes_from_the_tenant_else_the_locale() -> None:
+    from shared.rules.calendars import dedicated_name
+
+    assert dedicated_name("es-CO", None) == "CRM"
+    assert dedicated_name("en", "Ventas") == "Ventas"
+    assert dedicated_name("en", "Ventas", attempt=1) == "Ventas (2)"
+
+
+def test_the_tenant_setting_round_trips_through_storage() -> None:
+    from shared.rules.tenant_settings import from_stored, parse_settings, to_stored
+
+    chosen = parse_settings({"dedicated_calendar_name": "  Ventas CRM "})
+    assert chosen.dedicated_calendar_name == "Ventas CRM"
+    assert from_stored(to_stored(chosen)).dedicated_calendar_name == "Ventas CRM"
+    assert from_stored(to_stored(parse_settings({}))).dedicated_calendar_name is None

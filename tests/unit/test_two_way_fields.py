@@ -192,7 +192,7 @@ def test_a_conflict_is_flagged_only_when_the_crm_changed_the_same_field() -> Non
 def test_settings_default_and_replace_the_whole_document() -> None:
     assert parse_settings({}).as_json() == {"field_directions": {
         "subject": CRM_TO_OUTLOOK, "description": CRM_TO_OUTLOOK, "location": CRM_TO_OUTLOOK,
-        "times": TWO_WAY, "reminder": CRM_TO_OUTLOOK}}
+        "times": TWO_WAY, "reminder": CRM_TO_OUTLOOK}, "dedicated_calendar_name": None}
     chosen = parse_settings({"field_directions": {"subject": "two_way", "times": "crm_to_outlook"}})
     assert chosen.field_directions == FieldDirections(subject=TWO_WAY, times=CRM_TO_OUTLOOK)
 
@@ -202,6 +202,8 @@ def test_settings_default_and_replace_the_whole_document() -> None:
     ({"field_directions": {"colour": "two_way"}}, ["field_directions.colour"]),
     ({"field_directions": ["subject"]}, ["field_directions"]),
     ({"capture_meetings": "all"}, ["capture_meetings"]),  # issue 17's key: not known yet
+    ({"dedicated_calendar_name": ""}, ["dedicated_calendar_name"]),
+    ({"dedicated_calendar_name": 7}, ["dedicated_calendar_name"]),
     ([], ["body"]),
 ])
 def test_bad_settings_name_every_bad_field(body: Any, fields: list[str]) -> None:
