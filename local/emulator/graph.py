@@ -342,14 +342,8 @@ class GraphService:
         return Response.json({"@odata.context": self._ctx(mb, "mailboxSettings/timeZone"), "value": mb.time_zone})
 
     # ---- calendars --------------------------------------------------------------------------------------
-    @staticmethod
-    def online_providers(mb: Mailbox) -> list[str]:
-        """`allowedOnlineMeetingProviders`: Teams for work accounts (a Microsoft 365 suite); none for personal
-        accounts, where Graph's behaviour is undocumented and inconsistent (graph-facts-2 §5)."""
-        return ["teamsForBusiness"] if mb.account_kind == "work" else []
-
     def _calendar_json(self, mb: Mailbox, cal: Calendar, expand: list[str] | None = None) -> dict:
-        providers = self.online_providers(mb)
+        providers = ev_rules.online_providers(mb)  # personal accounts: none (graph-facts-2 §5)
         out = {"@odata.id": f"{self.graph_base}/users('{mb.oid}')/calendars('{cal.id}')", "id": cal.id,
                "name": cal.name, "color": cal.color, "hexColor": cal.hex_color, "isDefaultCalendar": cal.is_default,
                "changeKey": cal.change_key, "canShare": True, "canViewPrivateItems": True, "canEdit": True,
