@@ -433,6 +433,7 @@ def disconnect(services: Services, tenant: str, user: str, remove_events: str, n
 
 
 def status(services: Services, tenant: str, user: str) -> dict[str, Any]:
+    from shared.flows import calendar_move
     from shared.store import backfill_jobs, links, mailbox_sync
 
     current = connections.get(services.storage, tenant, user)
@@ -445,7 +446,7 @@ def status(services: Services, tenant: str, user: str) -> dict[str, Any]:
         "locale": current.locale,
         "crm_time_zone": current.crm_time_zone,
         "mailbox_time_zone": current.mailbox_time_zone,
-        "calendar": calendars.describe(current),
+        "calendar": {**calendars.describe(current), "move": calendar_move.describe_move(current)},
         "subscription_expires_at": current.subscription_expires_at,
         "connected_at": current.connected_at,
         "disconnected_at": current.disconnected_at,

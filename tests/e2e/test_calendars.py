@@ -95,7 +95,7 @@ def test_connect_with_dedicated_puts_every_event_in_one_new_calendar_and_none_in
     made = dedicated(stack, who)
     assert [c["name"] for c in made] == ["CRM"]
     state = status(stack, who)
-    assert state["calendar"] == {"choice": "dedicated", "id": made[0]["id"]}
+    assert state["calendar"] == {"choice": "dedicated", "id": made[0]["id"], "move": None}
 
     push(stack, who, 3)
     stack.wait_until_idle()
@@ -136,7 +136,7 @@ def test_a_calendar_the_user_picks_by_id_gets_the_events_and_a_missing_one_is_re
 
     who = connect(stack, {"id": work["id"]}, upn=upn)
 
-    assert status(stack, who)["calendar"] == {"choice": {"id": work["id"]}, "id": work["id"]}
+    assert status(stack, who)["calendar"] == {"choice": {"id": work["id"]}, "id": work["id"], "move": None}
     push(stack, who, 2)
     stack.wait_until_idle()
     assert {e["calendarId"] for e in ours(stack, who)} == {work["id"]}
@@ -201,3 +201,125 @@ def test_remove_sync_all_deletes_the_dedicated_calendar_in_one_request_and_none_
         assert answer.json()["events_removed"] == 0
         assert [c["id"] for c in dedicated(stack, who)] == [calendar_id]
         assert len(ours(stack, who)) == 3 and deletes == {}
+
+
+# --- switching calendars (PUT .../calendar) ----------------------------------------------------------------
+
+
+def backfill(stack: Stack, who: CrmUser, count: int) -> None:
+    """``count`` future activities through a backfill job, waited for."""
+    from tests.e2e.push.conftest import activity
+
+    base = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) + timedelta(days=1)
+    items = []
+    for n in range(count):
+        starts = base + timedelta(hours=n % 200, minutes=(n // 200) * 5)
+        items.append(
+            activity(
+                who,
+                id=f"bf-{n:04d}",
+                subject=f"Actividad {n}",
+                start=at(starts),
+                end=at(starts + timedelta(minutes=30)),
+                time_zone="UTC",
+            )
+        )
+    answer = stack.crm.post(
+        user_path(who.tenant, who.user, "backfill"), {"activities": items, "last_page": True, "dry_run": False}
+    )
+    assert answer.status_code == 202, answer.text
+    job_id = answer.json()["job_id"]
+    wait_until(
+        lambda: [c for c in stack.callbacks.of_type("backfill.completed") if c["data"]["job_id"] == job_id],
+        240,
+        "backfill.completed",
+    )
+
+
+def switch(stack: Stack, who: CrmUser, calendar: Any, expect: int = 202) -> dict[str, Any]:
+    body = {"calendar": calendar}
+    answer = stack.crm.request("PUT", user_path(who.tenant, who.user, "calendar"), body)
+    assert answer.status_code == expect, answer.text
+    check("PUT", "/api/tenants/{tenant}/users/{user}/calendar", answer, body)
+    return answer.json()
+
+
+def changed(stack: Stack, who: CrmUser, timeout: float = 240) -> dict[str, Any]:
+    return wait_until(lambda: callbacks(stack, who, "calendar.changed"), timeout, "calendar.changed")[0]
+
+
+def test_the_calendars_a_user_can_write_to_are_listed_with_their_colour(stack: Stack) -> None:
+    who = connect(stack, "dedicated")
+    stack.control.user_create_calendar(who.oid, "Familia", color="lightGreen", hexColor="#87d28e")
+
+    answer = stack.crm.get(user_path(who.tenant, who.user, "calendars"))
+
+    assert answer.status_code == 200, answer.text
+    check("GET", "/api/tenants/{tenant}/users/{user}/calendars", answer)
+    listed = {c["name"]: c for c in answer.json()["calendars"]}
+    assert set(listed) == {"Calendar", "CRM", "Familia"}
+    assert listed["Familia"]["colour"] == "#87d28e" and listed["Familia"]["colour_name"] == "lightGreen"
+    assert listed["Calendar"]["is_default"] and not listed["CRM"]["is_default"]
+    assert listed["CRM"]["in_use"] and not listed["Calendar"]["in_use"]
+    assert listed["CRM"]["owner"] == who.upn
+
+
+def test_switching_from_dedicated_to_default_moves_200_events_once_and_leaves_none(stack: Stack) -> None:
+    who = connect(stack, "dedicated")
+    crm_calendar = dedicated(stack, who)[0]["id"]
+    stack.control.reset_counters()
+    backfill(stack, who, 200)
+    stack.wait_until_idle()
+    inner = stack.control.counters(who.oid)["mailboxes"][who.oid].get("batch_inner", {})
+    assert inner.get("POST /calendars/{id}/events") == 200 and "POST /events" not in inner  # into the CRM calendar
+    assert {e["calendarId"] for e in ours(stack, who)} == {crm_calendar}
+
+    switched = switch(stack, who, "default")
+
+    assert switched["calendar"]["choice"] == "default" and switched["move"]["total"] == 200
+    done = changed(stack, who)
+    stack.wait_until_idle()
+    assert done["data"] == {"calendar": "default", "moved": 200}
+    events = ours(stack, who)
+    assert len(events) == 200  # none duplicated, none lost
+    assert {e["calendarId"] for e in events} == {default_id(stack, who)}  # none left behind
+    assert len({e["id"] for e in events}) == 200
+    moved = status(stack, who)["calendar"]
+    assert moved["choice"] == "default" and moved["move"]["state"] == "done" and moved["move"]["moved"] == 200
+    assert len(callbacks(stack, who, "calendar.changed")) == 1
+    assert callbacks(stack, who, "activity.deleted_in_outlook") == []
+
+
+def test_a_switch_resumes_after_the_host_is_killed_mid_way_without_duplicates(stack: Stack) -> None:
+    from tests.support.chaos import restart_host
+
+    fast = {"LOCAL_HOST_QUEUE_HOLD_SECONDS": "5"}
+    restart_host(stack, kill=False, **fast)
+    who = connect(stack)
+    work = stack.control.user_create_calendar(who.oid, "Trabajo")
+    backfill(stack, who, 60)
+    stack.wait_until_idle()
+    # Creates into the new calendar are slowed, so the host can be killed with the move half done.
+    stack.control.add_fault("latency", latency_ms=150, method="POST", path_contains="/calendars/", mailbox=who.oid)
+
+    switch(stack, who, {"id": work["id"]})
+    wait_until(lambda: (status(stack, who)["calendar"]["move"] or {}).get("moved", 0) >= 25, 120, "a page moved")
+    stack.control.clear_faults()
+    # The next create reaches Graph, which keeps it until the host is dead: its answer never arrives.
+    rule = stack.control.add_fault("hold", count=1, method="POST", path_contains="/calendars/", mailbox=who.oid)
+    wait_until(
+        lambda: any(f["id"] == rule["id"] and f["hits"] == 1 for f in stack.control.faults()),
+        60,
+        "a create of the move held in Graph",
+    )
+    assert status(stack, who)["calendar"]["move"]["state"] == "moving"
+    restart_host(stack, kill=True, **fast)  # kill -9 in the middle of the move
+    stack.control.release_holds()
+
+    done = changed(stack, who)
+    stack.wait_until_idle()
+    events = ours(stack, who)
+    assert len(events) == 60 and len({e["id"] for e in events}) == 60  # no duplicates
+    assert {e["calendarId"] for e in events} == {work["id"]}  # none left behind
+    assert done["data"]["calendar"] == {"id": work["id"]}
+    assert status(stack, who)["calendar"]["move"]["state"] == "done"
