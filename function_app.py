@@ -10,6 +10,7 @@ from functions import (
     activity_worker,
     auth,
     backfill,
+    calendars,
     callbacks_worker,
     crm_api,
     crm_events,
@@ -35,3 +36,4 @@ app.register_functions(activity_worker.bp)
 app.register_functions(backfill.bp)
 app.register_functions(reconcile_worker.bp)
 app.register_functions(tenant_settings.bp)
+app.register_functions(calendars.bp)

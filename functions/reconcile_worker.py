@@ -21,9 +21,12 @@ log = logging.getLogger(__name__)
 
 @bp.queue_trigger(arg_name="msg", queue_name=MAILBOX_RECONCILE, connection="AzureWebJobsStorage")
 def reconcile_mailbox(msg: func.QueueMessage) -> None:
-    from shared import services
-    from shared.flows import reconcile
+    from datetime import UTC, datetime
 
+    from shared import services
+    from shared.flows import calendars, reconcile
+
+    calendars.before_reconcile(services.get(), msg.get_body(), datetime.now(UTC))  # a deleted dedicated calendar
     outcome = reconcile.process(services.get(), msg.get_body())
     log.info("mailbox-reconcile message %s: %s", msg.id, outcome)
 

@@ -58,7 +58,12 @@ class Graph(Protocol):
 @runtime_checkable
 class MailboxGraph(Protocol):
     """Graph for one user's mailbox (shared/outlook/mailbox_client.py): paths relative to the
-    mailbox (``me/events``), the token, the throttle gate and the in-flight limit handled inside."""
+    mailbox (``me/events``), the token, the throttle gate and the in-flight limit handled inside.
+    ``calendar_id``: the calendar the user's events live in (``None``: the default one); paths to it
+    are built by ``shared.rules.calendars``."""
+
+    @property
+    def calendar_id(self) -> str | None: ...
 
     def call(
         self,

@@ -59,9 +59,11 @@ class EmulatorControl:
         return self._call("POST", "/apps", {k: v for k, v in body.items() if v is not None})
 
     def add_user(self, upn: str, display_name: str | None = None, time_zone: str = "UTC", id: str | None = None,
-                 tenant_id: str | None = None, consent: str = "accept", locale: str = "en-US") -> dict:
+                 tenant_id: str | None = None, consent: str = "accept", locale: str = "en-US",
+                 account_kind: str | None = None) -> dict:
+        """``account_kind``: ``work`` (default; Teams meetings allowed) or ``personal`` (no online meetings)."""
         body = {"upn": upn, "display_name": display_name, "time_zone": time_zone, "id": id,
-                "tenant_id": tenant_id, "consent": consent, "locale": locale}
+                "tenant_id": tenant_id, "consent": consent, "locale": locale, "account_kind": account_kind}
         return self._call("POST", "/users", {k: v for k, v in body.items() if v is not None})
 
     def update_user(self, user: str, **changes) -> dict:
@@ -125,6 +127,20 @@ class EmulatorControl:
 
     def user_delete_event(self, user: str, event_id: str) -> None:
         self._call("DELETE", f"/users/{user}/events/{event_id}")
+
+    def calendars(self, user: str) -> list[dict]:
+        """The user's calendars: id, name, is_default, color, hex_color and ext (extended properties)."""
+        return self._call("GET", f"/users/{user}/calendars")["value"]
+
+    def user_create_calendar(self, user: str, name: str, **fields) -> dict:
+        return self._call("POST", f"/users/{user}/calendars", {"name": name, **fields})
+
+    def user_update_calendar(self, user: str, calendar_id: str, **changes) -> dict:
+        return self._call("PATCH", f"/users/{user}/calendars/{calendar_id}", changes)
+
+    def user_delete_calendar(self, user: str, calendar_id: str) -> None:
+        """The user deletes a calendar in Outlook, with its events."""
+        self._call("DELETE", f"/users/{user}/calendars/{calendar_id}")
 
     def expire_refresh_tokens(self, user: str, client_id: str | None = None) -> int:
         body = {"client_id": client_id} if client_id else {}

@@ -39,6 +39,10 @@ class ControlAPI:
             ("POST", r"/users/(?P<uid>[^/]+)/events", self.user_create),
             ("PATCH", r"/users/(?P<uid>[^/]+)/events/(?P<eid>[^/]+)", self.user_update),
             ("DELETE", r"/users/(?P<uid>[^/]+)/events/(?P<eid>[^/]+)", self.user_delete),
+            ("GET", r"/users/(?P<uid>[^/]+)/calendars", self.list_calendars),
+            ("POST", r"/users/(?P<uid>[^/]+)/calendars", self.user_create_calendar),
+            ("PATCH", r"/users/(?P<uid>[^/]+)/calendars/(?P<cid>[^/]+)", self.user_update_calendar),
+            ("DELETE", r"/users/(?P<uid>[^/]+)/calendars/(?P<cid>[^/]+)", self.user_delete_calendar),
             ("POST", r"/users/(?P<uid>[^/]+)/refresh-tokens/expire", self.expire_refresh_tokens),
             ("POST", r"/users/(?P<uid>[^/]+)/delta/invalidate", self.invalidate_delta),
             ("GET", r"/subscriptions", self.list_subscriptions),
@@ -109,7 +113,8 @@ class ControlAPI:
             raise HttpError(400, "bad_time_zone", str(exc)) from exc
         mb = self.store.add_user(upn=body["upn"], display_name=body.get("display_name"), time_zone=tz,
                                  oid=body.get("id") or body.get("oid"), tenant_id=body.get("tenant_id"),
-                                 consent=body.get("consent") or "accept", locale=body.get("locale") or "en-US")
+                                 consent=body.get("consent") or "accept", locale=body.get("locale") or "en-US",
+                                 account_kind=_account_kind(body.get("account_kind")))
         return Response.plain_json(mb.public(), 201)
 
     def get_user(self, req, body, uid):
@@ -120,6 +125,8 @@ class ControlAPI:
         with self.store.lock:
             if "time_zone" in body:
                 mb.time_zone = timezones.windows_name(body["time_zone"])
+            if "account_kind" in body:
+                mb.account_kind = _account_kind(body["account_kind"])
             for k in ("display_name", "consent", "locale", "upn"):
                 if k in body:
                     setattr(mb, k, body[k])
@@ -230,6 +237,23 @@ class ControlAPI:
         self.emu.graph.user_delete(self._user(uid), eid)
         return Response.empty(204)
 
+    def list_calendars(self, req, body, uid):
+        return Response.plain_json({"value": self._user(uid).public()["calendars"]})
+
+    def user_create_calendar(self, req, body, uid):
+        cal = self.emu.graph.user_create_calendar(self._user(uid), body)
+        return Response.plain_json({"id": cal.id, "name": cal.name}, 201)
+
+    def user_update_calendar(self, req, body, uid, cid):
+        """The user renames or recolours a calendar in Outlook."""
+        cal = self.emu.graph.user_update_calendar(self._user(uid), cid, body)
+        return Response.plain_json({"id": cal.id, "name": cal.name, "color": cal.color})
+
+    def user_delete_calendar(self, req, body, uid, cid):
+        """The user deletes a calendar in Outlook (with its events)."""
+        self.emu.graph.user_delete_calendar(self._user(uid), cid)
+        return Response.empty(204)
+
     def expire_refresh_tokens(self, req, body, uid):
         mb = self._user(uid)
         client_id = body.get("client_id")
@@ -332,3 +356,11 @@ class ControlAPI:
 
 
 __all__ = ["ControlAPI"]
+
+
+def _account_kind(value) -> str:
+    if value in (None, "work"):
+        return "work"
+    if value == "personal":
+        return "personal"
+    raise ValueError("account_kind must be work or personal")

@@ -7,6 +7,7 @@ import hashlib
 import html
 import json
 import re
+import secrets
 from datetime import datetime
 
 from . import schema, timezones
@@ -174,10 +175,59 @@ def stored_body(body):
     return {"contentType": "html", "content": outlook_html(body.get("content") or "")}
 
 
+def online_providers(mb: Mailbox) -> list[str]:
+    """`allowedOnlineMeetingProviders` of the mailbox's calendars: Teams for work accounts, none for personal."""
+    return ["teamsForBusiness"] if getattr(mb, "account_kind", "work") == "work" else []
+
+
+def _join_block(join_url: str) -> str:
+    return ('<div style="width:100%"><span style="white-space:nowrap">________________________________________'
+            '</span><div><b>Microsoft Teams meeting</b></div><div><a href="' + join_url + '">Join the meeting now'
+            '</a></div></div>')
+
+
+def _online_meeting(mb: Mailbox, ev: Event, body: dict, *, created: bool) -> None:
+    """`isOnlineMeeting`/`onlineMeetingProvider` (graph-facts-2 §5): with a provider the calendar allows, the event
+    gets `onlineMeeting.joinUrl` and Outlook appends the Teams join block to the body. Once on, it cannot be turned
+    off (a PATCH with `false` is ignored). A PATCH whose body drops the join URL gets a new link (observed,
+    microsoftgraph/microsoft-graph-docs-contrib#311/#1895). Personal accounts: no provider allowed, the event is
+    created without a link (observed, Microsoft Q&A 5645130)."""
+    meeting = ev.props.get("onlineMeeting")
+    if meeting and "body" in body and meeting["joinUrl"] not in str((ev.props.get("body") or {}).get("content")):
+        meeting = None  # the body lost the join block: Outlook makes a new meeting
+    wants = body.get("isOnlineMeeting") is True or (meeting is not None)
+    if not wants:
+        if created or not ev.props.get("onlineMeeting"):
+            ev.props["isOnlineMeeting"] = False
+        return
+    allowed = online_providers(mb)
+    provider = body.get("onlineMeetingProvider") or (allowed[0] if allowed else "unknown")
+    if provider not in allowed:
+        ev.props["isOnlineMeeting"], ev.props["onlineMeetingProvider"] = False, "unknown"
+        ev.props["onlineMeeting"] = None
+        return
+    if meeting is None:
+        token = secrets.token_hex(16)
+        meeting = {"joinUrl": f"https://teams.microsoft.com/l/meetup-join/19%3ameeting_{token}%40thread.v2/0"
+                              f"?context=%7b%22Tid%22%3a%22{mb.tenant_id}%22%2c%22Oid%22%3a%22{mb.oid}%22%7d",
+                   "conferenceId": str(secrets.randbelow(10 ** 9)), "tollNumber": None}
+        current = ev.props.get("body") or {"contentType": "html", "content": ""}
+        content = current.get("content") or ""
+        if (current.get("contentType") or "text").lower() != "html":
+            content = "<html><body><p>" + html.escape(content).replace("\n", "<br>") + "</p></body></html>"
+        block = _join_block(meeting["joinUrl"])
+        at = content.lower().rfind("</body>")
+        content = content[:at] + block + content[at:] if at >= 0 else content + block
+        ev.props["body"] = {"contentType": "html", "content": outlook_html(content)}
+    ev.props["isOnlineMeeting"], ev.props["onlineMeetingProvider"] = True, provider
+    ev.props["onlineMeeting"] = meeting
+
+
 def _apply_props(ev: Event, body: dict) -> None:
     for k, v in body.items():
         if k in READ_ONLY or k in ("start", "end", "isAllDay", "transactionId", "singleValueExtendedProperties",
-                                   "multiValueExtendedProperties", "extensions", "attachments"):
+                                   "multiValueExtendedProperties", "extensions", "attachments",
+                                   "isOnlineMeeting", "onlineMeetingProvider"):
             continue
         if k == "body":
             v = stored_body(v)
@@ -212,6 +262,7 @@ def create(store: Store, mb: Mailbox, calendar_id: str, raw_body) -> tuple[Event
                is_all_day=False, transaction_id=tx, creation_fingerprint=fp)
     apply_times(ev, body["start"], body["end"], bool(body.get("isAllDay")))
     _apply_props(ev, body)
+    _online_meeting(mb, ev, body, created=True)
     _set_ext(ev, _ext_list(body.get("singleValueExtendedProperties")))
     mb.events[ev.id] = ev
     return ev, True
@@ -227,6 +278,7 @@ def update(store: Store, mb: Mailbox, ev: Event, raw_body) -> Event:
         end = body.get("end") or current_spec(ev, "end")
         apply_times(ev, start, end, is_all_day)
     _apply_props(ev, body)
+    _online_meeting(mb, ev, body, created=False)
     _set_ext(ev, _ext_list(body.get("singleValueExtendedProperties")))
     touch(store, mb, ev)
     return ev
@@ -319,7 +371,7 @@ def render(ev: Event, mb: Mailbox, *, tz: str = "UTC", body_type: str = "html", 
         "recurrence": p.get("recurrence"),
         "attendees": p.get("attendees") or [],
         "organizer": organizer,
-        "onlineMeeting": None,
+        "onlineMeeting": p.get("onlineMeeting"),
     }
     if ev.transaction_id is None:
         del full["transactionId"]  # "only returned in a response payload if an app has set it"

@@ -342,26 +342,36 @@ class GraphService:
         return Response.json({"@odata.context": self._ctx(mb, "mailboxSettings/timeZone"), "value": mb.time_zone})
 
     # ---- calendars --------------------------------------------------------------------------------------
-    def _calendar_json(self, mb: Mailbox, cal: Calendar) -> dict:
-        return {"@odata.id": f"{self.graph_base}/users('{mb.oid}')/calendars('{cal.id}')", "id": cal.id,
-                "name": cal.name, "color": "auto", "hexColor": "", "isDefaultCalendar": cal.is_default,
-                "changeKey": cal.change_key, "canShare": True, "canViewPrivateItems": True, "canEdit": True,
-                "allowedOnlineMeetingProviders": ["teamsForBusiness"],
-                "defaultOnlineMeetingProvider": "teamsForBusiness", "isTallyingResponses": True,
-                "isRemovable": not cal.is_default,
-                "owner": {"name": mb.display_name, "address": mb.upn}}
+    def _calendar_json(self, mb: Mailbox, cal: Calendar, expand: list[str] | None = None) -> dict:
+        providers = ev_rules.online_providers(mb)  # personal accounts: none (graph-facts-2 §5)
+        out = {"@odata.id": f"{self.graph_base}/users('{mb.oid}')/calendars('{cal.id}')", "id": cal.id,
+               "name": cal.name, "color": cal.color, "hexColor": cal.hex_color, "isDefaultCalendar": cal.is_default,
+               "changeKey": cal.change_key, "canShare": True, "canViewPrivateItems": True, "canEdit": True,
+               "allowedOnlineMeetingProviders": providers,
+               "defaultOnlineMeetingProvider": providers[0] if providers else "unknown",
+               "isTallyingResponses": cal.is_default, "isRemovable": not cal.is_default,
+               "owner": {"name": mb.display_name, "address": mb.upn}}
+        if expand is not None:  # responses carry extended properties only when $expand asks (graph-facts-2 §6)
+            wanted = {ev_rules.ext_key(i) for i in expand}
+            matched = [{"id": pid, "value": v} for pid, v in cal.ext.items() if ev_rules.ext_key(pid) in wanted]
+            if matched:
+                out["singleValueExtendedProperties"] = matched
+        return out
+
+    _CALENDAR_FIELDS = {"name", "color", "hexColor", "isDefaultCalendar", "singleValueExtendedProperties"}
 
     def h_calendars(self, req, mb: Mailbox) -> Response:
         self._method(req, "GET", "POST")
         if req.method == "GET":
             self._require(req.token, READ_SCOPES)
+            pred = ev_rules.parse_filter(req.query.get("$filter"))
+            expand = ev_rules.parse_expand(req.query.get("$expand"))
             with self.store.lock:
-                cals = [self._calendar_json(mb, c) for c in mb.calendars.values()]
+                cals = [self._calendar_json(mb, c, expand) for c in mb.calendars.values() if not pred or pred(c)]
             return Response.json({"@odata.context": self._ctx(mb, "calendars"), "value": cals})
         self._require(req.token, WRITE_SCOPES)
         body = self._json(req)
-        unknown = set(body) - {"name", "color", "hexColor", "isDefaultCalendar"} - {k for k in body if
-                                                                                    k.startswith("@")}
+        unknown = set(body) - self._CALENDAR_FIELDS - {k for k in body if k.startswith("@")}
         if unknown:
             raise HttpError(400, "RequestBodyRead", f"The property '{sorted(unknown)[0]}' does not exist on type "
                                                     "'microsoft.graph.calendar'.")
@@ -372,19 +382,58 @@ class GraphService:
             if any(c.name.lower() == name.lower() for c in mb.calendars.values()):
                 raise HttpError(409, "ErrorFolderExists", "A folder with the specified name already exists.")
             cal = Calendar(id=outlook_id(b"\x00\x00\x00\x01"), name=name)
+            self._set_calendar(cal, body)
             mb.calendars[cal.id] = cal
             out = self._calendar_json(mb, cal)
         out["@odata.context"] = self._ctx(mb, "calendars/$entity")
         return Response.json(out, 201)
 
+    @staticmethod
+    def _set_calendar(cal: Calendar, body: dict) -> None:
+        if isinstance(body.get("name"), str) and body["name"].strip():
+            cal.name = body["name"]
+        if isinstance(body.get("color"), str):
+            cal.color = body["color"]
+        if isinstance(body.get("hexColor"), str):
+            cal.hex_color = body["hexColor"]
+        ev_rules._set_ext(cal, ev_rules._ext_list(body.get("singleValueExtendedProperties")))
+        cal.change_key = change_key()
+
     def h_calendar(self, req, mb: Mailbox, cid: str | None = None) -> Response:
-        self._method(req, "GET")
-        self._require(req.token, READ_SCOPES)
+        self._method(req, "GET", "PATCH", "DELETE")
+        if req.method == "GET":
+            self._require(req.token, READ_SCOPES)
+            expand = ev_rules.parse_expand(req.query.get("$expand"))
+            with self.store.lock:
+                out = self._calendar_json(mb, self._calendar(mb, cid), expand)
+            out["@odata.context"] = self._ctx(mb, "calendars/$entity")
+            return Response.json(out)
+        self._require(req.token, WRITE_SCOPES)
+        if req.method == "DELETE":
+            with self.store.lock:
+                self._delete_calendar(mb, self._calendar(mb, cid))
+            return Response.empty(204)
+        body = self._json(req)
+        unknown = set(body) - self._CALENDAR_FIELDS - {k for k in body if k.startswith("@")}
+        if unknown:
+            raise HttpError(400, "RequestBodyRead", f"The property '{sorted(unknown)[0]}' does not exist on type "
+                                                    "'microsoft.graph.calendar'.")
         with self.store.lock:
             cal = self._calendar(mb, cid)
+            self._set_calendar(cal, body)
             out = self._calendar_json(mb, cal)
         out["@odata.context"] = self._ctx(mb, "calendars/$entity")
         return Response.json(out)
+
+    def _delete_calendar(self, mb: Mailbox, cal: Calendar) -> None:
+        """`DELETE /calendars/{id}` -> 204 with the events it holds; the default calendar cannot be deleted
+        (`isRemovable`; the exact error code is UNCONFIRMED). Caller holds the lock."""
+        if cal.is_default:
+            raise HttpError(400, "ErrorInvalidRequest", "The default calendar cannot be deleted.")
+        for ev in [e for e in mb.events.values() if not e.deleted and e.calendar_id == cal.id]:
+            ev_rules.delete(self.store, mb, ev)
+            self.notifier.event_changed(mb, ev, "deleted")
+        del mb.calendars[cal.id]
 
     def _calendar(self, mb: Mailbox, cid: str | None) -> Calendar:
         if cid is None:
@@ -873,6 +922,23 @@ class GraphService:
                 ev_rules.touch(self.store, mb, ev)
             self.notifier.event_changed(mb, ev, "updated")
             return ev
+
+    def user_create_calendar(self, mb: Mailbox, body: dict) -> Calendar:
+        with self.store.lock:
+            cal = Calendar(id=outlook_id(b"\x00\x00\x00\x01"), name=str(body.get("name") or "Calendar"))
+            self._set_calendar(cal, body)
+            mb.calendars[cal.id] = cal
+            return cal
+
+    def user_update_calendar(self, mb: Mailbox, cid: str, body: dict) -> Calendar:
+        with self.store.lock:
+            cal = self._calendar(mb, cid)
+            self._set_calendar(cal, body)
+            return cal
+
+    def user_delete_calendar(self, mb: Mailbox, cid: str) -> None:
+        with self.store.lock:
+            self._delete_calendar(mb, self._calendar(mb, cid))
 
     def user_delete(self, mb: Mailbox, eid: str):
         with self.store.lock:

@@ -85,6 +85,9 @@ class Calendar:
     name: str
     is_default: bool = False
     change_key: str = field(default_factory=change_key)
+    color: str = "auto"
+    hex_color: str = ""
+    ext: dict[str, str] = field(default_factory=dict)  # single-value extended properties, as on events
 
 
 @dataclass
@@ -129,6 +132,8 @@ class Mailbox:
     time_zone: str  # Windows name, as mailboxSettings reports it
     consent: str = "accept"  # or "refuse"
     locale: str = "en-US"
+    # "work" (Microsoft 365: Teams meetings allowed) or "personal" (outlook.com: no online meeting provider)
+    account_kind: str = "work"
     calendars: dict[str, Calendar] = field(default_factory=dict)
     events: dict[str, Event] = field(default_factory=dict)  # includes tombstones (deleted=True)
     seq: int = 0
@@ -150,7 +155,9 @@ class Mailbox:
             "time_zone": self.time_zone,
             "consent": self.consent,
             "locale": self.locale,
-            "calendars": [{"id": c.id, "name": c.name, "is_default": c.is_default} for c in self.calendars.values()],
+            "account_kind": self.account_kind,
+            "calendars": [{"id": c.id, "name": c.name, "is_default": c.is_default, "color": c.color,
+                           "hex_color": c.hex_color, "ext": dict(c.ext)} for c in self.calendars.values()],
         }
 
 
@@ -341,6 +348,7 @@ class Store:
         tenant_id: str | None = None,
         consent: str = "accept",
         locale: str = "en-US",
+        account_kind: str = "work",
     ) -> Mailbox:
         with self.lock:
             oid = oid or str(uuid.uuid4())
@@ -352,6 +360,7 @@ class Store:
                 time_zone=timezones.windows_name(time_zone),
                 consent=consent,
                 locale=locale,
+                account_kind=account_kind,
             )
             cal = Calendar(id=outlook_id(b"\x00\x00\x00\x01"), name="Calendar", is_default=True)
             mb.calendars[cal.id] = cal

@@ -35,6 +35,7 @@ from shared.rules.backfill_plan import (
     CREATING,
     OUT_OF_WINDOW,
 )
+from shared.rules.calendars import event_path, graph_path
 from shared.rules.errors import (
     AuthError,
     ConflictError,
@@ -139,9 +140,10 @@ def failed_extra(previous: dict[str, Any] | None, error: SyncError, version: int
     return extra
 
 
-def lookup_url(value: str) -> str:
+def lookup_url(value: str, calendar_id: str | None) -> str:
     query = f"singleValueExtendedProperties/Any(ep: ep/id eq '{PROPERTY_ID}' and ep/value eq '{value}')"
-    return "/me/events?" + urlencode({"$filter": query, "$select": LOOKUP_SELECT}, quote_via=quote)
+    params = urlencode({"$filter": query, "$select": LOOKUP_SELECT}, quote_via=quote)
+    return f"{graph_path(calendar_id, 'events', absolute=True)}?{params}"
 
 
 # --- a run's items -------------------------------------------------------------------------------
@@ -180,6 +182,7 @@ class ChunkWrites:
     user: str
     job_id: str
     token: str
+    calendar_id: str | None  # the user's calendar (None: the default one)
     gate: MailboxGate
     mailbox: str
     _graph_token: str | None
@@ -230,7 +233,7 @@ class ChunkWrites:
                 {
                     "id": str(pending.index),
                     "method": "POST",
-                    "url": "/me/events",
+                    "url": graph_path(self.calendar_id, "events", absolute=True),
                     "headers": {"Content-Type": "application/json", "Prefer": PREFER},
                     "body": action.event,
                 }
@@ -242,7 +245,7 @@ class ChunkWrites:
                     {
                         "id": str(pending.index),
                         "method": "PATCH",
-                        "url": f"/me/events/{quote(action.event_id, safe='')}",
+                        "url": event_path(action.event_id, absolute=True),
                         "headers": {"Content-Type": "application/json", "Prefer": PREFER},
                         "body": action.patch,
                     }
@@ -252,12 +255,12 @@ class ChunkWrites:
                     {
                         "id": str(pending.index),
                         "method": "DELETE",
-                        "url": f"/me/events/{quote(action.event_id, safe='')}",
+                        "url": event_path(action.event_id, absolute=True),
                     }
                 )
         for n, event_id in enumerate(self._duplicates):
             requests.append(
-                {"id": f"dup{n}", "method": "DELETE", "url": f"/me/events/{quote(event_id, safe='')}"}
+                {"id": f"dup{n}", "method": "DELETE", "url": event_path(event_id, absolute=True)}
             )
         answers: dict[str, GraphResponse] = {}
         if requests:
@@ -432,7 +435,7 @@ class ChunkWrites:
             try:
                 self.send_batch(
                     [
-                        {"id": str(n), "method": "DELETE", "url": f"/me/events/{quote(e, safe='')}"}
+                        {"id": str(n), "method": "DELETE", "url": event_path(e, absolute=True)}
                         for n, e in enumerate(orphans)
                     ]
                 )

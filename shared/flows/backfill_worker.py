@@ -96,6 +96,7 @@ class ChunkRun(ChunkWrites):
         self.tenant, self.user = msg["tenant"], msg["user"]
         self.job_id, self.chunk = msg["job"], msg["chunk"]
         self.token = uuid.uuid4().hex  # owner of the intents this run writes
+        self.calendar_id: str | None = None  # the user's calendar, read with the connection in run()
         self.gate = MailboxGate(self.storage, self.tenant, self.user)
         self.mailbox = tables.key(self.tenant, self.user)
         self._graph_token: str | None = None
@@ -128,6 +129,7 @@ class ChunkRun(ChunkWrites):
             state = connection.state if payload is not None else connections.DISCONNECTED
             error = PermanentError(f"the user is {state.replace('_', ' ')}", code="not_connected")
             return self.give_up(self.todo, error)
+        self.calendar_id = connection.calendar_id
         context = UserContext(
             self.tenant,
             self.user,
@@ -206,7 +208,7 @@ class ChunkRun(ChunkWrites):
                 {
                     "id": str(i),
                     "method": "GET",
-                    "url": lookup_url(create.lookup_value),
+                    "url": lookup_url(create.lookup_value, self.calendar_id),
                     "headers": {"Prefer": PREFER},
                 }
             )

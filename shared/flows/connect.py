@@ -30,8 +30,10 @@ from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from shared.flows import callbacks
+from shared.flows import calendars, callbacks
+from shared.flows.calendars import CalendarUnavailable
 from shared.ports import Services
+from shared.rules.calendars import CHOSEN, DEDICATED, DEFAULT, CalendarChoice, graph_path, parse_choice
 from shared.rules.contract import ValidationError
 from shared.rules.errors import AuthError, ConflictError, SyncError
 from shared.rules.event_time import is_iana_zone
@@ -53,6 +55,7 @@ class ConnectRequest:
     locale: str
     login_hint: str | None = None
     capture: bool = True  # issue 17: false = this user's Outlook meetings are never reported
+    calendar: CalendarChoice = CalendarChoice()
 
 
 @dataclass(frozen=True)
@@ -88,10 +91,14 @@ def parse_connect_request(body: object, allowed_origins: frozenset[str]) -> Conn
     capture = body.get("capture", True)
     if not isinstance(capture, bool):
         errors.append(("capture", "must be true or false"))
+    calendar = parse_choice(body.get("calendar"))
+    if calendar is None:
+        errors.append(("calendar", 'must be "default", "dedicated" or {"id": "<calendar id>"}'))
     if errors:
         raise ValidationError(errors)
+    assert calendar is not None
     return ConnectRequest(
-        return_url, str(time_zone), normalize_locale(str(locale)), login_hint or None, capture is not False
+        return_url, str(time_zone), normalize_locale(str(locale)), login_hint or None, capture is not False, calendar
     )
 
 
@@ -119,6 +126,7 @@ def begin_connect(
         "time_zone": request.time_zone,
         "expires_at": expires_at,
         "capture": request.capture,
+        "calendar": json.dumps([request.calendar.kind, request.calendar.calendar_id]),
     }
     entity["flow"] = encrypt(json.dumps(flow).encode(), keys, _flow_aad(flow["state"], entity))
     with tables.storage_errors("storing the sign-in flow"):
@@ -153,6 +161,8 @@ def complete_connect(
     try:
         claims, cache = services.identity.redeem(pending["flow"], params)
         outcome = _connect(services, tenant, user, pending, claims, cache, now)
+    except CalendarUnavailable as unavailable:
+        return fail(unavailable.reason, f"error_{unavailable.reason}")
     except AuthError:
         return fail("sign_in_failed", "error_sign_in_failed")
     except SyncError as error:
@@ -241,6 +251,10 @@ def _finish_connect(
         connected_at=iso(now),
         disconnected_at=None,
     )
+    if current.state not in (CONNECTED, REAUTH_REQUIRED):  # a reconnect keeps its calendar (switch: PUT)
+        connection = calendars.resolve(services, token, connection, _pending_choice(pending))
+    elif connection.calendar == DEDICATED:
+        connection = calendars.resolve(services, token, connection, CalendarChoice(DEDICATED))
     connection = subscribe(services, token, connection, now)
     _save_latest(services, connection)
     if current.state == REAUTH_REQUIRED:
@@ -258,6 +272,14 @@ def _finish_connect(
         },
     )
     return None
+
+
+def _pending_choice(pending: dict[str, Any]) -> CalendarChoice:
+    try:
+        kind, calendar_id = json.loads(pending.get("calendar") or '["default", null]')
+    except (ValueError, TypeError):
+        return CalendarChoice()
+    return CalendarChoice(kind, calendar_id) if kind in (DEFAULT, DEDICATED, CHOSEN) else CalendarChoice()
 
 
 def _save_latest(services: Services, connection: Connection) -> None:
@@ -283,7 +305,7 @@ def subscribe(services: Services, token: str, connection: Connection, now: datet
         "changeType": SUBSCRIBED_CHANGES,
         "notificationUrl": f"{base}/api/graph/notifications",
         "lifecycleNotificationUrl": f"{base}/api/graph/lifecycle",
-        "resource": "me/events",
+        "resource": graph_path(connection.calendar_id, "events"),
         "expirationDateTime": iso(expires),
         "clientState": client_state,
     }
@@ -354,6 +376,8 @@ def _flow_aad(state: str, row: Any) -> str:
     fields = [row["tenant"], row["user"], row["return_url"], row["locale"], row["time_zone"], expires_at]
     if row.get("capture") is False:
         fields.append("no-capture")  # the opt-out is bound too (rows with capture on keep the old form)
+    if row.get("calendar"):
+        fields.append(row["calendar"])  # the calendar chosen at connect is bound too
     return json.dumps(["oauth-flow", state, *fields])
 
 
@@ -387,7 +411,10 @@ def disconnect(services: Services, tenant: str, user: str, remove_events: str, n
         token = None  # the grant is gone: we can still forget everything on our side
     if current.subscription_id:
         remove_subscription(services, token, current.subscription_id)
-    removed = removal.remove_events(services, token, tenant, user, remove_events, now) if token else 0
+    if token and remove_events == "all" and current.calendar == DEDICATED and current.calendar_id:
+        removed = calendars.delete_dedicated(services, token, current)  # the calendar itself, one request
+    else:
+        removed = removal.remove_events(services, token, tenant, user, remove_events, now) if token else 0
     services.identity.forget(tenant, user)
     from shared.store import backfill_jobs, kept_activities
 
@@ -418,6 +445,7 @@ def disconnect(services: Services, tenant: str, user: str, remove_events: str, n
 
 
 def status(services: Services, tenant: str, user: str) -> dict[str, Any]:
+    from shared.flows import calendar_move
     from shared.store import backfill_jobs, links, mailbox_sync
 
     current = connections.get(services.storage, tenant, user)
@@ -430,6 +458,7 @@ def status(services: Services, tenant: str, user: str) -> dict[str, Any]:
         "locale": current.locale,
         "crm_time_zone": current.crm_time_zone,
         "mailbox_time_zone": current.mailbox_time_zone,
+        "calendar": {**calendars.describe(current), "move": calendar_move.describe_move(current)},
         "subscription_expires_at": current.subscription_expires_at,
         "connected_at": current.connected_at,
         "disconnected_at": current.disconnected_at,

@@ -53,6 +53,7 @@ from shared.flows.capture import capture_meetings
 from shared.outlook.throttle import next_step
 from shared.ports import MailboxGraph, Services, Storage
 from shared.rules import capture_plan, queues
+from shared.rules.calendars import event_path, graph_path
 from shared.rules.errors import (
     AuthError,
     ConflictError,
@@ -339,7 +340,7 @@ def read_delta(
         url, params = delta_link, None
     else:
         url, params = (
-            "me/calendarView/delta",
+            graph_path(client.calendar_id, "calendarView/delta"),
             {"startDateTime": iso(window[0]), "endDateTime": iso(window[1])},
         )
     seen: dict[str, Seen] = {}
@@ -377,7 +378,7 @@ def read_event(client: MailboxGraph, event_id: str) -> dict[str, Any] | None:
     from shared.outlook.graph import NotFoundError
 
     try:
-        return client.call("GET", f"me/events/{event_id}", params={"$select": EVENT_SELECT}).body or {}
+        return client.call("GET", event_path(event_id), params={"$select": EVENT_SELECT}).body or {}
     except NotFoundError:
         return None
 

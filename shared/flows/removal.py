@@ -14,6 +14,7 @@ from datetime import datetime
 
 from shared.outlook.graph import BATCH_LIMIT, error_for
 from shared.ports import Services
+from shared.rules.calendars import event_path
 from shared.rules.errors import ConflictError, ThrottledError
 from shared.store import links
 
@@ -44,7 +45,7 @@ def remove_events(services: Services, token: str, tenant: str, user: str, choice
                 {
                     "id": str(i),
                     "method": "DELETE",
-                    "url": f"/me/events/{s.link.outlook_event_id}",
+                    "url": event_path(s.link.outlook_event_id, absolute=True),
                     "headers": IMMUTABLE_IDS,
                 }
                 for i, s in enumerate(chunk)

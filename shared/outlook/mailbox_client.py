@@ -5,6 +5,7 @@ for every worker. Event ids are asked for as immutable ids, which survive moves 
 
 from __future__ import annotations
 
+from types import EllipsisType
 from typing import Any
 
 from shared.outlook.throttle import InFlight, MailboxGate, MailboxGated
@@ -20,7 +21,9 @@ class MailboxClient:
     before the first call (and after any throttle seen here), at most 4 requests in flight, and a
     throttle answer closing the gate for everyone."""
 
-    def __init__(self, services: Services, tenant: str, user: str) -> None:
+    def __init__(
+        self, services: Services, tenant: str, user: str, calendar_id: str | None | EllipsisType = ...
+    ) -> None:
         self.services = services
         self.tenant, self.user = tenant, user
         self.gate = MailboxGate(services.storage, tenant, user)
@@ -28,6 +31,17 @@ class MailboxClient:
         self._token: str | None = None
         self._checked = False
         self.wrote = False
+        self._calendar_id = calendar_id
+
+    @property
+    def calendar_id(self) -> str | None:
+        """The calendar the user's events live in (``None``: the default one), from the connection
+        unless the caller gave it; read once per client."""
+        if isinstance(self._calendar_id, EllipsisType):
+            from shared.store import connections
+
+            self._calendar_id = connections.get(self.services.storage, self.tenant, self.user).calendar_id
+        return self._calendar_id
 
     def call(
         self,

@@ -18,6 +18,8 @@ ACTIVITY_SYNC_FAILED = "activity.sync_failed"
 CHANGED_IN_OUTLOOK = "activity.changed_in_outlook"
 DELETED_IN_OUTLOOK = "activity.deleted_in_outlook"
 BACKFILL_COMPLETED = "backfill.completed"
+CALENDAR_RECREATED = "calendar.recreated"
+CALENDAR_CHANGED = "calendar.changed"
 
 
 def envelope(

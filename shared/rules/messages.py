@@ -37,6 +37,14 @@ TEXT: dict[str, dict[str, str]] = {
         "en": "This CRM user is already connected to another Microsoft account. Remove the sync before "
         "connecting a different account.",
     },
+    "error_calendar_not_found": {
+        "es": "El calendario elegido ya no existe en Outlook. Elige otro calendario en el CRM e inténtalo de nuevo.",
+        "en": "The chosen calendar no longer exists in Outlook. Pick another calendar in the CRM and try again.",
+    },
+    "error_calendar_not_writable": {
+        "es": "No tienes permiso para escribir en el calendario elegido. Elige otro calendario en el CRM.",
+        "en": "You cannot write to the chosen calendar. Pick another calendar in the CRM.",
+    },
     "error_sign_in_failed": {
         "es": "Microsoft no completó el inicio de sesión. Inténtalo de nuevo en unos minutos.",
         "en": "Microsoft did not complete the sign-in. Please try again in a few minutes.",

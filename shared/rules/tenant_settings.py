@@ -73,6 +73,7 @@ class TenantSettings:
     @property
     def capturing(self) -> bool:
         return self.capture_meetings != CAPTURE_OFF
+    dedicated_calendar_name: str | None = None  # None: by the user's locale ("CRM")
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -80,6 +81,7 @@ class TenantSettings:
             "capture_meetings": self.capture_meetings,
             "capture_body": self.capture_body,
             "internal_domains": list(self.internal_domains),
+            "dedicated_calendar_name": self.dedicated_calendar_name,
         }
 
 
@@ -131,6 +133,13 @@ def _parse_domains(value: Any, errors: list[tuple[str, str]]) -> tuple[str, ...]
         elif name not in domains:
             domains.append(name)
     return tuple(domains)
+def _parse_calendar_name(value: Any, errors: list[tuple[str, str]]) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip() or len(value.strip()) > 255:
+        errors.append(("dedicated_calendar_name", "must be a calendar name of 1 to 255 characters, or null"))
+        return None
+    return value.strip()
 
 
 _PARSERS: dict[str, Callable[[Any, list[tuple[str, str]]], Any]] = {
@@ -138,6 +147,7 @@ _PARSERS: dict[str, Callable[[Any, list[tuple[str, str]]], Any]] = {
     "capture_meetings": _parse_capture,
     "capture_body": _parse_capture_body,
     "internal_domains": _parse_domains,
+    "dedicated_calendar_name": _parse_calendar_name,
 }
 
 

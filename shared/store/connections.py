@@ -44,6 +44,9 @@ class Connection:
     subscription_expires_at: str | None = None
     last_sync_at: str | None = None
     last_reconcile_at: str | None = None
+    calendar: str = "default"  # the user's choice: default | dedicated | id (shared.rules.calendars)
+    calendar_id: str | None = None  # the calendar events live in; None = the default calendar
+    calendar_move: str | None = None  # JSON: the last switch's progress (shared/flows/calendar_move.py)
     recent_errors: tuple[dict[str, str], ...] = field(default=())
     etag: str | None = None
 

@@ -81,13 +81,16 @@ def _write(storage: Storage, state: SyncState) -> SyncState:
     return replace(state, etag=metadata.get("etag"))
 
 
-def claim(storage: Storage, tenant: str, user: str, now: datetime) -> SyncState:
-    """Take the user's lease, or raise Busy while someone else holds it."""
+def claim(storage: Storage, tenant: str, user: str, now: datetime, owner: str | None = None) -> SyncState:
+    """Take the user's lease, or raise Busy while someone else holds it. ``owner``: a lease id of the
+    caller's own; a lease it left behind (its process died) is taken over at once."""
     state = load(storage, tenant, user)
-    if state.lease_id and state.lease_until and state.lease_until > now:
+    held = state.lease_id and state.lease_until and state.lease_until > now
+    if held and (owner is None or state.lease_id != owner):
+        assert state.lease_until is not None
         raise Busy(min(BUSY_RETRY_SECONDS, max(1.0, (state.lease_until - now).total_seconds())))
     try:
-        return _write(storage, replace(state, lease_id=uuid.uuid4().hex, lease_until=now + LEASE))
+        return _write(storage, replace(state, lease_id=owner or uuid.uuid4().hex, lease_until=now + LEASE))
     except ConflictError:
         raise Busy() from None  # someone claimed it at the same moment
 

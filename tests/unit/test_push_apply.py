@@ -24,7 +24,8 @@ USER = UserContext(
 class FakeGraph:
     """Events by id, each remembering its extended property value; records every call."""
 
-    def __init__(self) -> None:
+    def __init__(self, calendar_id: str | None = None) -> None:
+        self.calendar_id = calendar_id
         self.events: dict[str, dict[str, Any]] = {}
         self.calls: list[tuple[str, str]] = []
         self.fail: list[Exception] = []  # raised by the next calls, in order
@@ -243,13 +244,25 @@ def test_an_event_we_created_is_removed_when_another_worker_linked_a_different_o
     monkeypatch.setattr(links, "save", fake_save)
     monkeypatch.setattr(links, "get", lambda storage, tenant, user, activity_id: saved.get("link"))
     monkeypatch.setattr(
-        push_apply, "MailboxClient", lambda services, tenant, user: SimpleNamespace(call=graph.call, wrote=False)
+        push_apply,
+        "MailboxClient",
+        lambda services, tenant, user, calendar_id: SimpleNamespace(
+            call=graph.call, wrote=False, calendar_id=calendar_id
+        ),
     )
     monkeypatch.setattr(push_apply, "_report", lambda *args, **kwargs: None)
-    connection = SimpleNamespace(tenant="tenant-1", user="user-1")
+    connection = SimpleNamespace(tenant="tenant-1", user="user-1", calendar_id=None)
     services = SimpleNamespace(storage=None)
 
     push_apply.sync(services, connection, "act-1", None, lambda link: plan_upsert(activity(), link, USER))
 
     assert raced and len(graph.calls) >= 3  # both created; the loser then deleted its own
     assert list(graph.events) == [saved["link"].link.outlook_event_id]  # one event: the linked one
+
+
+def test_a_user_with_their_own_calendar_gets_events_there_and_lookups_there() -> None:
+    graph = FakeGraph(calendar_id="AAMk=cal/1")
+    created = push_apply.apply(graph, plan_upsert(activity(), None, USER)).link
+    assert graph.calls == [("GET", "me/calendars/AAMk%3Dcal%2F1/events"), ("POST", "me/calendars/AAMk%3Dcal%2F1/events")]
+    push_apply.apply(graph, plan_upsert(activity(version=2, subject="Moved"), created, USER))
+    assert graph.calls[-1] == ("PATCH", "me/events/ev-1")  # by id: whatever calendar holds it

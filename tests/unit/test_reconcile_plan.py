@@ -177,6 +177,8 @@ def test_a_full_round_only_verifies_our_events_it_should_have_listed() -> None:
 class FakeGraph:
     """Pages of a delta round, by URL; raises what it is told to."""
 
+    calendar_id: str | None = None
+
     def __init__(self, pages: dict[str, Any]) -> None:
         self.pages = pages
         self.calls: list[tuple[str, dict[str, str] | None]] = []

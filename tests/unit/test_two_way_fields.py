@@ -200,7 +200,8 @@ def test_settings_default_and_replace_the_whole_document() -> None:
     assert parse_settings({}).as_json() == {"field_directions": {
         "subject": CRM_TO_OUTLOOK, "description": CRM_TO_OUTLOOK, "location": CRM_TO_OUTLOOK,
         "times": TWO_WAY, "reminder": CRM_TO_OUTLOOK},
-        "capture_meetings": "off", "capture_body": False, "internal_domains": []}
+        "capture_meetings": "off", "capture_body": False, "internal_domains": [],
+        "dedicated_calendar_name": None}
     chosen = parse_settings({"field_directions": {"subject": "two_way", "times": "crm_to_outlook"}})
     assert chosen.field_directions == FieldDirections(subject=TWO_WAY, times=CRM_TO_OUTLOOK)
 
@@ -224,6 +225,8 @@ def test_capture_settings_are_parsed_and_stored_and_old_rows_read_as_off() -> No
     ({"internal_domains": "contoso.com"}, ["internal_domains"]),
     ({"internal_domains": ["contoso.com", "not a domain", "@x.com"]}, ["internal_domains[1]", "internal_domains[2]"]),
     ({"capture_all_the_things": True}, ["capture_all_the_things"]),
+    ({"dedicated_calendar_name": ""}, ["dedicated_calendar_name"]),
+    ({"dedicated_calendar_name": 7}, ["dedicated_calendar_name"]),
     ([], ["body"]),
 ])
 def test_bad_settings_name_every_bad_field(body: Any, fields: list[str]) -> None:

@@ -69,13 +69,17 @@ def connect_user(
     time_zone: str = "Romance Standard Time",
     crm_time_zone: str = "America/Bogota",
     locale: str = "es",
+    calendar: Any = None,
 ) -> CrmUser:
-    """A CRM user connected through the real flow: connect, Microsoft's page, our callback."""
+    """A CRM user connected through the real flow: connect, Microsoft's page, our callback.
+    ``calendar``: the connect body's calendar choice (left out when None: the default calendar)."""
     tenant = tenant or f"tenant-{uuid.uuid4().hex[:8]}"
     user = f"user/{uuid.uuid4().hex[:8]}"  # a '/' the Table keys must survive
     upn = f"u{uuid.uuid4().hex[:10]}@contoso.example"
     mailbox = stack.control.add_user(upn, display_name="Ana Pérez", time_zone=time_zone, locale="es-ES")
     body = {"return_url": RETURN_URL, "time_zone": crm_time_zone, "locale": locale, "login_hint": upn}
+    if calendar is not None:
+        body["calendar"] = calendar
     started = stack.crm.post(user_path(tenant, user, "connect"), body)
     assert started.status_code == 200, started.text
     openapi_contract.check("POST", "/api/tenants/{tenant}/users/{user}/connect", started, body)

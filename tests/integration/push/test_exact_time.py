@@ -67,6 +67,8 @@ def transitions(zone_name: str) -> tuple[datetime, ...]:
 
 
 class Mailbox:
+    calendar_id = None  # the default calendar
+
     def __init__(self, emulator, graph: GraphClient, token: str, oid: str) -> None:
         self.emulator, self.graph, self.token, self.oid = emulator, graph, token, oid
 
