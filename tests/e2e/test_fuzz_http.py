@@ -21,7 +21,6 @@ import pytest
 import requests
 import schemathesis
 from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 from shared.rules import crm_signature
 from tests.conftest import Stack
@@ -34,7 +33,7 @@ EXAMPLES_PER_OPERATION = 60
 MODES = ("signed", "signed", "unsigned", "wrong", "stale")
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(900)  # 60 examples for each of 14 operations; ~5 min on a loaded 2-core machine
 def test_schemathesis_requests_never_get_a_5xx_and_every_4xx_names_the_problem(stack: Stack) -> None:
     secret = stack.secrets["CRM_SHARED_SECRET"]
     session = requests.Session()
@@ -43,6 +42,9 @@ def test_schemathesis_requests_never_get_a_5xx_and_every_4xx_names_the_problem(s
 
     def check_operation(operation) -> None:
         signed_endpoint = operation.definition.raw.get("security") != []
+        # The signing mode cycles rather than being drawn: a draw that depends on the schema (which
+        # grows with the contract) once left an operation with too few unsigned requests to check.
+        sent = [0]
 
         @settings(
             max_examples=EXAMPLES_PER_OPERATION,
@@ -51,8 +53,10 @@ def test_schemathesis_requests_never_get_a_5xx_and_every_4xx_names_the_problem(s
             database=None,
             suppress_health_check=list(HealthCheck),
         )
-        @given(case=operation.as_strategy(), mode=st.sampled_from(MODES))
-        def run(case, mode: str) -> None:
+        @given(case=operation.as_strategy())
+        def run(case) -> None:
+            mode = MODES[sent[0] % len(MODES)]
+            sent[0] += 1
             kwargs = case.as_transport_kwargs(base_url=stack.url)
             body = kwargs.get("data")
             if "json" in kwargs:
