@@ -175,7 +175,9 @@ def test_two_thousand_activities_backfill_exactly_once_under_throttling(stack: S
     who = connect_user(stack, time_zone="Romance Standard Time")
     items, expected = make_activities(who, 2000)
     stack.control.reset_counters()
-    stack.control.set_throttling(limit=300, window_seconds=6)  # 50/s, scaled from 10,000 per 600 s
+    # 33/s: under what the host sustains here (about 40-50 inner requests/s), so the throttle is
+    # really met whatever the machine; at 50/s a quiet 2-core machine never reached it.
+    stack.control.set_throttling(limit=200, window_seconds=6)
 
     planned = dry_counts(stack, who, items)
     assert planned["create"] == len(expected)
