@@ -267,18 +267,23 @@ def enqueue_replays(services: Services, tenant: str, user: str) -> int:
     ``reauth_required``, so what the CRM pushed while the grant was broken is not lost)."""
     activity_ids = kept_activities.owned_by(services.storage, tenant, user)
     for activity_id in activity_ids:
-        message = {
-            "v": MESSAGE_VERSION,
-            "kind": "replay",
-            "tenant": tenant,
-            "user": user,
-            "activity_id": activity_id,
-            "attempt": 0,
-            "throttled": 0,
-        }
-        with tables.storage_errors("queueing a replay"):
-            services.storage.send(queues.ACTIVITY_SYNC, encode(message))
+        _queue_replay(services, tenant, user, activity_id)
     return len(activity_ids)
+
+
+def _queue_replay(services: Services, tenant: str, user: str, activity_id: str) -> None:
+    """One ``replay`` message: the worker recreates the activity's event from its kept payload."""
+    message = {
+        "v": MESSAGE_VERSION,
+        "kind": "replay",
+        "tenant": tenant,
+        "user": user,
+        "activity_id": activity_id,
+        "attempt": 0,
+        "throttled": 0,
+    }
+    with tables.storage_errors("queueing a replay"):
+        services.storage.send(queues.ACTIVITY_SYNC, encode(message))
 
 
 def _type_for_user(
@@ -294,17 +299,7 @@ def _type_for_user(
     for decision in decisions:
         activity_id = decision.link.activity_id if decision.link else ""
         if not isinstance(decision.action, Delete | Unlink):  # a Replay: recreate from the kept payload
-            message = {
-                "v": MESSAGE_VERSION,
-                "kind": "replay",
-                "tenant": tenant,
-                "user": user,
-                "activity_id": activity_id,
-                "attempt": 0,
-                "throttled": 0,
-            }
-            with tables.storage_errors("queueing a replay"):
-                services.storage.send(queues.ACTIVITY_SYNC, encode(message))
+            _queue_replay(services, tenant, user, activity_id)
             continue
 
         def plan(link: Link | None, update: ActivityTypeUpdated = update) -> Decision | None:
