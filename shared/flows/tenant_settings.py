@@ -38,7 +38,7 @@ def _start_initial_capture(services: Services, tenant: str) -> None:
     from shared.rules import queues
     from shared.store import connections
 
-    users = [c for c in connections.list_connected(services.storage) if c.tenant == tenant and c.capture]
+    users = (c for c in connections.connected_in_tenant(services.storage, tenant) if c.capture)
     for i, connection in enumerate(users):
         message = {"tenant": tenant, "user": connection.user, "reasons": ["capture_on"], "kind": "request"}
         services.storage.send(queues.MAILBOX_RECONCILE, json.dumps(message), delay_seconds=i // 10)

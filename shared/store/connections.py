@@ -8,7 +8,7 @@ when someone else wrote first, so concurrent workers never lose each other's fie
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -109,6 +109,16 @@ def update(storage: Storage, tenant: str, user: str, change: Callable[[Connectio
         except ConflictError:
             continue
     raise ConflictError("the connection kept changing while being updated")
+
+
+def connected_in_tenant(storage: Storage, tenant: str) -> Iterator[Connection]:
+    """The tenant's connected users, read page by page from its own partition."""
+    with tables.storage_errors("listing the tenant's connections"):
+        rows = storage.table(tables.CONNECTIONS).query_entities(
+            "PartitionKey eq @pk and state eq @s", parameters={"pk": tables.key(tenant), "s": CONNECTED}
+        )
+        for row in rows:
+            yield _from_row(row)
 
 
 def list_connected(storage: Storage) -> list[Connection]:
