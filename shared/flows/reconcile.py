@@ -2,8 +2,8 @@
 (design §4 "Outlook-side changes"). Decisions are in ``shared.rules.reconcile_plan``; this module reads
 and writes.
 
-A run: clear the user's pending marker (``shared.flows.notifications``), take the user's lease
-(``shared.store.mailbox_sync``), act on lifecycle events (``shared.flows.subscriptions``), then one delta pass:
+A run: take the user's lease (``shared.store.mailbox_sync``), clear the user's pending marker
+(``shared.flows.notifications``: a notification from now on queues a new run), act on lifecycle events (``shared.flows.subscriptions``), then one delta pass:
 
 1. ``me/calendarView/delta`` over the sync window from the stored delta link (or a new round when
    there is none, the window slid, the account changed, or Graph answered 410 /
@@ -37,7 +37,8 @@ A run: clear the user's pending marker (``shared.flows.notifications``), take th
    items are the meetings already in the window (the initial capture).
 
 Retries: throttling (the push's mailbox gate), a busy lease and transient errors re-queue the
-message with a delay, never sleeping; an AuthError moves the user to ``reauth_required``.
+message with a delay, never sleeping; waiting for a busy lease (a calendar move of thousands of
+events holds it page after page) spends none of the message's retry budget; an AuthError moves the user to ``reauth_required``.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ from typing import Any
 
 from shared.flows import callbacks
 from shared.flows.capture import capture_meetings
-from shared.outlook.throttle import next_step
+from shared.outlook.throttle import MailboxBusy, next_step
 from shared.ports import MailboxGraph, Services, Storage
 from shared.rules import capture_plan, queues
 from shared.rules.calendars import event_path, graph_path
@@ -132,7 +133,10 @@ def process(services: Services, raw: bytes, now: datetime | None = None) -> str:
     tenant, user = str(message["tenant"]), str(message["user"])
     try:
         return _run(services, message, now or datetime.now(UTC))
-    except ThrottledError as throttled:  # the mailbox gate, Graph's 429, or a busy lease
+    except (mailbox_sync.Busy, MailboxBusy) as busy:  # waiting for another run: no budget spent
+        step = next_step("throttled", 0, 0, busy.retry_after)
+        return _requeue(services, message, step.delay, message.get("attempt", 0), message.get("throttled", 0))
+    except ThrottledError as throttled:  # the mailbox gate or Graph's 429
         step = next_step(
             "throttled", message.get("attempt", 0), message.get("throttled", 0), throttled.retry_after
         )
@@ -198,15 +202,18 @@ def _run(services: Services, message: dict[str, Any], now: datetime) -> str:
     from shared.outlook.mailbox_client import MailboxClient
 
     tenant, user = str(message["tenant"]), str(message["user"])
-    notifications.clear_pending(services.storage, tenant, user)  # before reading delta: see the module doc
     connection = connections.get(services.storage, tenant, user)
     if connection.state != CONNECTED:
+        notifications.clear_pending(services.storage, tenant, user)
         return SKIPPED
     if message.get("kind") == "sweep" and connection.last_reconcile_at and message.get("queued_at"):
         if _instant(connection.last_reconcile_at) >= _instant(message["queued_at"]):
             return SKIPPED  # reconciled since this was scheduled
     state = mailbox_sync.claim(services.storage, tenant, user, now)
+    # After the lease, before reading delta: while this message waits for a busy lease it stays the
+    # pending run, so the notifications meanwhile do not queue more runs that would only wait too.
     try:
+        notifications.clear_pending(services.storage, tenant, user)
         if message.get("kind") == "lifecycle":
             connection = subscriptions.on_lifecycle(
                 services,
