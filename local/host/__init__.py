@@ -5,7 +5,11 @@ endpoint. Everything comes from the app's own registrations and ``host.json``.
 A function whose app setting ``AzureWebJobs.<name>.Disabled`` is ``true`` is ignored by its
 trigger, as the Functions host does (disable-function.md): its route answers 404, its queue is not
 polled, its timer does not fire; the admin endpoint still runs it. The tests' stacks use this to
-keep the timers to themselves and run them when a test asks."""
+keep the timers to themselves and run them when a test asks.
+
+``GET /admin/host/idle`` (local only, like the admin endpoint) answers whether the host is idle:
+every queue it polls is empty and nothing runs (see ``DevHost.idle``). Tests use it as a barrier
+before asserting that something did *not* happen."""
 
 from __future__ import annotations
 
@@ -22,7 +26,7 @@ from typing import Any
 
 from werkzeug.serving import make_server
 
-from local.host.functions import FunctionSpec, index, invoke
+from local.host.functions import BUSY, FunctionSpec, index, invoke
 from local.host.http import WsgiApp, build_routes
 from local.host.queues import QueueOptions, QueuePoller, send_outputs
 from local.host.timers import TimerRunner
@@ -79,7 +83,7 @@ class DevHost:
             if s.trigger_type == "queueTrigger"
         ]
         self.server = make_server(
-            bind, port, WsgiApp(build_routes(enabled, prefix), self.run_now), threaded=True
+            bind, port, WsgiApp(build_routes(enabled, prefix), self.run_now, self.idle), threaded=True
         )
         self.port = self.server.server_port
         self.prefix = prefix
@@ -102,6 +106,25 @@ class DevHost:
         for thread in [*self.running_timers, *self.pollers]:
             thread.join(timeout=30)
 
+    def idle(self) -> dict[str, Any]:
+        """Idle: every queue this host polls is empty and no work is under way, read between two
+        equal snapshots of the work counter (nothing began or ended while the queues were read).
+
+        A queue's count includes messages held invisible by a running invocation and delayed ones
+        (sent with a visibility timeout, or put back after a failure or a ``Retry-After``): a
+        message due later is work still to do, so the host is not idle until it has been handled.
+        Poison queues are not polled and not counted."""
+        before = BUSY.snapshot()
+        queues = {poller.queue_name: poller.pending() for poller in self.pollers}
+        after = BUSY.snapshot()
+        running, started = after
+        return {
+            "idle": before == after and running == 0 and not any(queues.values()),
+            "running": running,
+            "started": started,
+            "queues": queues,
+        }
+
     def run_now(self, name: str, payload: str) -> bool:
         """Core Tools' admin endpoint: run a non-HTTP function now, in the background."""
         spec = self.by_name.get(name.lower())
@@ -109,10 +132,24 @@ class DevHost:
             return False
         if spec.trigger_type == "timerTrigger":
             timer = next(t for t in self.timers if t.spec is spec)
-            threading.Thread(target=timer.fire, kwargs={"past_due": False}, daemon=True).start()
+            self._background(timer.fire, False)
             return True
-        threading.Thread(target=self._run_with_input, args=(spec, payload), daemon=True).start()
+        self._background(self._run_with_input, spec, payload)
         return True
+
+    @staticmethod
+    def _background(target: Any, *args: Any) -> None:
+        """Counted as running from before the 202 is answered, so an idle report right after it
+        cannot miss the run."""
+        BUSY.begin()
+
+        def run() -> None:
+            try:
+                target(*args)
+            finally:
+                BUSY.end()
+
+        threading.Thread(target=run, daemon=True).start()
 
     def _run_with_input(self, spec: FunctionSpec, payload: str) -> None:
         from azure.functions.queue import QueueMessage

@@ -5,9 +5,11 @@ return value), with a log line per invocation carrying the function name and inv
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import inspect
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -97,6 +99,42 @@ def invoke(spec: FunctionSpec, trigger_value: Any) -> tuple[Any, dict[str, Any]]
         b["name"]: (b, outs[b["name"]].value) for b in spec.outputs if outs[b["name"]].value is not None
     }
     return result, values
+
+
+class Busy:
+    """The host's work in progress, for the idle report (``GET /admin/host/idle``): ``running``
+    counts what is under way (an HTTP invocation with its output bindings, a batch of queue messages
+    from receive to delete, a timer or admin run), ``started`` every piece of work ever begun, so
+    two equal snapshots mean nothing began or ended in between."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.running = 0
+        self.started = 0
+
+    def begin(self) -> None:
+        with self._lock:
+            self.running += 1
+            self.started += 1
+
+    def end(self) -> None:
+        with self._lock:
+            self.running -= 1
+
+    @contextlib.contextmanager
+    def working(self) -> Any:
+        self.begin()
+        try:
+            yield
+        finally:
+            self.end()
+
+    def snapshot(self) -> tuple[int, int]:
+        with self._lock:
+            return self.running, self.started
+
+
+BUSY = Busy()
 
 
 async def _await(awaitable: Any) -> Any:

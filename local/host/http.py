@@ -3,7 +3,8 @@ parameters (case-insensitive, ``{name}``, ``{name?}``, ``{name:constraint}``, ``
 percent-decoded except ``%2F``, as ASP.NET Core leaves it), allowed
 methods, and ``HttpRequest``/``HttpResponse``. A path no function serves, or a method a function
 does not allow, gets an empty 404, as the host answers both. Auth levels are not enforced, as Core
-Tools does not enforce them locally. ``POST /admin/functions/{name}`` runs a non-HTTP function now."""
+Tools does not enforce them locally. ``POST /admin/functions/{name}`` runs a non-HTTP function now;
+``GET /admin/host/idle`` reports whether the host has nothing left to do (see ``DevHost.idle``)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from urllib.parse import unquote
 import azure.functions as func
 from werkzeug.wrappers import Request, Response
 
-from local.host.functions import FunctionSpec, invoke
+from local.host.functions import BUSY, FunctionSpec, invoke
 
 log = logging.getLogger("host")
 
@@ -73,9 +74,15 @@ def build_routes(specs: list[FunctionSpec], prefix: str) -> list[Route]:
 
 
 class WsgiApp:
-    def __init__(self, routes: list[Route], run_now: Callable[[str, str], bool]) -> None:
+    def __init__(
+        self,
+        routes: list[Route],
+        run_now: Callable[[str, str], bool],
+        idle: Callable[[], dict[str, Any]] | None = None,
+    ) -> None:
         self.routes = routes
         self.run_now = run_now  # admin: start a non-HTTP function; False when there is none by that name
+        self.idle = idle  # admin: the idle report
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
         request = Request(environ)
@@ -86,6 +93,8 @@ class WsgiApp:
         admin = re.fullmatch(r"/admin/functions/([^/]+)", request.path, re.IGNORECASE)
         if admin and request.method == "POST":
             return self.admin(admin.group(1), request)
+        if request.path.lower() == "/admin/host/idle" and request.method == "GET" and self.idle:
+            return self.idle_report()
         raw_path = (request.environ.get("RAW_URI") or request.path).split("?", 1)[0]
         for route in self.routes:
             params = route.match(raw_path)
@@ -104,6 +113,13 @@ class WsgiApp:
         started = self.run_now(name, str(payload.get("input", "")))
         return Response(status=202 if started else 404)
 
+    def idle_report(self) -> Response:
+        try:
+            report = self.idle()  # type: ignore[misc]
+        except Exception as error:  # noqa: BLE001 - storage unreachable: not idle, and say why
+            report = {"idle": False, "error": f"{type(error).__name__}: {error}"}
+        return Response(json.dumps(report), status=200, mimetype="application/json")
+
     def call(self, route: Route, request: Request, params: dict[str, str]) -> Response:
         # The URL exactly as sent (RAW_URI keeps percent-encoding, which signatures cover).
         raw_target = request.environ.get("RAW_URI") or request.full_path
@@ -115,13 +131,14 @@ class WsgiApp:
             route_params=params,
             body=request.get_data(),
         )
-        try:
-            result, outputs = invoke(route.spec, http_request)
-        except Exception:  # noqa: BLE001 - one failing invocation must never stop the host
-            return Response(status=500)
         from local.host.queues import send_outputs
 
-        send_outputs(outputs)
+        with BUSY.working():  # until the output bindings are sent: the idle report waits for them
+            try:
+                result, outputs = invoke(route.spec, http_request)
+            except Exception:  # noqa: BLE001 - one failing invocation must never stop the host
+                return Response(status=500)
+            send_outputs(outputs)
         return to_werkzeug(result)
 
 

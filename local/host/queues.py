@@ -20,7 +20,7 @@ from typing import Any
 
 from azure.functions.queue import QueueMessage
 
-from local.host.functions import FunctionSpec, invoke
+from local.host.functions import BUSY, FunctionSpec, invoke
 from shared.rules.settings import storage_settings
 from shared.store.storage import Storage
 
@@ -82,9 +82,19 @@ class QueuePoller(threading.Thread):
         messages = list(
             queue.receive_messages(max_messages=self.options.batch_size, visibility_timeout=HOLD_SECONDS)
         )
-        for done in [self.workers.submit(self.process, message) for message in messages]:
-            done.result()
+        if not messages:
+            return 0
+        # Received messages stay in the queue (invisible) until deleted, so the idle report counts
+        # them; the batch is counted as running from here until every message is settled.
+        with BUSY.working():
+            for done in [self.workers.submit(self.process, message) for message in messages]:
+                done.result()
         return len(messages)
+
+    def pending(self) -> int:
+        """Messages in this queue: visible, held by an invocation, or delayed (a visibility timeout
+        not yet over, e.g. a retry after ``Retry-After``). Storage counts all of them."""
+        return self.storage.queue(self.queue_name).get_queue_properties().approximate_message_count
 
     def process(self, message: Any) -> None:
         queue = self.storage.queue(self.queue_name)

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from azure.functions.timer import TimerRequest
 from croniter import croniter
 
-from local.host.functions import FunctionSpec, invoke
+from local.host.functions import BUSY, FunctionSpec, invoke
 
 log = logging.getLogger("host")
 
@@ -46,7 +46,7 @@ class TimerRunner(threading.Thread):
             log.info("Timer '%s' is still running; this occurrence is skipped", self.spec.name)
             return
         try:
-            with contextlib.suppress(Exception):  # logged by invoke; timers are not retried
+            with BUSY.working(), contextlib.suppress(Exception):  # logged by invoke; not retried
                 invoke(self.spec, TimerRequest(past_due=past_due))
         finally:
             self.running.release()
