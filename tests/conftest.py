@@ -89,9 +89,13 @@ def emulator() -> Iterator[Any]:
 
 @pytest.fixture()
 def stack(emulator: Any, azurite: Azurite, test_secrets: dict[str, str]) -> Iterator[Stack]:
-    """The whole stack (tests/support/stack.py); the host's log is printed when a test fails."""
+    """The whole stack (tests/support/stack.py); the host's log is printed when a test fails.
+    Every callback the service sent must have verified: a badly signed one fails the test."""
     running = launch_stack(azurite, emulator, test_secrets)
     yield running
     running.close()
     print("--- host output (shown by pytest when the test fails) ---")
     print("".join(running.host.output[-300:]))
+    assert running.callbacks.rejected == 0, (
+        f"{running.callbacks.rejected} callback(s) reached the CRM with a bad signature"
+    )

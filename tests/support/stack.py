@@ -3,8 +3,11 @@ process, Azurite, the emulator, and a CRM stand-in (signed client + callback rec
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any
+
+import requests
 
 from local.azurite import Azurite, free_port
 from local.dev_settings import service_environment
@@ -39,6 +42,10 @@ class Stack:
     @property
     def control(self) -> Any:
         return self.emulator.control
+
+    def wait_until_idle(self, timeout: float = 60.0) -> dict[str, Any]:
+        """See ``wait_until_idle`` below: the barrier before asserting that something did not happen."""
+        return wait_until_idle(self.url, self.emulator, timeout)
 
     def close(self) -> None:
         self.host.stop()  # first: a callback in flight to a closed receiver would hang until its timeout
@@ -86,3 +93,36 @@ def empty_queues(storage: Storage) -> None:
     for name in QUEUE_NAMES:
         for queue in (name, f"{name}-poison"):
             storage.queue(queue).clear_messages()  # invisible (in-flight) messages go too
+
+
+def host_idle(host_url: str) -> dict[str, Any]:
+    """The dev host's idle report (``GET /admin/host/idle``, local/host/__init__.py)."""
+    answer = requests.get(f"{host_url}/admin/host/idle", timeout=10)
+    answer.raise_for_status()
+    return answer.json()
+
+
+def graph_quiet(emulator: Any) -> bool:
+    """No change or lifecycle notification waits in the (in-process) emulator, a retry due later
+    included, unless the test paused notifications: then they are held on purpose."""
+    notifier = emulator.notifier
+    with notifier.cond:
+        return bool(notifier.store.settings.notifications_paused) or not notifier.pending
+
+
+def wait_until_idle(host_url: str, emulator: Any, timeout: float = 60.0) -> dict[str, Any]:
+    """The barrier before asserting that something did *not* happen ("no callback", "only",
+    "once"): the host has no message left in any queue it polls (delayed ones included: they are
+    work still due) and nothing running, and Graph has no notification left to send it, with no
+    work begun between the host's two readings (so a notification delivered while Graph was being
+    read is not missed). Polls every 50 ms; never waits a fixed time."""
+    deadline = time.monotonic() + timeout
+    while True:
+        first = host_idle(host_url)
+        if first["idle"] and graph_quiet(emulator):
+            second = host_idle(host_url)
+            if second["idle"] and second["started"] == first["started"]:
+                return second
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the host was not idle after {timeout:.0f} s: {first}")
+        time.sleep(0.05)
