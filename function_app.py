@@ -16,6 +16,7 @@ from functions import (
     graph_webhooks,
     health,
     reconcile_worker,
+    removal_worker,
     timers,
 )
 from shared.rules import settings
@@ -33,3 +34,4 @@ app.register_functions(crm_events.bp)
 app.register_functions(activity_worker.bp)
 app.register_functions(backfill.bp)
 app.register_functions(reconcile_worker.bp)
+app.register_functions(removal_worker.bp)

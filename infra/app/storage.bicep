@@ -13,6 +13,8 @@ var queueNames = [
   'crm-callbacks-poison'
   'activity-backfill'
   'activity-backfill-poison'
+  'mailbox-removal'
+  'mailbox-removal-poison'
 ]
 // Tables the code reads and writes (shared/store/tables.py TABLE_NAMES holds the same list).
 var tableNames = [

@@ -265,8 +265,8 @@ function showMessages() {
 async function connect() {
   say(() => t("connecting"));
   const answer = await api("/crm/api/connect", { locale: ui.lang, login_hint: $("login-hint").value.trim() });
-  if (answer.status === 200 && answer.body.authorization_url) {
-    window.location.assign(answer.body.authorization_url);
+  if (answer.status === 200 && answer.body.start_url) {
+    window.location.assign(answer.body.start_url);
   } else {
     say(() => serviceMessage(answer), "error");
   }
