@@ -626,10 +626,12 @@ def disconnect(services: Services, tenant: str, user: str, remove_events: str, n
         token = None  # the grant is gone: we can still forget everything on our side
     if current.subscription_id:
         remove_subscription(services, token, current.subscription_id)
-    # No CRM content is kept for a user who removed sync (versions and counts stay).
-    kept_activities.forget(services.storage, tenant, user)
-    backfill_jobs.forget_payloads(services.storage, tenant, user)
     job = removal.start(services, tenant, user, remove_events, now) if token and remove_events != "none" else None
+    if job is None:
+        # No CRM content is kept for a user who removed sync (versions and counts stay); a removal
+        # job does this as its first step instead, so that this answers at once.
+        kept_activities.forget(services.storage, tenant, user)
+        backfill_jobs.forget_payloads(services.storage, tenant, user)
     connections.update(
         services.storage,
         tenant,

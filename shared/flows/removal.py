@@ -16,7 +16,8 @@ links when no target is left, so it is exact whatever crashed. An inner 429 clos
 rest waits its ``Retry-After``; 5xx and network failures back off; an event Graph refuses to delete
 for another reason stays and counts as ``failed``.
 
-When no target is left: the job is marked completed (ETag-guarded, so only one run completes it),
+The first run drops the user's kept CRM payloads (``kept_activities``, backfill pages), which
+``disconnect`` leaves to the job so that it answers at once. When no target is left: the job is marked completed (ETag-guarded, so only one run completes it),
 the user's token cache is deleted (kept until then: the removal needs it), and
 ``connection.disconnected`` with ``events_removed`` is queued with a fixed id, then marked sent; a
 crash in between sends it again with the same id. A grant that no longer works ends the job
@@ -150,6 +151,8 @@ class RemovalRun:
             self.finish(removal)
             return DONE
         deadline = time.monotonic() + TIME_BUDGET_SECONDS
+        if not removal.content_forgotten:
+            removal = self.forget_content(removal)
         try:
             self.token = self.services.identity.access_token(self.tenant, self.user)
         except (AuthError, UndecryptableError):
@@ -179,6 +182,19 @@ class RemovalRun:
         return self.requeue(removal, 0)
 
     # --- steps ---------------------------------------------------------------------------------
+
+    def forget_content(self, removal: Removal) -> Removal:
+        """No CRM content of a user who removed sync is kept (versions and counts stay). Done here,
+        not in the HTTP call: thousands of kept payloads take a while to drop."""
+        from shared.store import backfill_jobs, kept_activities
+
+        kept_activities.forget(self.storage, self.tenant, self.user)
+        backfill_jobs.forget_payloads(self.storage, self.tenant, self.user)
+        try:
+            return removals.save(self.storage, replace(removal, content_forgotten=True))
+        except ConflictError:
+            latest = removals.get(self.storage, self.tenant, self.user)
+            return latest if latest is not None else removal
 
     def next_targets(self, removal: Removal) -> list[links.StoredLink]:
         """Up to 20 links after the cursor whose events are to go, in RowKey order."""

@@ -4,7 +4,8 @@ One row per user (PartitionKey ``tenant|user``, the user's backfill partition; R
 ``removal``), the latest removal: ``job_id``, ``choice`` (future, all), ``cutoff`` (the moment of
 "Remove sync"; ``future`` removes events ending after it), ``state`` (``running`` until no target
 is left, then ``completed``), ``total`` (targets when it started), ``done`` and ``failed``
-(progress, for status), ``cursor`` (the last link RowKey handled, so a resumed run reads on from
+(progress, for status), ``content_forgotten`` (the user's kept CRM payloads dropped: the job's
+first step, so "Remove sync" answers at once even with thousands of them), ``cursor`` (the last link RowKey handled, so a resumed run reads on from
 there), ``events_removed`` (counted from the links at the end, exact whatever crashed meanwhile),
 ``callback_id``/``callback_sent`` (``connection.disconnected``, queued once by the run that
 completed it, again with the same id if a crash came between), ``attempt`` (transient failures in a
@@ -45,6 +46,7 @@ class Removal:
     callback_id: str | None = None
     callback_sent: bool = False
     attempt: int = 0
+    content_forgotten: bool = False  # the user's kept CRM payloads dropped (the job's first step)
     updated_at: datetime | None = None
     etag: str | None = None
 
@@ -84,6 +86,7 @@ def get(storage: Storage, tenant: str, user: str) -> Removal | None:
         callback_id=row.get("callback_id"),
         callback_sent=bool(row.get("callback_sent")),
         attempt=int(row.get("attempt", 0)),
+        content_forgotten=bool(row.get("content_forgotten")),
         updated_at=tables.aware(row.get("updated_at")),
         etag=tables.etag_of(row),
     )
@@ -111,6 +114,7 @@ def save(storage: Storage, removal: Removal, now: datetime | None = None) -> Rem
         "events_removed": removal.events_removed,
         "callback_sent": removal.callback_sent,
         "attempt": removal.attempt,
+        "content_forgotten": removal.content_forgotten,
         "updated_at": now,
     }
     for name in ("started_at", "completed_at", "callback_id"):
