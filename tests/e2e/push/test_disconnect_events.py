@@ -99,6 +99,7 @@ def restart(stack: Stack, *, kill: bool) -> None:
     stack.host = Service(old.name, old.args, {**old.env, **HOLD}, old.log).start()
 
 
+@pytest.mark.timeout(1200)  # 2,000 events created by a real backfill, then removed (minutes on Azurite)
 def test_remove_sync_of_2000_events_answers_at_once_survives_kill_9_and_calls_back_once(stack: Stack) -> None:
     restart(stack, kill=False)
     who = connect_user(stack)
@@ -138,8 +139,6 @@ def test_remove_sync_of_2000_events_answers_at_once_survives_kill_9_and_calls_ba
         )["id"]
         for n in range(3)
     ]
-    # Each $batch takes a while in Graph, so the kill below falls in the middle of the removal.
-    stack.control.add_fault("latency", latency_ms=250, method="POST", path_contains="$batch", mailbox=who.oid)
 
     began = time.monotonic()
     answer = stack.crm.post(user_path(who.tenant, who.user, "disconnect"), {"remove_events": "all"})
@@ -160,12 +159,12 @@ def test_remove_sync_of_2000_events_answers_at_once_survives_kill_9_and_calls_ba
     assert "still being removed" in refused.json()["message"]
     upsert(stack, who, id="pushed-after", version=1)  # the sync stopped: this never reaches Outlook
 
-    wait_until(lambda: (status(stack, who)["removal"] or {}).get("done", 0) >= 300, 120, "300 events removed")
+    wait_until(lambda: (status(stack, who)["removal"] or {}).get("done", 0) >= 100, 400, "100 events removed")
     restart(stack, kill=True)  # kill -9 in the middle of the removal
     progress = status(stack, who)["removal"]
-    assert progress["state"] == "running" and 300 <= progress["done"] < 2000 and progress["percent"] < 100
+    assert progress["state"] == "running" and 100 <= progress["done"] < 2000 and progress["percent"] < 100
 
-    stack.callbacks.wait_for("connection.disconnected", timeout=300)
+    stack.callbacks.wait_for("connection.disconnected", timeout=600)
     stack.wait_until_idle()
     assert ours(stack, who) == []  # all 2,000 removed ...
     left = {e["id"] for e in stack.control.events(who.oid)}
