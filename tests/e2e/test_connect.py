@@ -237,12 +237,12 @@ def test_disconnect_is_localized_and_idempotent(stack: Stack, ana: dict) -> None
     assert first.json() == {
         "status": "disconnected",
         "message": "La sincronización se eliminó correctamente.",
-        "events_removed": 0,
+        "removal": None,  # nothing to remove: tokens gone and connection.disconnected queued at once
     }
     assert stack.control.subscriptions(ana["id"]) == []
     with pytest.raises(Exception, match="ResourceNotFound|Not Found"):
         stack.storage.table(tables.TOKENS).get_entity(tables.key(tenant), tables.key(user))
-    assert stack.callbacks.wait_for("connection.disconnected")
+    assert stack.callbacks.wait_for("connection.disconnected")[0]["data"] == {"events_removed": 0}
 
     again = stack.crm.post(user_path(tenant, user, "disconnect"), {"remove_events": "all"})
     assert again.status_code == 200 and again.json()["status"] == "disconnected"
