@@ -18,6 +18,7 @@ from functions import (
     health,
     reconcile_worker,
     tenant_settings,
+    removal_worker,
     timers,
 )
 from shared.rules import settings
@@ -37,3 +38,4 @@ app.register_functions(backfill.bp)
 app.register_functions(reconcile_worker.bp)
 app.register_functions(tenant_settings.bp)
 app.register_functions(calendars.bp)
+app.register_functions(removal_worker.bp)

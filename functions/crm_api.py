@@ -9,7 +9,7 @@ from typing import Any
 
 import azure.functions as func
 
-from functions.http import json_response, read_json, route_ids, signed
+from functions.http import json_response, problem, read_json, route_ids, signed
 
 bp = func.Blueprint()
 USER_ROUTE = "tenants/{tenant}/users/{user}"
@@ -22,7 +22,12 @@ def connect(req: func.HttpRequest, deps: Any) -> func.HttpResponse:
 
     tenant, user = route_ids(req, "tenant", "user")
     request = use_case.parse_connect_request(read_json(req), deps.settings.crm_return_origins)
-    return json_response(use_case.begin_connect(deps, tenant, user, request, datetime.now(UTC)))
+    try:
+        return json_response(use_case.begin_connect(deps, tenant, user, request, datetime.now(UTC)))
+    except use_case.RemovalRunning:
+        from shared.rules.messages import text
+
+        return problem(409, "removal_in_progress", text("removal_in_progress", request.locale))
 
 
 @bp.route(route=f"{USER_ROUTE}/disconnect", methods=["POST"], auth_level=func.AuthLevel.ANONYMOUS)

@@ -15,6 +15,8 @@ var queueNames = [
   'activity-backfill-poison'
   'calendar-move'
   'calendar-move-poison'
+  'mailbox-removal'
+  'mailbox-removal-poison'
 ]
 // Tables the code reads and writes (shared/store/tables.py TABLE_NAMES holds the same list).
 var tableNames = [

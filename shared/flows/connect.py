@@ -22,6 +22,8 @@ the latest payload of each), so nothing is lost; unchanged ones cost no Graph wr
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import logging
 import secrets
@@ -44,6 +46,8 @@ from shared.store.token_crypto import UndecryptableError, decrypt, encrypt
 
 log = logging.getLogger(__name__)
 FLOW_LIFETIME = timedelta(minutes=10)
+TICKET_LIFETIME = timedelta(minutes=2)  # the CRM sends the browser to the start URL at once
+COOKIE_PREFIX = "__Host-cos-sign-in-"  # + a digest of the state: parallel sign-ins do not collide
 SUBSCRIPTION_MINUTES = 10080 - 15  # Outlook events allow 10,080; a margin for clock skew
 SUBSCRIBED_CHANGES = "created,updated,deleted"
 
@@ -66,6 +70,42 @@ class CallbackOutcome:
     page_key: str  # messages key for the page (or for logs when redirecting)
     locale: str
     status: int = 302
+    # Set when the user must confirm an account other than the CRM's login_hint (page "confirm_account").
+    confirmation: dict[str, str] | None = None
+    clear_cookie: str | None = None  # the flow's cookie, once the flow is over
+
+
+@dataclass(frozen=True)
+class StartOutcome:
+    """The start URL's answer: a redirect to Microsoft with the flow's cookie, or a page of ours."""
+
+    redirect_url: str | None
+    page_key: str
+    locale: str
+    status: int = 302
+    cookie_name: str | None = None
+    cookie_value: str | None = None
+    cookie_max_age: int = 0
+
+
+class RemovalRunning(Exception):
+    """Connect refused: the events of the previous connection are still being removed."""
+
+
+def cookie_name(state: str) -> str:
+    return COOKIE_PREFIX + hashlib.sha256(state.encode()).hexdigest()[:16]
+
+
+def _digest(value: str) -> str:
+    return hashlib.sha256(value.encode()).hexdigest()
+
+
+def _ticket_key(ticket: str) -> str:
+    return tables.key("ticket-" + _digest(ticket))
+
+
+def _confirmation_key(confirmation: str) -> str:
+    return tables.key("confirm-" + _digest(confirmation))
 
 
 def parse_connect_request(body: object, allowed_origins: frozenset[str]) -> ConnectRequest:
@@ -112,7 +152,12 @@ def origin_of(url: str) -> str | None:
 def begin_connect(
     services: Services, tenant: str, user: str, request: ConnectRequest, now: datetime
 ) -> dict[str, str]:
-    """Start sign-in: the URL to send the browser to, valid for 10 minutes."""
+    """Start sign-in: the start URL of this service to send the browser to at once (its ticket is
+    single use and lives ``TICKET_LIFETIME``); the sign-in itself then has 10 minutes."""
+    from shared.store import removals
+
+    if removals.running(services.storage, tenant, user):
+        raise RemovalRunning
     flow = services.identity.begin(request.login_hint)
     expires_at = (now + FLOW_LIFETIME).replace(microsecond=0)
     keys = services.settings.token_encryption_keys
@@ -124,30 +169,100 @@ def begin_connect(
         "return_url": request.return_url or "",
         "locale": request.locale,
         "time_zone": request.time_zone,
+        "login_hint": request.login_hint or "",
         "expires_at": expires_at,
         "capture": request.capture,
         "calendar": json.dumps([request.calendar.kind, request.calendar.calendar_id]),
     }
     entity["flow"] = encrypt(json.dumps(flow).encode(), keys, _flow_aad(flow["state"], entity))
+    ticket = secrets.token_urlsafe(32)
+    ticket_expires = (now + TICKET_LIFETIME).replace(microsecond=0)
+    ticket_row = {
+        "PartitionKey": _ticket_key(ticket),
+        "RowKey": "",
+        "state": flow["state"],
+        "expires_at": ticket_expires,
+    }
+    table = services.storage.table(tables.OAUTH_FLOWS)
     with tables.storage_errors("storing the sign-in flow"):
-        services.storage.table(tables.OAUTH_FLOWS).create_entity(entity)
-    return {"authorization_url": flow["auth_uri"], "expires_at": iso(expires_at)}
+        table.create_entity(entity)
+        table.create_entity(ticket_row)
+    start_url = f"{services.settings.public_base_url}/api/auth/start?" + urlencode({"ticket": ticket})
+    return {"start_url": start_url, "expires_at": iso(ticket_expires)}
+
+
+def start_sign_in(services: Services, ticket: str, accept_language: str | None, now: datetime) -> StartOutcome:
+    """The start URL: consume the ticket, bind the flow to this browser, send it to Microsoft."""
+    from azure.core import MatchConditions
+    from azure.core.exceptions import ResourceNotFoundError
+
+    expired = StartOutcome(None, "error_expired", normalize_locale(accept_language), status=400)
+    if not ticket or len(ticket) > 256:
+        return expired
+    table = services.storage.table(tables.OAUTH_FLOWS)
+    try:
+        with tables.storage_errors("reading the sign-in ticket"):
+            ticket_row = table.get_entity(_ticket_key(ticket), "")
+            table.delete_entity(
+                ticket_row, etag=tables.etag_of(ticket_row), match_condition=MatchConditions.IfNotModified
+            )
+            state = ticket_row["state"]
+            row = table.get_entity(tables.key(state), "")
+    except (ResourceNotFoundError, ConflictError, KeyError):
+        log.info("A sign-in start URL was opened again, or after its flow was gone")
+        return expired
+    locale = row.get("locale") or normalize_locale(accept_language)
+    if tables.aware(ticket_row["expires_at"]) < now or tables.aware(row["expires_at"]) < now:
+        return replace(expired, locale=locale)
+    if row.get("browser"):  # bound already: a second ticket of one flow does not exist; refuse
+        return replace(expired, locale=locale)
+    try:
+        flow = json.loads(decrypt(row["flow"], services.settings.token_encryption_keys, _flow_aad(state, row)))
+    except (UndecryptableError, KeyError, TypeError, ValueError):
+        return replace(expired, locale=locale)
+    secret = secrets.token_urlsafe(32)
+    try:
+        with tables.storage_errors("binding the sign-in to the browser"):
+            tables.write(table, {**row, "browser": _digest(secret)}, tables.etag_of(row), "binding the sign-in")
+    except ConflictError:
+        return replace(expired, locale=locale)
+    max_age = int((tables.aware(row["expires_at"]) - now).total_seconds())
+    return StartOutcome(
+        flow["auth_uri"], "redirect", locale, 302, cookie_name(state), secret, max(1, max_age)
+    )
+
+
+def _same_browser(row: Any, cookies: dict[str, str], name: str) -> bool:
+    bound, presented = row.get("browser"), cookies.get(name)
+    return bool(bound and presented) and hmac.compare_digest(str(bound), _digest(presented or ""))
 
 
 def complete_connect(
-    services: Services, params: dict[str, str], accept_language: str | None, now: datetime
+    services: Services,
+    params: dict[str, str],
+    accept_language: str | None,
+    now: datetime,
+    cookies: dict[str, str] | None = None,
 ) -> CallbackOutcome:
-    """The OAuth callback: never raises; every failure becomes an error redirect or page."""
-    pending = _take_flow(services, params.get("state", ""))
+    """The OAuth callback: never raises; every failure becomes an error redirect or page. A
+    browser without the flow's cookie gets a page and changes nothing (the flow stays)."""
+    state = params.get("state", "")
+    pending = _take_flow(services, state, cookies or {})
     if pending is None:
         return CallbackOutcome(None, "error_expired", normalize_locale(accept_language), status=400)
+    if pending.get("other_browser"):
+        log.info("A sign-in came back in a browser that did not start it; refused")
+        return CallbackOutcome(None, "error_other_browser", pending["locale"], status=403)
     locale, return_url = pending["locale"], pending["return_url"] or None
+    done = cookie_name(state)
 
     def fail(reason: str, key: str) -> CallbackOutcome:
         log.info("Sign-in for a CRM user ended with %s", reason)
         if return_url:
-            return CallbackOutcome(with_query(return_url, calendar_sync="error", reason=reason), key, locale)
-        return CallbackOutcome(None, key, locale, status=400)
+            return CallbackOutcome(
+                with_query(return_url, calendar_sync="error", reason=reason), key, locale, clear_cookie=done
+            )
+        return CallbackOutcome(None, key, locale, status=400, clear_cookie=done)
 
     if pending["expires_at"] < now:
         return fail("expired", "error_expired")
@@ -160,6 +275,9 @@ def complete_connect(
     tenant, user = pending["tenant"], pending["user"]
     try:
         claims, cache = services.identity.redeem(pending["flow"], params)
+        hint = pending.get("login_hint") or ""
+        if hint and not _is_account(claims, hint):
+            return _ask_confirmation(services, pending, claims, cache, done, now)
         outcome = _connect(services, tenant, user, pending, claims, cache, now)
     except CalendarUnavailable as unavailable:
         return fail(unavailable.reason, f"error_{unavailable.reason}")
@@ -168,15 +286,131 @@ def complete_connect(
     except SyncError as error:
         log.warning("Sign-in could not be completed: %s", error.message)
         return fail("temporarily_unavailable", "error_sign_in_failed")
+    return _connected_or_failed(outcome, return_url, locale, done, fail)
+
+
+def _connected_or_failed(outcome: str | None, return_url: str | None, locale: str, done: str, fail: Any) -> CallbackOutcome:
     if outcome is not None:
-        return fail(outcome, f"error_{outcome}")
+        return fail(outcome, f"error_{outcome}")  # type: ignore[no-any-return]
     if return_url:
-        return CallbackOutcome(with_query(return_url, calendar_sync="connected"), "connected_body", locale)
-    return CallbackOutcome(None, "connected_body", locale, status=200)
+        return CallbackOutcome(
+            with_query(return_url, calendar_sync="connected"), "connected_body", locale, clear_cookie=done
+        )
+    return CallbackOutcome(None, "connected_body", locale, status=200, clear_cookie=done)
 
 
-def _take_flow(services: Services, state: str) -> dict[str, Any] | None:
-    """Read and delete the stored flow in one guarded step: the second use of a state finds nothing."""
+def _is_account(claims: dict[str, Any], hint: str) -> bool:
+    """Whether the account that signed in is the one the CRM named (its sign-in name or e-mail)."""
+    names = {str(claims.get(k) or "").strip().lower() for k in ("preferred_username", "email", "upn")}
+    return hint.strip().lower() in names - {""}
+
+
+def _confirmation_aad(key: str, row: Any) -> str:
+    expires_at = int(tables.aware(row["expires_at"]).timestamp())
+    fields = [row["tenant"], row["user"], row["return_url"], row["locale"], row["time_zone"], row["cookie"]]
+    return json.dumps(["account-confirmation", key, *fields, row["account"], expires_at])
+
+
+def _ask_confirmation(
+    services: Services, pending: dict[str, Any], claims: dict[str, Any], cache: str, cookie: str, now: datetime
+) -> CallbackOutcome:
+    """Another account than the CRM's login_hint signed in: park the grant (encrypted, single use,
+    10 minutes, bound to this browser's cookie) and ask the user to confirm it on our page."""
+    confirmation = secrets.token_urlsafe(32)
+    account = str(claims.get("preferred_username") or claims.get("email") or claims.get("oid") or "")
+    key = _confirmation_key(confirmation)
+    row: dict[str, Any] = {
+        "PartitionKey": key,
+        "RowKey": "",
+        "tenant": pending["tenant"],
+        "user": pending["user"],
+        "return_url": pending["return_url"],
+        "locale": pending["locale"],
+        "time_zone": pending["time_zone"],
+        "cookie": cookie,
+        "browser": pending["browser"],
+        "account": account,
+        "expires_at": (now + FLOW_LIFETIME).replace(microsecond=0),
+    }
+    kept = {k: claims.get(k) for k in ("oid", "tid", "preferred_username", "email", "upn")}
+    grant = json.dumps({"claims": kept, "cache": cache}).encode()
+    row["grant"] = encrypt(grant, services.settings.token_encryption_keys, _confirmation_aad(key, row))
+    with tables.storage_errors("storing the account confirmation"):
+        services.storage.table(tables.OAUTH_FLOWS).create_entity(row)
+    log.info("A different account than the CRM's hint signed in; asking the user to confirm it")
+    return CallbackOutcome(
+        None,
+        "confirm_account",
+        pending["locale"],
+        status=200,
+        confirmation={"id": confirmation, "account": account, "expected": pending.get("login_hint") or ""},
+    )
+
+
+def confirm_account(
+    services: Services,
+    form: dict[str, str],
+    cookies: dict[str, str],
+    accept_language: str | None,
+    now: datetime,
+) -> CallbackOutcome:
+    """The user's answer on the confirmation page: ``decision=connect`` connects the account that
+    signed in, anything else cancels; single use, and only in the browser that signed in."""
+    from azure.core import MatchConditions
+    from azure.core.exceptions import ResourceNotFoundError
+
+    expired = CallbackOutcome(None, "error_expired", normalize_locale(accept_language), status=400)
+    confirmation = form.get("confirmation", "")
+    if not confirmation or len(confirmation) > 256:
+        return expired
+    key = _confirmation_key(confirmation)
+    table = services.storage.table(tables.OAUTH_FLOWS)
+    try:
+        with tables.storage_errors("reading the account confirmation"):
+            row = table.get_entity(key, "")
+            if not _same_browser(row, cookies, row["cookie"]):
+                return CallbackOutcome(None, "error_other_browser", row["locale"], status=403)
+            table.delete_entity(row, etag=tables.etag_of(row), match_condition=MatchConditions.IfNotModified)
+        grant = json.loads(
+            decrypt(row["grant"], services.settings.token_encryption_keys, _confirmation_aad(key, row))
+        )
+    except (ResourceNotFoundError, ConflictError, UndecryptableError, KeyError, TypeError, ValueError):
+        return expired
+    locale, return_url, done = row["locale"], row["return_url"] or None, row["cookie"]
+    pending = {
+        "tenant": row["tenant"],
+        "user": row["user"],
+        "locale": locale,
+        "time_zone": row["time_zone"],
+        "return_url": row["return_url"],
+    }
+
+    def fail(reason: str, page_key: str) -> CallbackOutcome:
+        log.info("Account confirmation for a CRM user ended with %s", reason)
+        if return_url:
+            return CallbackOutcome(
+                with_query(return_url, calendar_sync="error", reason=reason), page_key, locale, clear_cookie=done
+            )
+        return CallbackOutcome(None, page_key, locale, status=400, clear_cookie=done)
+
+    if tables.aware(row["expires_at"]) < now:
+        return fail("expired", "error_expired")
+    if form.get("decision") != "connect":
+        return fail("account_not_confirmed", "error_account_not_confirmed")
+    try:
+        outcome = _connect(services, row["tenant"], row["user"], pending, grant["claims"], grant["cache"], now)
+    except AuthError:
+        return fail("sign_in_failed", "error_sign_in_failed")
+    except SyncError as error:
+        log.warning("Sign-in could not be completed: %s", error.message)
+        return fail("temporarily_unavailable", "error_sign_in_failed")
+    return _connected_or_failed(outcome, return_url, locale, done, fail)
+
+
+def _take_flow(services: Services, state: str, cookies: dict[str, str]) -> dict[str, Any] | None:
+    """Read and delete the stored flow in one guarded step: the second use of a state finds nothing.
+    A browser without the flow's cookie gets ``{"other_browser": True, "locale": ...}`` and the
+    flow stays, untouched, for the browser that started it."""
     from azure.core import MatchConditions
     from azure.core.exceptions import ResourceNotFoundError
 
@@ -186,6 +420,8 @@ def _take_flow(services: Services, state: str) -> dict[str, Any] | None:
     try:
         with tables.storage_errors("reading the sign-in flow"):
             row = table.get_entity(tables.key(state), "")
+            if not _same_browser(row, cookies, cookie_name(state)):
+                return {"other_browser": True, "locale": row.get("locale") or "es"}
             table.delete_entity(row, etag=tables.etag_of(row), match_condition=MatchConditions.IfNotModified)
         flow = json.loads(
             decrypt(row["flow"], services.settings.token_encryption_keys, _flow_aad(state, row))
@@ -206,8 +442,12 @@ def _connect(
     now: datetime,
 ) -> str | None:
     """Store the grant and subscribe; returns an error reason, or None when connected."""
+    from shared.store import removals
+
     current = connections.get(services.storage, tenant, user)
     oid = claims.get("oid")
+    if removals.running(services.storage, tenant, user):
+        return "removal_in_progress"
     if current.state in (CONNECTED, REAUTH_REQUIRED) and current.account_oid and current.account_oid != oid:
         return "account_mismatch"
     if current.account_oid and current.account_oid != oid:
@@ -378,7 +618,8 @@ def _flow_aad(state: str, row: Any) -> str:
         fields.append("no-capture")  # the opt-out is bound too (rows with capture on keep the old form)
     if row.get("calendar"):
         fields.append(row["calendar"])  # the calendar chosen at connect is bound too
-    return json.dumps(["oauth-flow", state, *fields])
+    hint = row.get("login_hint") or ""
+    return json.dumps(["oauth-flow", state, *fields, *([hint] if hint else [])])
 
 
 # --- disconnect --------------------------------------------------------------------------------------
@@ -398,32 +639,37 @@ def parse_disconnect_request(body: object) -> str:
 
 
 def disconnect(services: Services, tenant: str, user: str, remove_events: str, now: datetime) -> dict[str, Any]:
-    """Remove sync: subscription, chosen events, tokens; idempotent."""
+    """Remove sync, answered at once: the sync stops (no new pushes, subscription deleted, no CRM
+    content kept) and, when events are to go, a removal job starts (shared/flows/removal.py) that
+    keeps the grant until it ends, then deletes it and sends ``connection.disconnected``. Without
+    events to remove, the tokens go now and the callback is queued now. Idempotent: during a
+    removal it answers that removal's progress."""
     from shared.flows import removal
+    from shared.store import removals
 
     current = connections.get(services.storage, tenant, user)
+    running = removals.get(services.storage, tenant, user)
+    if running is not None and running.state == removals.RUNNING:
+        removal.nudge(services, running, now)
+        return _disconnect_answer("disconnected_removing", current.locale, running)
     if current.state in (connections.NEVER_CONNECTED, DISCONNECTED):
         services.identity.forget(tenant, user)  # a cache left by an unfinished sign-in goes too
-        return {"status": current.state, "message": text("disconnected", current.locale), "events_removed": 0}
+        return {"status": current.state, "message": text("disconnected", current.locale), "removal": None}
     try:
         token = services.identity.access_token(tenant, user)
     except (AuthError, UndecryptableError):
         token = None  # the grant is gone: we can still forget everything on our side
     if current.subscription_id:
         remove_subscription(services, token, current.subscription_id)
-    if token and remove_events == "all" and current.calendar == DEDICATED and current.calendar_id:
-        removed = calendars.delete_dedicated(services, token, current)  # the calendar itself, one request
-    else:
-        removed = removal.remove_events(services, token, tenant, user, remove_events, now) if token else 0
-    services.identity.forget(tenant, user)
-    from shared.store import backfill_jobs, kept_activities
-
-    # No CRM content is kept for a user who removed sync (versions and counts stay).
-    kept_activities.forget(services.storage, tenant, user)
-    backfill_jobs.forget_payloads(services.storage, tenant, user)
-    from shared.store import captured_events
-
-    captured_events.forget_user(services.storage, tenant, user)  # what was reported of their meetings
+    dedicated = current.calendar_id if current.calendar == DEDICATED else None
+    job = (
+        removal.start(services, tenant, user, remove_events, now, calendar_id=dedicated)
+        if token and remove_events != "none"
+        else None
+    )
+    if job is None:
+        # A removal job does this as its first step instead, so that this answers at once.
+        removal.forget_content(services.storage, tenant, user)
     connections.update(
         services.storage,
         tenant,
@@ -436,9 +682,18 @@ def disconnect(services: Services, tenant: str, user: str, remove_events: str, n
             subscription_expires_at=None,
         ),
     )
-    callbacks.enqueue(services.storage, callbacks.DISCONNECTED, tenant, user, {"events_removed": removed})
+    if job is not None:
+        return _disconnect_answer("disconnected_removing", current.locale, job)
+    services.identity.forget(tenant, user)
+    callbacks.enqueue(services.storage, callbacks.DISCONNECTED, tenant, user, {"events_removed": 0})
     key = "disconnected" if token or remove_events == "none" else "disconnected_events_kept"
-    return {"status": DISCONNECTED, "message": text(key, current.locale), "events_removed": removed}
+    return {"status": DISCONNECTED, "message": text(key, current.locale), "removal": None}
+
+
+def _disconnect_answer(key: str, locale: str, job: Any) -> dict[str, Any]:
+    from shared.store import removals
+
+    return {"status": DISCONNECTED, "message": text(key, locale), "removal": removals.view(job)}
 
 
 # --- status ------------------------------------------------------------------------------------------
@@ -446,9 +701,10 @@ def disconnect(services: Services, tenant: str, user: str, remove_events: str, n
 
 def status(services: Services, tenant: str, user: str) -> dict[str, Any]:
     from shared.flows import calendar_move
-    from shared.store import backfill_jobs, links, mailbox_sync
+    from shared.store import backfill_jobs, links, mailbox_sync, removals
 
     current = connections.get(services.storage, tenant, user)
+    removal = removals.get(services.storage, tenant, user)
     held = mailbox_sync.held_deletions(services.storage, tenant, user)
     return {
         "tenant_id": tenant,
@@ -468,5 +724,6 @@ def status(services: Services, tenant: str, user: str) -> dict[str, Any]:
         "held_deletions": held,  # Outlook deletions held by the mass-deletion guard (shared/flows/reconcile.py)
         "counts": links.counts(services.storage, tenant, user),
         "backfill": backfill_jobs.status(services.storage, tenant, user),
+        "removal": removals.view(removal) if removal else None,  # "Remove sync" removing events
         "recent_errors": list(current.recent_errors),
     }

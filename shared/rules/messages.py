@@ -45,6 +45,43 @@ TEXT: dict[str, dict[str, str]] = {
         "es": "No tienes permiso para escribir en el calendario elegido. Elige otro calendario en el CRM.",
         "en": "You cannot write to the chosen calendar. Pick another calendar in the CRM.",
     },
+    "error_other_browser": {
+        "es": "Este inicio de sesión se empezó en otro navegador, así que no se conectó ningún calendario. "
+        "Abre el CRM en este navegador y pulsa «Acceder con Outlook» desde aquí.",
+        "en": "This sign-in was started in another browser, so no calendar was connected. Open the CRM "
+        "in this browser and click “Sign in with Outlook” from here.",
+    },
+    "error_account_not_confirmed": {
+        "es": "No se conectó la cuenta de Microsoft porque no se confirmó.",
+        "en": "The Microsoft account was not connected because it was not confirmed.",
+    },
+    "error_removal_in_progress": {
+        "es": "Todavía se están quitando de Outlook los eventos de la sincronización anterior. Vuelve a "
+        "intentarlo cuando termine.",
+        "en": "The events of the previous sync are still being removed from Outlook. Try again once that "
+        "has finished.",
+    },
+    "confirm_account_title": {"es": "Confirma la cuenta", "en": "Confirm the account"},
+    "confirm_account_body": {
+        "es": "Iniciaste sesión como {account}, pero el CRM esperaba {expected}. ¿Conectar el calendario "
+        "de {account}?",
+        "en": "You signed in as {account}, but the CRM expected {expected}. Connect the calendar of "
+        "{account}?",
+    },
+    "confirm_account_yes": {"es": "Conectar {account}", "en": "Connect {account}"},
+    "confirm_account_no": {"es": "Cancelar", "en": "Cancel"},
+    "disconnected_removing": {
+        "es": "La sincronización se eliminó correctamente. Los eventos se están quitando de Outlook; "
+        "te avisaremos cuando termine.",
+        "en": "The calendar sync was removed successfully. The events are being removed from Outlook; "
+        "you will be told when that has finished.",
+    },
+    "removal_in_progress": {
+        "es": "Todavía se están quitando de Outlook los eventos de la sincronización anterior. Vuelve a "
+        "conectar cuando termine.",
+        "en": "The events of the previous sync are still being removed from Outlook. Connect again once "
+        "that has finished.",
+    },
     "error_sign_in_failed": {
         "es": "Microsoft no completó el inicio de sesión. Inténtalo de nuevo en unos minutos.",
         "en": "Microsoft did not complete the sign-in. Please try again in a few minutes.",

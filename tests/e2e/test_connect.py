@@ -44,9 +44,10 @@ def start_connect(stack: Stack, tenant: str, user: str, upn: str, **body) -> dic
     return answer.json()
 
 
-def browser(stack: Stack, authorization_url: str) -> requests.Response:
-    """What the user's browser does: Microsoft's authorize page (auto-consent), then our callback."""
-    answer = at_microsoft(authorization_url, stack.emulator.ca_path)
+def browser(stack: Stack, start_url: str) -> requests.Response:
+    """What the user's browser does: our start URL (the flow's cookie), Microsoft's authorize page
+    (auto-consent), then our callback."""
+    answer = at_microsoft(start_url, stack.emulator.ca_path)
     # form_post: the code travels in a POST body, never in a URL the browser keeps or sends on.
     assert (answer.method, answer.url) == ("POST", f"{stack.url}/api/auth/callback")
     assert "state" in answer.fields and ("code" in answer.fields or "error" in answer.fields)
@@ -55,7 +56,7 @@ def browser(stack: Stack, authorization_url: str) -> requests.Response:
 
 def connect(stack: Stack, tenant: str, user: str, upn: str = "ana@contoso.example") -> dict:
     started = start_connect(stack, tenant, user, upn)
-    landed = browser(stack, started["authorization_url"])
+    landed = browser(stack, started["start_url"])
     assert landed.status_code == 302, landed.text
     return parse_qs(urlsplit(landed.headers["Location"]).query)
 
@@ -78,10 +79,10 @@ def test_connect_end_to_end(stack: Stack, ana: dict) -> None:
     assert status(stack, tenant, user)["state"] == "never_connected"
 
     started = start_connect(stack, tenant, user, ana["upn"])
-    assert started["authorization_url"].startswith(stack.emulator.authority_host)
+    assert started["start_url"].startswith(f"{stack.url}/api/auth/start?ticket=")
     expires = datetime.fromisoformat(started["expires_at"].replace("Z", "+00:00"))
-    assert timedelta(minutes=9) < expires - datetime.now(UTC) <= timedelta(minutes=10)
-    landed = browser(stack, started["authorization_url"])
+    assert timedelta(minutes=1) < expires - datetime.now(UTC) <= timedelta(minutes=2)  # the ticket's
+    landed = browser(stack, started["start_url"])
 
     assert landed.status_code == 302
     back = urlsplit(landed.headers["Location"])
@@ -151,7 +152,7 @@ def test_refused_consent_redirects_with_an_error(stack: Stack) -> None:
 def test_a_replayed_callback_is_rejected_with_a_page_not_a_500(stack: Stack, ana: dict) -> None:
     tenant, user = ids()
     started = start_connect(stack, tenant, user, ana["upn"])
-    answer = at_microsoft(started["authorization_url"], stack.emulator.ca_path)
+    answer = at_microsoft(started["start_url"], stack.emulator.ca_path)
     assert answer.deliver().status_code == 302
 
     replay = answer.deliver(**{"Accept-Language": "es-CO"})
@@ -237,12 +238,12 @@ def test_disconnect_is_localized_and_idempotent(stack: Stack, ana: dict) -> None
     assert first.json() == {
         "status": "disconnected",
         "message": "La sincronización se eliminó correctamente.",
-        "events_removed": 0,
+        "removal": None,  # nothing to remove: tokens gone and connection.disconnected queued at once
     }
     assert stack.control.subscriptions(ana["id"]) == []
     with pytest.raises(Exception, match="ResourceNotFound|Not Found"):
         stack.storage.table(tables.TOKENS).get_entity(tables.key(tenant), tables.key(user))
-    assert stack.callbacks.wait_for("connection.disconnected")
+    assert stack.callbacks.wait_for("connection.disconnected")[0]["data"] == {"events_removed": 0}
 
     again = stack.crm.post(user_path(tenant, user, "disconnect"), {"remove_events": "all"})
     assert again.status_code == 200 and again.json()["status"] == "disconnected"

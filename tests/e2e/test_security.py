@@ -42,7 +42,7 @@ from tests.e2e.push.conftest import (
     user_path,
 )
 from tests.support.crm import SignedClient
-from tests.support.sign_in import SignInAnswer, at_microsoft
+from tests.support.sign_in import Browser, SignInAnswer, at_microsoft, confirm_account, start
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
@@ -155,8 +155,8 @@ def _start(stack: Stack, tenant: str, user: str, upn: str, return_url: str = RET
     return stack.crm.post(user_path(tenant, user, "connect"), body)
 
 
-def _at_microsoft(stack: Stack, authorization_url: str) -> SignInAnswer:
-    return at_microsoft(authorization_url, stack.emulator.ca_path)
+def _at_microsoft(stack: Stack, start_url: str, browser: Browser | None = None) -> SignInAnswer:
+    return at_microsoft(start_url, stack.emulator.ca_path, browser)
 
 
 def test_oauth_state_is_single_use_expires_and_uses_pkce_and_return_urls_are_allowlisted(
@@ -177,12 +177,14 @@ def test_oauth_state_is_single_use_expires_and_uses_pkce_and_return_urls_are_all
         assert refused.status_code == 400 and refused.json()["fields"][0]["field"] == "return_url", evil
 
     started = _start(stack, tenant, user, upn).json()
-    query = parse_qs(urlsplit(started["authorization_url"]).query)
+    browser = Browser(stack.emulator.ca_path)
+    microsoft = start(started["start_url"], browser)
+    query = parse_qs(urlsplit(microsoft).query)
     assert query["code_challenge_method"] == ["S256"] and len(query["code_challenge"][0]) >= 43
     assert datetime.fromisoformat(started["expires_at"].replace("Z", "+00:00")) <= datetime.now(
         UTC
-    ) + timedelta(minutes=10, seconds=5)
-    callback = _at_microsoft(stack, started["authorization_url"])
+    ) + timedelta(minutes=2, seconds=5)
+    callback = _at_microsoft(stack, microsoft, browser)
     assert callback.method == "POST" and "code" not in urlsplit(callback.url).query  # form_post
     first = callback.deliver()
     assert "calendar_sync=connected" in first.headers["Location"]
@@ -192,13 +194,15 @@ def test_oauth_state_is_single_use_expires_and_uses_pkce_and_return_urls_are_all
     # A stored flow whose expiry (or user, tenant, return URL) was changed in storage is refused:
     # those fields are bound to its ciphertext (issue 23). Expiry itself: tests/unit/test_security_review.py.
     second = _start(stack, tenant, "user-2", upn).json()
-    state = parse_qs(urlsplit(second["authorization_url"]).query)["state"][0]
+    browser = Browser(stack.emulator.ca_path)
+    microsoft = start(second["start_url"], browser)
+    state = parse_qs(urlsplit(microsoft).query)["state"][0]
     flows = stack.storage.table(tables.OAUTH_FLOWS)
     row = flows.get_entity(tables.key(state), "")
     row["expires_at"] = datetime.now(UTC) + timedelta(days=1)
     row["user"] = "user-1"
     flows.update_entity(row)
-    tampered = _at_microsoft(stack, second["authorization_url"]).deliver()
+    tampered = _at_microsoft(stack, microsoft, browser).deliver()
     assert tampered.status_code == 400 and "Location" not in tampered.headers
 
 
@@ -207,7 +211,7 @@ def _connect_as(stack: Stack, tenant: str, user: str) -> CrmUser:
     mailbox = stack.control.add_user(upn, time_zone="Romance Standard Time", locale="es-ES")
     started = _start(stack, tenant, user, upn)
     assert started.status_code == 200, started.text
-    landed = _at_microsoft(stack, started.json()["authorization_url"]).deliver()
+    landed = _at_microsoft(stack, started.json()["start_url"]).deliver()
     assert "calendar_sync=connected" in landed.headers["Location"]
     return CrmUser(tenant, user, mailbox["id"], upn)
 
@@ -306,6 +310,103 @@ def test_pinned_requirements_have_no_known_vulnerabilities() -> None:
     assert vulnerable == {}, vulnerable
     assert skipped == [], f"not audited: {skipped}"
     assert audit.returncode == 0, audit.stderr[-2000:]
+
+
+# --- issue 21: sign-in bound to the browser that started it ----------------------------------------
+
+
+def _nothing_stored(stack: Stack, tenant: str, user: str) -> None:
+    stack.wait_until_idle()
+    assert stack.crm.get(user_path(tenant, user, "status")).json()["state"] == "never_connected"
+    with pytest.raises(Exception, match="ResourceNotFound|Not Found"):
+        stack.storage.table(tables.TOKENS).get_entity(tables.key(tenant), tables.key(user))
+    assert [c for c in stack.callbacks.received if c["user_id"] == user] == []
+
+
+def test_a_forwarded_sign_in_finished_in_another_browser_is_refused_and_stores_nothing(stack: Stack) -> None:
+    upn = f"u{uuid.uuid4().hex[:8]}@contoso.example"
+    stack.control.add_user(upn, time_zone="UTC")
+    tenant, user = f"tenant-{uuid.uuid4().hex[:6]}", "user-1"
+    started = _start(stack, tenant, user, upn).json()
+    mine, theirs = Browser(stack.emulator.ca_path), Browser(stack.emulator.ca_path)
+
+    microsoft = start(started["start_url"], mine)  # the CRM sent the user's browser there at once
+    assert theirs.get(started["start_url"]).status_code == 400  # the start URL forwarded: used already
+    forwarded = _at_microsoft(stack, microsoft, theirs)  # Microsoft's URL forwarded, signed in elsewhere
+    refused = forwarded.deliver(**{"Accept-Language": "en"})
+    assert refused.status_code == 403 and "Location" not in refused.headers
+    assert refused.headers["Content-Type"].startswith("text/html")
+    assert "se empezó en otro navegador" in refused.text  # in the CRM user's language (es)
+    _nothing_stored(stack, tenant, user)
+
+    # The browser that started it still completes (the refused attempt consumed nothing).
+    completed = _at_microsoft(stack, microsoft, mine).deliver()
+    assert completed.status_code == 302 and "calendar_sync=connected" in completed.headers["Location"]
+    assert stack.crm.get(user_path(tenant, user, "status")).json()["state"] == "connected"
+    cleared = completed.headers["Set-Cookie"]
+    assert "Max-Age=0" in cleared and mine.cookie_names() == []  # the flow's cookie goes with it
+
+
+def test_the_flow_cookie_is_made_to_survive_microsofts_cross_site_form_post(stack: Stack) -> None:
+    upn = f"u{uuid.uuid4().hex[:8]}@contoso.example"
+    stack.control.add_user(upn, time_zone="UTC")
+    tenant, user = f"tenant-{uuid.uuid4().hex[:6]}", "user-1"
+    started = _start(stack, tenant, user, upn).json()
+    opened = requests.get(started["start_url"], allow_redirects=False, timeout=30)
+    assert opened.status_code == 302 and opened.headers["Location"].startswith(stack.emulator.authority_host)
+    cookie = opened.headers["Set-Cookie"]
+    name, _, attributes = cookie.partition(";")
+    assert name.startswith("__Host-")  # this host only, path /
+    flags = {part.strip().split("=")[0].lower(): part.strip() for part in attributes.split(";")}
+    # A cross-site POST carries no Lax or Strict cookie; SameSite=None is kept only when Secure.
+    assert flags["samesite"] == "SameSite=None" and "secure" in flags and "httponly" in flags
+    assert flags["path"] == "Path=/" and "domain" not in flags
+    assert 0 < int(flags["max-age"].split("=")[1]) <= 600
+    # Microsoft's answer is a form POST to our callback; the cookie goes with it and connects.
+    again = _start(stack, tenant, user, upn).json()
+    answer = _at_microsoft(stack, again["start_url"])
+    assert (answer.method, answer.url) == ("POST", f"{stack.url}/api/auth/callback")
+    landed = answer.deliver()
+    assert landed.status_code == 302 and "calendar_sync=connected" in landed.headers["Location"]
+
+
+def test_another_account_than_the_login_hint_must_be_confirmed_on_our_page(stack: Stack) -> None:
+    bruno = f"bruno{uuid.uuid4().hex[:6]}@contoso.example"
+    stack.control.add_user(bruno, time_zone="UTC")
+    tenant, user = f"tenant-{uuid.uuid4().hex[:6]}", "user-1"
+    # The CRM knows Ana by an address Microsoft does not; Bruno signs in on that computer.
+    stack.control.set_identity(next_user=bruno)
+    started = _start(stack, tenant, user, "ana.alias@contoso.example").json()
+    browser = Browser(stack.emulator.ca_path)
+    page = _at_microsoft(stack, started["start_url"], browser).deliver()
+
+    assert page.status_code == 200 and "Location" not in page.headers
+    assert bruno in page.text and "ana.alias@contoso.example" in page.text and "Confirma la cuenta" in page.text
+    _nothing_stored(stack, tenant, user)  # not connected before the user confirms
+    other = Browser(stack.emulator.ca_path)
+    assert confirm_account(page, other).status_code == 403  # the page's form replayed elsewhere
+    _nothing_stored(stack, tenant, user)
+
+    confirmed = confirm_account(page, browser, "connect")
+    assert confirmed.status_code == 302 and "calendar_sync=connected" in confirmed.headers["Location"]
+    assert stack.crm.get(user_path(tenant, user, "status")).json()["account"] == bruno
+    assert confirm_account(page, browser).status_code == 400  # single use
+
+
+def test_cancelling_the_account_confirmation_connects_nothing(stack: Stack) -> None:
+    bruno = f"bruno{uuid.uuid4().hex[:6]}@contoso.example"
+    stack.control.add_user(bruno, time_zone="UTC")
+    tenant, user = f"tenant-{uuid.uuid4().hex[:6]}", "user-1"
+    stack.control.set_identity(next_user=bruno)
+    started = _start(stack, tenant, user, "ana@contoso.example").json()
+    browser = Browser(stack.emulator.ca_path)
+    page = _at_microsoft(stack, started["start_url"], browser).deliver()
+    cancelled = confirm_account(page, browser, "cancel")
+    assert cancelled.status_code == 302
+    assert parse_qs(urlsplit(cancelled.headers["Location"]).query)["reason"] == ["account_not_confirmed"]
+    _nothing_stored(stack, tenant, user)
+    parked = [r for r in stack.storage.table(tables.OAUTH_FLOWS).list_entities() if "grant" in r]
+    assert parked == []  # the parked grant is gone too
 
 
 # --- issue 23 ---------------------------------------------------------------------------------------

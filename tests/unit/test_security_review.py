@@ -9,6 +9,7 @@ import secrets
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
@@ -219,11 +220,15 @@ def test_blobs_in_the_existing_format_still_decrypt() -> None:
 # --- pending sign-ins -------------------------------------------------------------------------------
 
 
-def _pending(deps: Any) -> tuple[str, FakeTable]:
-    request = connect.ConnectRequest("https://crm.example.com/back", "America/Bogota", "es")
+def _pending(deps: Any, login_hint: str | None = None) -> tuple[str, FakeTable, dict[str, str]]:
+    """A sign-in started by the CRM and opened in the user's browser: (state, flows, its cookies)."""
+    request = connect.ConnectRequest("https://crm.example.com/back", "America/Bogota", "es", login_hint)
     started = connect.begin_connect(deps, "tenant-1", "user-1", request, NOW)
-    state = started["authorization_url"].split("state=")[1]
-    return state, deps.storage.table(tables.OAUTH_FLOWS)
+    ticket = parse_qs(urlsplit(started["start_url"]).query)["ticket"][0]
+    opened = connect.start_sign_in(deps, ticket, None, NOW)
+    assert opened.redirect_url and opened.cookie_name and opened.cookie_value
+    state = opened.redirect_url.split("state=")[1]
+    return state, deps.storage.table(tables.OAUTH_FLOWS), {opened.cookie_name: opened.cookie_value}
 
 
 @pytest.mark.parametrize(
@@ -239,26 +244,90 @@ def _pending(deps: Any) -> tuple[str, FakeTable]:
 )
 def test_a_tampered_pending_sign_in_is_refused(field: str, value: Any) -> None:
     deps = services()
-    state, flows = _pending(deps)
+    state, flows, cookies = _pending(deps)
     (k,) = flows.rows
     flows.rows[k][field] = value
-    outcome = connect.complete_connect(deps, {"state": state, "code": "c"}, None, NOW)
+    outcome = connect.complete_connect(deps, {"state": state, "code": "c"}, None, NOW, cookies)
     assert deps.identity.redeemed == []
     assert outcome.status == 400 and outcome.redirect_url is None
 
 
 def test_a_pending_sign_in_expires_after_ten_minutes() -> None:
     deps = services()
-    state, _ = _pending(deps)
-    outcome = connect.complete_connect(deps, {"state": state, "code": "c"}, None, NOW + timedelta(minutes=10, seconds=1))
+    state, _, cookies = _pending(deps)
+    later = NOW + timedelta(minutes=10, seconds=1)
+    outcome = connect.complete_connect(deps, {"state": state, "code": "c"}, None, later, cookies)
     assert "reason=expired" in (outcome.redirect_url or "") and deps.identity.redeemed == []
 
 
 def test_an_untampered_pending_sign_in_is_redeemed() -> None:
     deps = services()
-    state, _ = _pending(deps)
-    connect.complete_connect(deps, {"state": state, "code": "c"}, None, NOW)
+    state, _, cookies = _pending(deps)
+    connect.complete_connect(deps, {"state": state, "code": "c"}, None, NOW, cookies)
     assert len(deps.identity.redeemed) == 1
+
+
+# --- sign-in bound to the browser (issue 21) --------------------------------------------------------
+
+
+def test_a_callback_without_the_flows_cookie_is_refused_and_the_flow_stays_for_its_browser() -> None:
+    deps = services()
+    state, flows, cookies = _pending(deps)
+    for other in ({}, {name: "forged" for name in cookies}, {"__Host-cos-sign-in-0": next(iter(cookies.values()))}):
+        outcome = connect.complete_connect(deps, {"state": state, "code": "c"}, None, NOW, other)
+        assert (outcome.status, outcome.page_key, outcome.redirect_url) == (403, "error_other_browser", None)
+    assert deps.identity.redeemed == [] and tokens(deps) == [] and len(flows.rows) == 1
+    connect.complete_connect(deps, {"state": state, "code": "c"}, None, NOW, cookies)
+    assert len(deps.identity.redeemed) == 1  # the browser that started it still completes
+
+
+def test_a_start_url_works_once_and_only_for_two_minutes() -> None:
+    deps = services()
+    request = connect.ConnectRequest(None, "UTC", "en")
+    started = connect.begin_connect(deps, "tenant-1", "user-1", request, NOW)
+    ticket = parse_qs(urlsplit(started["start_url"]).query)["ticket"][0]
+    assert started["start_url"].startswith(deps.settings.public_base_url + "/api/auth/start?")
+    late = connect.start_sign_in(deps, ticket, None, NOW + timedelta(minutes=2, seconds=1))
+    assert late.redirect_url is None and late.status == 400
+    again = connect.begin_connect(deps, "tenant-1", "user-1", request, NOW)
+    ticket = parse_qs(urlsplit(again["start_url"]).query)["ticket"][0]
+    assert connect.start_sign_in(deps, ticket, None, NOW).redirect_url
+    assert connect.start_sign_in(deps, ticket, None, NOW).status == 400  # single use
+
+
+class OtherAccountIdentity(FakeIdentity):
+    def redeem(self, flow: dict[str, Any], auth_response: dict[str, str]) -> tuple[dict[str, Any], str]:
+        self.redeemed.append(flow)
+        return {"oid": "oid-2", "tid": "tid-1", "preferred_username": "bruno@contoso.example"}, '{"cache": 2}'
+
+
+@pytest.mark.parametrize("decision", ["connect", "cancel"])
+def test_another_account_than_the_login_hint_waits_for_the_users_confirmation(decision: str) -> None:
+    deps = services()
+    deps.identity = OtherAccountIdentity(deps.storage)
+    state, flows, cookies = _pending(deps, login_hint="Ana@Contoso.example")
+    asked = connect.complete_connect(deps, {"state": state, "code": "c"}, None, NOW, cookies)
+    assert asked.page_key == "confirm_account" and asked.confirmation is not None
+    assert asked.confirmation["account"] == "bruno@contoso.example"
+    assert tokens(deps) == []  # nothing connected before the user says so
+    form = {"confirmation": asked.confirmation["id"], "decision": decision}
+    elsewhere = connect.confirm_account(deps, form, {}, None, NOW)
+    assert elsewhere.status == 403 and tokens(deps) == []  # only in the browser that signed in
+    answered = connect.confirm_account(deps, form, cookies, None, NOW)
+    if decision == "cancel":
+        assert "reason=account_not_confirmed" in (answered.redirect_url or "") and tokens(deps) == []
+    else:
+        # Graph is down in these fakes: the confirmed account gets as far as connecting.
+        assert len(tokens(deps)) == 0 and "reason=temporarily_unavailable" in (answered.redirect_url or "")
+    assert flows.rows == {} or all("grant" not in row for row in flows.rows.values())
+    assert connect.confirm_account(deps, form, cookies, None, NOW).status == 400  # single use
+
+
+def test_the_login_hints_own_account_connects_without_a_question() -> None:
+    deps = services()
+    state, _, cookies = _pending(deps, login_hint="ANA@contoso.example")
+    outcome = connect.complete_connect(deps, {"state": state, "code": "c"}, None, NOW, cookies)
+    assert outcome.confirmation is None and deps.identity.redeemed
 
 
 # --- tokens left behind -----------------------------------------------------------------------------
@@ -266,8 +335,8 @@ def test_an_untampered_pending_sign_in_is_redeemed() -> None:
 
 def test_no_token_row_survives_a_failed_connect() -> None:
     deps = services()
-    state, _ = _pending(deps)
-    outcome = connect.complete_connect(deps, {"state": state, "code": "c"}, None, NOW)
+    state, _, cookies = _pending(deps)
+    outcome = connect.complete_connect(deps, {"state": state, "code": "c"}, None, NOW, cookies)
     assert "calendar_sync=error" in (outcome.redirect_url or "")
     assert deps.identity.redeemed and tokens(deps) == []
 

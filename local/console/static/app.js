@@ -35,6 +35,8 @@ const TEXT = {
     reason_access_denied: "no se dio el permiso", reason_account_mismatch: "ya hay otra cuenta conectada: remueve la sincronización primero",
     reason_expired: "el inicio de sesión venció", reason_sign_in_failed: "el inicio de sesión falló",
     reason_temporarily_unavailable: "el servicio no está disponible ahora",
+    reason_account_not_confirmed: "no se confirmó la cuenta", reason_removal_in_progress: "aún se están quitando los eventos anteriores",
+    removing: "Quitando {n} evento(s) de Outlook…",
     out_none: "—", out_no_calendar: "No va al calendario", out_synced: "En Outlook", out_removed: "Quitada de Outlook",
     out_failed: "Error: {message}", out_deleted: "Borrada en Outlook", out_changed: "Cambiada en Outlook",
     out_pending: "Pendiente (usa Sincronizar)", out_disconnected: "Sin sincronización",
@@ -100,6 +102,8 @@ const TEXT = {
     reason_access_denied: "permission was not given", reason_account_mismatch: "another account is connected: remove sync first",
     reason_expired: "the sign-in expired", reason_sign_in_failed: "the sign-in failed",
     reason_temporarily_unavailable: "the service is unavailable right now",
+    reason_account_not_confirmed: "the account was not confirmed", reason_removal_in_progress: "the previous events are still being removed",
+    removing: "Removing {n} event(s) from Outlook…",
     out_none: "—", out_no_calendar: "Not for the calendar", out_synced: "In Outlook", out_removed: "Removed from Outlook",
     out_failed: "Error: {message}", out_deleted: "Deleted in Outlook", out_changed: "Changed in Outlook",
     out_pending: "Pending (use Sync)", out_disconnected: "Not synced",
@@ -302,8 +306,8 @@ function showMessages() {
 async function connect() {
   say(() => t("connecting"));
   const answer = await api("/crm/api/connect", { locale: ui.lang, login_hint: $("login-hint").value.trim() });
-  if (answer.status === 200 && answer.body.authorization_url) {
-    window.location.assign(answer.body.authorization_url);
+  if (answer.status === 200 && answer.body.start_url) {
+    window.location.assign(answer.body.start_url);
   } else {
     say(() => serviceMessage(answer), "error");
   }
@@ -330,7 +334,9 @@ async function disconnect() {
   const answer = await api("/crm/api/disconnect", { remove_events: $("remove-events").value });
   if (answer.status === 200) {
     ui.syncJob = null;
-    say(answer.body.message, "ok", () => (answer.body.events_removed ? t("events_removed", { n: answer.body.events_removed }) : ""));
+    // The events are removed by a job; connection.disconnected (with events_removed) says when it is done.
+    const removal = answer.body.removal;
+    say(answer.body.message, "ok", () => (removal ? t("removing", { n: removal.total }) : ""));
   } else {
     say(() => serviceMessage(answer), "error");
   }

@@ -83,7 +83,7 @@ def connect_user(
     started = stack.crm.post(user_path(tenant, user, "connect"), body)
     assert started.status_code == 200, started.text
     openapi_contract.check("POST", "/api/tenants/{tenant}/users/{user}/connect", started, body)
-    landed = sign_in(started.json()["authorization_url"], stack.emulator.ca_path)
+    landed = sign_in(started.json()["start_url"], stack.emulator.ca_path)
     assert landed.status_code == 302 and "calendar_sync=connected" in landed.headers["Location"], landed.text
     return CrmUser(tenant, user, mailbox["id"], upn)
 
@@ -92,7 +92,7 @@ def reconnect(stack: Stack, tenant: str, user: str, upn: str) -> None:
     """The same CRM user signs in with the same Microsoft account again."""
     body = {"return_url": RETURN_URL, "time_zone": "America/Bogota", "locale": "es", "login_hint": upn}
     started = stack.crm.post(user_path(tenant, user, "connect"), body).json()
-    landed = sign_in(started["authorization_url"], stack.emulator.ca_path)
+    landed = sign_in(started["start_url"], stack.emulator.ca_path)
     assert "calendar_sync=connected" in landed.headers["Location"]
 
 
