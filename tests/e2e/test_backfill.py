@@ -217,7 +217,7 @@ def test_two_thousand_activities_backfill_exactly_once_under_throttling(stack: S
     assert stack.control.counters(who.oid)["totals"][who.oid]["batch_inner"] == before
     check_events(stack, who, expected)
     assert len(stack.callbacks.of_type("backfill.completed")) == 2
-    assert stack.storage.queue("activity-backfill-poison").peek_messages() == []
+    assert stack.poisoned("activity-backfill") == []
 
 
 def test_a_page_posted_twice_counts_once_and_changes_are_updates(stack: Stack) -> None:
