@@ -2,8 +2,7 @@
 activities of mixed creates, updates, cancels and deletions through the dev host while Graph
 answers 10 % 429, 5 % 503, 2 % dropped connections and 1 % lost-answer creates, Azurite is
 restarted once and one of two dev hosts on the same queues is killed (-9) once. Prints one result
-line and writes
-bench/out/chaos.json. The reduced run is tests/e2e/test_chaos.py."""
+line and writes bench/out/chaos.json. The reduced run is tests/e2e/test_chaos.py."""
 
 from __future__ import annotations
 
