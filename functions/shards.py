@@ -29,7 +29,7 @@ def queue_triggers(
 
         trigger.__name__ = trigger.__qualname__ = function_name
         bp.function_name(function_name)(
-            bp.queue_trigger(arg_name="msg", queue_name=queues.shard_queue(base, shard), connection=CONNECTION)(
-                trigger
-            )
+            bp.queue_trigger(
+                arg_name="msg", queue_name=queues.shard_queue(base, shard), connection=CONNECTION
+            )(trigger)
         )

@@ -38,7 +38,8 @@ def graph_requests(stack: Stack) -> int:
 
 def invocation_ms(stack: Stack, function: str) -> float:
     found = [
-        re.search(rf"Executed '{function}' \(Succeeded, id=[^,]+, (\d+) ms\)", line) for line in stack.host.output
+        re.search(rf"Executed '{function}' \(Succeeded, id=[^,]+, (\d+) ms\)", line)
+        for line in stack.host.output
     ]
     times = [float(m.group(1)) for m in found if m]
     assert times, f"no successful run of {function} in the host's log"
@@ -75,7 +76,9 @@ def test_the_renewal_timer_fans_out_and_the_workers_renew_every_due_subscription
         used = {stack.queue_name(queues.MAILBOX_MAINTENANCE, s.tenant) for s in seeded}
         assert len(used) > 1  # the tenants' work sits in their own shards
 
-        restart_host(stack, kill=False, FANOUT_SPREAD_SECONDS="3", **maintenance_switch(stack, disabled=False))
+        restart_host(
+            stack, kill=False, FANOUT_SPREAD_SECONDS="3", **maintenance_switch(stack, disabled=False)
+        )
         renewed_after = datetime.now(UTC) + timedelta(days=5)  # a full lifetime, less at most a day of jitter
 
         def renewed() -> list[str]:
@@ -83,7 +86,9 @@ def test_the_renewal_timer_fans_out_and_the_workers_renew_every_due_subscription
                 subs = {s.id: s.expires_at for s in stack.emulator.store.subscriptions.values()}
             return [s.user for s in seeded if s is not broken and subs[s.subscription_id] > renewed_after]
 
-        wait_until(lambda: len(renewed()) == len(seeded) - 1, timeout=300, what="every due subscription renewed")
+        wait_until(
+            lambda: len(renewed()) == len(seeded) - 1, timeout=300, what="every due subscription renewed"
+        )
         stack.wait_until_idle()
     finally:
         stack.host.stop()

@@ -56,7 +56,9 @@ def seed_users(
     prefix = prefix or f"seed-{uuid.uuid4().hex[:6]}"
     keys = parse_encryption_keys(stack.secrets["TOKEN_ENCRYPTION_KEYS"])
     store = stack.emulator.store
-    row = stack.storage.table(tables.TOKENS).get_entity(tables.key(template.tenant), tables.key(template.user))
+    row = stack.storage.table(tables.TOKENS).get_entity(
+        tables.key(template.tenant), tables.key(template.user)
+    )
     cache_text = decrypt(row["cache"], keys, _aad(template.tenant, template.user)).decode()
     cache = json.loads(cache_text)
     cache["AccessToken"] = {}  # the first call of each copy refreshes with its own refresh token
@@ -82,9 +84,15 @@ def seed_users(
             subscription_id = str(uuid.uuid4())
             with store.lock:
                 mailbox = store.add_user(upn, time_zone="Romance Standard Time", oid=oid, tenant_id=tid)
-                store.refresh_tokens[secret] = replace(rt, token=secret, oid=oid, tenant_id=tid, issued_at=store.clock.now())
+                store.refresh_tokens[secret] = replace(
+                    rt, token=secret, oid=oid, tenant_id=tid, issued_at=store.clock.now()
+                )
                 store.subscriptions[subscription_id] = replace(
-                    sub, id=subscription_id, mailbox_id=mailbox.oid, tenant_id=tid, resource=f"/users/{oid}/events"
+                    sub,
+                    id=subscription_id,
+                    mailbox_id=mailbox.oid,
+                    tenant_id=tid,
+                    resource=f"/users/{oid}/events",
                 )
                 store.subscriptions[subscription_id].expires_at = expires
             text = (
@@ -139,7 +147,9 @@ def seed_users(
 def _connection_entity(connection: connections.Connection) -> dict[str, Any]:
     from dataclasses import asdict
 
-    entity = {k: v for k, v in asdict(connection).items() if k not in ("tenant", "user", "etag") and v is not None}
+    entity = {
+        k: v for k, v in asdict(connection).items() if k not in ("tenant", "user", "etag") and v is not None
+    }
     entity.update(
         PartitionKey=tables.key(connection.tenant),
         RowKey=tables.key(connection.user),
