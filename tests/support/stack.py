@@ -25,6 +25,10 @@ TIMERS_OFF = {
     for name in ("token_health", "renew_subscriptions", "reconcile_sweep", "clean_up")
 }
 
+# A timer spreads its fan-out messages over FANOUT_SPREAD_SECONDS (300 s in production); a test
+# waits for the workers, so its stack spreads them over 1 s.
+FAST_FANOUT = {"FANOUT_SPREAD_SECONDS": "1"}
+
 
 @dataclass
 class Stack:
@@ -93,7 +97,7 @@ def launch_stack(azurite: Azurite, emulator: Any, secrets: dict[str, str], **env
         ca_bundle=emulator.ca_path,
         return_origins=RETURN_ORIGIN,
     )
-    settings.update({**TIMERS_OFF, **env})
+    settings.update({**TIMERS_OFF, **FAST_FANOUT, **env})
     storage = Storage(storage_settings({"AzureWebJobsStorage": azurite.connection_string}))
     shards = work_queue_shards(settings)
     empty_queues(storage, shards)
