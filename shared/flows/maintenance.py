@@ -92,7 +92,9 @@ def _one(services: Services, message: dict[str, Any], entry: Any, now: datetime)
             else _give_up(services, kind, tenant, user, error)
         )
     except (AuthError, UndecryptableError) as error:
-        require_reauth(services, tenant, user, getattr(error, "code", None) or error.message)
+        # The keep-alive names Microsoft's answer (AADSTS700082, expired for inactivity); renewal its code.
+        reason = error.message if kind == token_health.TOKEN else getattr(error, "code", None) or "auth"
+        require_reauth(services, tenant, user, reason)
         return "reauth_required"
     except PermanentError as error:
         return _give_up(services, kind, tenant, user, error)
