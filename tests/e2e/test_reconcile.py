@@ -299,6 +299,9 @@ def test_a_mass_deletion_is_held_flagged_and_released_on_confirmation(stack: Sta
         )
     for i in range(count):
         synced(stack, ana, f"act-{i}", 1)
+    # The reconcile our own creates' notifications start must be over before the user deletes: one
+    # that read delta before the deletions and finished after would pass for the requested one.
+    stack.wait_until_idle()
     stack.control.set_notifications(drop_probability=1.0)
     for event in ours(stack, ana):
         stack.control.user_delete_event(ana.oid, event["id"])
