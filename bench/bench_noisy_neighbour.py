@@ -103,9 +103,9 @@ def run(shards: int) -> dict[str, Any]:
         tenant_a, tenant_b = _tenants(shards)
         a_users = [connect_user(stack, tenant_a) for _ in range(A_USERS)]
         b = connect_user(stack, tenant_b)
-        stack.wait_until_idle()
+        stack.wait_until_idle(timeout=900)
         alone = _burst(stack, a_users, "alone", A_PUSHES)
-        stack.wait_until_idle()
+        stack.wait_until_idle(timeout=900)  # A's own reconciles (our writes' echoes) done too
 
         latencies: list[float] = []
         b_client = SignedClient(stack.url, stack.secrets["CRM_SHARED_SECRET"])
