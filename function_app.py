@@ -17,8 +17,8 @@ from functions import (
     graph_webhooks,
     health,
     reconcile_worker,
-    tenant_settings,
     removal_worker,
+    tenant_settings,
     timers,
 )
 from shared.rules import settings

@@ -1,8 +1,8 @@
 """Chaos benchmark (``make bench``): the full chaos run of tests/support/chaos.py - 2,000
 activities of mixed creates, updates, cancels and deletions through the dev host while Graph
 answers 10 % 429, 5 % 503, 2 % dropped connections and 1 % lost-answer creates, Azurite is
-restarted once and the dev host is killed (-9) once. Prints one result line and writes
-bench/out/chaos.json. The reduced run is tests/e2e/test_chaos.py."""
+restarted once and one of two dev hosts on the same queues is killed (-9) once. Prints one result
+line and writes bench/out/chaos.json. The reduced run is tests/e2e/test_chaos.py."""
 
 from __future__ import annotations
 

@@ -113,7 +113,7 @@ def main() -> None:
         finally:
             host.stop()
         handler = [float(m.group(1)) for line in host.output for m in [_EXECUTED.search(line)] if m][WARMUP:]
-        runs = sum("Executed 'reconcile_mailbox'" in line for line in host.output)
+        runs = sum(bool(re.search(r"Executed 'reconcile_mailbox(_\d+)?'", line)) for line in host.output)
 
     result = {
         "requests": REQUESTS,

@@ -105,7 +105,7 @@ def _one_pass(stack: Any, who: CrmUser, settle: float = 2.0) -> tuple[Counter[st
     from shared.rules import queues
     from shared.store import connections, mailbox_sync
 
-    queue = stack.storage.queue(queues.MAILBOX_RECONCILE)
+    queue = stack.storage.queue(stack.queue_name(queues.MAILBOX_RECONCILE, who.tenant))
     before_at = connections.get(stack.storage, who.tenant, who.user).last_reconcile_at
     before = _requests(stack, who)
     started = time.monotonic()

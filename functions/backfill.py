@@ -12,6 +12,7 @@ from typing import Any
 import azure.functions as func
 
 from functions.http import json_response, problem, read_json, route_ids, signed
+from functions.shards import queue_triggers
 from shared.rules.queues import ACTIVITY_BACKFILL
 
 bp = func.Blueprint()
@@ -37,10 +38,12 @@ def backfill(req: func.HttpRequest, deps: Any) -> func.HttpResponse:
         return problem(409, "job_closed", f"This job is closed: {error.message}.")
 
 
-@bp.queue_trigger(arg_name="msg", queue_name=ACTIVITY_BACKFILL, connection="AzureWebJobsStorage")
 def backfill_chunk(msg: func.QueueMessage) -> None:
     from shared import services
     from shared.flows import backfill_worker
 
     outcome = backfill_worker.process(services.get(), msg.get_body())
     log.info("activity-backfill message %s: %s", msg.id, outcome)
+
+
+queue_triggers(bp, ACTIVITY_BACKFILL, "backfill_chunk", backfill_chunk)  # one per tenant shard

@@ -10,6 +10,7 @@ from typing import Any
 import azure.functions as func
 
 from functions.http import json_response, problem, read_json, route_ids, signed
+from functions.shards import queue_triggers
 from shared.rules.queues import CALENDAR_MOVE
 
 bp = func.Blueprint()
@@ -46,10 +47,12 @@ def switch_calendar(req: func.HttpRequest, deps: Any) -> func.HttpResponse:
     return json_response(answer, 202 if answer["move"] and answer["move"]["state"] == "moving" else 200)
 
 
-@bp.queue_trigger(arg_name="msg", queue_name=CALENDAR_MOVE, connection="AzureWebJobsStorage")
 def move_events(msg: func.QueueMessage) -> None:
     from shared import services
     from shared.flows import calendar_move
 
     outcome = calendar_move.process(services.get(), msg.get_body(), datetime.now(UTC))
     log.info("calendar-move message %s: %s", msg.id, outcome)
+
+
+queue_triggers(bp, CALENDAR_MOVE, "move_events", move_events)  # one per tenant shard

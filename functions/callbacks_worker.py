@@ -1,4 +1,5 @@
-"""Queue trigger on ``crm-callbacks``: deliver each callback to the CRM, signed, at least once."""
+"""Queue triggers on ``crm-callbacks`` (one per tenant shard: one tenant's burst of callbacks does not
+delay another's): deliver each callback to the CRM, signed, at least once."""
 
 from __future__ import annotations
 
@@ -6,13 +7,13 @@ import logging
 
 import azure.functions as func
 
+from functions.shards import queue_triggers
 from shared.rules.queues import CRM_CALLBACKS
 
 bp = func.Blueprint()
 log = logging.getLogger(__name__)
 
 
-@bp.queue_trigger(arg_name="msg", queue_name=CRM_CALLBACKS, connection="AzureWebJobsStorage")
 def deliver_crm_callback(msg: func.QueueMessage) -> None:
     from shared import services
     from shared.flows import callbacks
@@ -25,3 +26,6 @@ def deliver_crm_callback(msg: func.QueueMessage) -> None:
         )
     except PermanentError as error:
         log.error("Callback dropped: %s", error.message)  # the CRM refuses it; retrying cannot help
+
+
+queue_triggers(bp, CRM_CALLBACKS, "deliver_crm_callback", deliver_crm_callback)  # one per tenant shard

@@ -1,4 +1,4 @@
-"""Queue trigger on ``mailbox-reconcile``: read a user's Outlook changes through delta and tell the
+"""Queue triggers on ``mailbox-reconcile`` (one per tenant shard): read a user's Outlook changes through delta and tell the
 CRM about reschedules and deletions of our events; act on subscription lifecycle events.
 
 The rules live in ``shared.flows.reconcile``; it re-queues work that must wait (throttling, a busy
@@ -13,13 +13,13 @@ from typing import Any
 import azure.functions as func
 
 from functions.http import json_response, problem, read_json, route_ids, signed
+from functions.shards import queue_triggers
 from shared.rules.queues import MAILBOX_RECONCILE
 
 bp = func.Blueprint()
 log = logging.getLogger(__name__)
 
 
-@bp.queue_trigger(arg_name="msg", queue_name=MAILBOX_RECONCILE, connection="AzureWebJobsStorage")
 def reconcile_mailbox(msg: func.QueueMessage) -> None:
     from datetime import UTC, datetime
 
@@ -29,6 +29,9 @@ def reconcile_mailbox(msg: func.QueueMessage) -> None:
     calendars.before_reconcile(services.get(), msg.get_body(), datetime.now(UTC))  # a deleted dedicated calendar
     outcome = reconcile.process(services.get(), msg.get_body())
     log.info("mailbox-reconcile message %s: %s", msg.id, outcome)
+
+
+queue_triggers(bp, MAILBOX_RECONCILE, "reconcile_mailbox", reconcile_mailbox)  # one per tenant shard
 
 
 @bp.route(

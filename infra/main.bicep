@@ -74,6 +74,8 @@ param syncWindowPastDays int = 30
 param syncWindowFutureDays int = 365
 @allowed(['keep', 'remove'])
 param completedActivities string = 'keep'
+@description('Scale knobs (README "Scale"): shards per work queue, users per fan-out message, fan-out spread (s), host.json functionTimeout and queue batchSize.')
+param scale object = { workQueueShards: 8, fanoutBatchSize: 20, fanoutSpreadSeconds: 300, functionTimeout: '00:10:00', queueBatchSize: 16 }
 @description('Flex Consumption scale-out limit per function: 40 to 1000.')
 @minValue(40)
 @maxValue(1000)
@@ -156,6 +158,7 @@ module storage './app/storage.bicep' = {
     deploymentContainerName: deploymentContainerName
     logAnalyticsWorkspaceId: monitoring.outputs.workspaceId
     skuName: storageSkuName
+    workQueueShards: scale.workQueueShards
   }
 }
 
@@ -213,6 +216,7 @@ module api './app/api.bicep' = {
     syncWindowPastDays: syncWindowPastDays
     syncWindowFutureDays: syncWindowFutureDays
     completedActivities: completedActivities
+    scale: scale
   }
 }
 

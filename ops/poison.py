@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from shared.rules.queues import QUEUE_NAMES
+from shared.store.work_queues import every_queue
 
 PEEK_LIMIT = 32  # what Storage returns per peek
 HIDE_SECONDS = 60  # a message being replayed is hidden this long; if ops dies, it comes back
@@ -32,10 +32,11 @@ class Poisoned:
 
 
 def work_queue(name: str) -> str:
-    """``activity-sync`` or ``activity-sync-poison`` -> ``activity-sync``; unknown names refused."""
+    """``activity-sync-3`` or ``activity-sync-3-poison`` -> ``activity-sync-3`` (every tenant shard
+    of a work queue has its own poison queue: README "Scale"); unknown names refused."""
     base = name[: -len("-poison")] if name.endswith("-poison") else name
-    if base not in QUEUE_NAMES:
-        raise SystemExit(f"unknown queue {name!r}; one of: {', '.join(QUEUE_NAMES)}")
+    if base not in every_queue():
+        raise SystemExit(f"unknown queue {name!r}; one of: {', '.join(every_queue())}")
     return base
 
 
@@ -46,7 +47,7 @@ def _text(content: Any) -> str:
 def counts(storage: Any) -> dict[str, int]:
     """Messages in each poison queue (approximate, as Storage reports it)."""
     found = {}
-    for name in QUEUE_NAMES:
+    for name in every_queue():
         properties = storage.queue(f"{name}-poison").get_queue_properties()
         found[f"{name}-poison"] = int(properties.approximate_message_count or 0)
     return found

@@ -25,6 +25,8 @@ param crmReturnOrigins string
 param syncWindowPastDays int
 param syncWindowFutureDays int
 param completedActivities string
+@description('workQueueShards, fanoutBatchSize, fanoutSpreadSeconds, functionTimeout, queueBatchSize (main.bicep).')
+param scale object
 
 resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' existing = {
   name: storageAccountName
@@ -161,6 +163,13 @@ resource appSettings 'Microsoft.Web/sites/config@2024-04-01' = {
     SYNC_WINDOW_PAST_DAYS: string(syncWindowPastDays)
     SYNC_WINDOW_FUTURE_DAYS: string(syncWindowFutureDays)
     COMPLETED_ACTIVITIES: completedActivities
+    WORK_QUEUE_SHARDS: string(scale.workQueueShards)
+    FANOUT_BATCH_SIZE: string(scale.fanoutBatchSize)
+    FANOUT_SPREAD_SECONDS: string(scale.fanoutSpreadSeconds)
+    // host.json overrides (README "Scale"): the longest run of one invocation, and how many messages
+    // one instance takes from a queue at once (also Flex's per-instance scaling target).
+    AzureFunctionsJobHost__functionTimeout: scale.functionTimeout
+    AzureFunctionsJobHost__extensions__queues__batchSize: string(scale.queueBatchSize)
   }
 }
 

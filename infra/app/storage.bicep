@@ -2,21 +2,18 @@
 // deployment package. Shared-key access is off: every caller authenticates with Entra ID.
 
 // ---- The service's queues and tables: the one place to change them. ----
-// Work queues the code enqueues to and triggers on, each followed by its '-poison' queue: the
-// host moves a message there after maxDequeueCount failed runs (host.json), so both exist up front.
-var queueNames = [
+// Work queues the code enqueues to and triggers on (shared/rules/queues.py QUEUE_NAMES). Each exists
+// once per tenant shard (workQueueShards = WORK_QUEUE_SHARDS): shard 0 keeps the name, shard k is
+// '<name>-k'; each is followed by its '-poison' queue: the host moves a message there after
+// maxDequeueCount failed runs (host.json), so all exist up front (see the 'queues' loop below).
+var workQueues = [
   'activity-sync'
-  'activity-sync-poison'
   'mailbox-reconcile'
-  'mailbox-reconcile-poison'
   'crm-callbacks'
-  'crm-callbacks-poison'
   'activity-backfill'
-  'activity-backfill-poison'
+  'mailbox-maintenance'
   'calendar-move'
-  'calendar-move-poison'
   'mailbox-removal'
-  'mailbox-removal-poison'
 ]
 // Tables the code reads and writes (shared/store/tables.py TABLE_NAMES holds the same list).
 var tableNames = [
@@ -38,6 +35,10 @@ var tableNames = [
 ]
 
 param name string
+@description('Tenant shards of every work queue (the app setting WORK_QUEUE_SHARDS; one trigger per shard).')
+@minValue(1)
+@maxValue(64)
+param workQueueShards int
 param location string
 param tags object
 @description('Blob container that holds the Flex Consumption deployment package.')
@@ -147,10 +148,12 @@ resource queueService 'Microsoft.Storage/storageAccounts/queueServices@2023-05-0
   name: 'default'
 }
 
+// Queue i: work queue i / (2 * shards), shard (i / 2) % shards, the '-poison' queue when i is odd.
+var queueCount = length(workQueues) * workQueueShards * 2
 resource queues 'Microsoft.Storage/storageAccounts/queueServices/queues@2023-05-01' = [
-  for queue in queueNames: {
+  for i in range(0, queueCount): {
     parent: queueService
-    name: queue
+    name: '${workQueues[i / (workQueueShards * 2)]}${(i / 2) % workQueueShards == 0 ? '' : '-${(i / 2) % workQueueShards}'}${i % 2 == 1 ? '-poison' : ''}'
   }
 ]
 

@@ -40,8 +40,9 @@ def load_app(target: str) -> Any:
     return getattr(importlib.import_module(module_name), attribute or "app")
 
 
-def read_host_json(path: Path) -> tuple[str, QueueOptions]:
+def read_host_json(path: Path, environ: Any = None) -> tuple[str, QueueOptions]:
     config = json.loads(path.read_text()) if path.exists() else {}
+    apply_overrides(config, os.environ if environ is None else environ)
     extensions = config.get("extensions", {})
     prefix = extensions.get("http", {}).get("routePrefix", "api")
     queues = extensions.get("queues", {})
@@ -53,6 +54,23 @@ def read_host_json(path: Path) -> tuple[str, QueueOptions]:
         max_polling_interval=_timespan(queues.get("maxPollingInterval"), defaults.max_polling_interval),
     )
     return prefix, options
+
+
+HOST_OVERRIDE = "AzureFunctionsJobHost__"
+
+
+def apply_overrides(config: dict[str, Any], environ: Any) -> None:
+    """App settings override host.json as in Azure: ``AzureFunctionsJobHost__extensions__queues__batchSize=8``
+    sets ``extensions.queues.batchSize`` (names matched case-insensitively)."""
+    for name, value in environ.items():
+        if not name.startswith(HOST_OVERRIDE):
+            continue
+        node = config
+        *parents, leaf = name[len(HOST_OVERRIDE) :].split("__")
+        for part in parents:
+            key = next((k for k in node if k.lower() == part.lower()), part)
+            node = node.setdefault(key, {})
+        node[next((k for k in node if k.lower() == leaf.lower()), leaf)] = value
 
 
 def _timespan(value: str | None, default: float) -> float:

@@ -23,7 +23,7 @@ from shared.rules import queues
 from shared.rules.errors import ConflictError, SyncError
 from shared.rules.event_time import iso
 from shared.rules.model import Activity, ActivityDeleted, ActivityTypeUpdated, CrmEvent
-from shared.store import kept_activities, tables
+from shared.store import kept_activities, tables, work_queues
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ def accept(storage: Storage, raw: dict[str, Any], event: CrmEvent, now: datetime
             return DUPLICATE
     try:
         with tables.storage_errors("queueing the event"):
-            storage.send(queues.ACTIVITY_SYNC, encoded)
+            work_queues.send(storage, queues.ACTIVITY_SYNC, event.tenant_id, encoded)
     except SyncError:
         try:
             with tables.storage_errors("forgetting the event id"):
@@ -168,4 +168,4 @@ def _forward_to_previous_owner(
         data = {**data, "description": ""}
         encoded = encode({**message, "event": {**raw, "data": data}})
     with tables.storage_errors("telling the previous owner"):
-        services.storage.send(queues.ACTIVITY_SYNC, encoded)
+        work_queues.send(services.storage, queues.ACTIVITY_SYNC, tenant, encoded)

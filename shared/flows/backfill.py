@@ -52,7 +52,7 @@ from shared.rules.contract import ValidationError, parse_activity
 from shared.rules.errors import ConflictError, PermanentError
 from shared.rules.model import Activity
 from shared.rules.sync_plan import UserContext
-from shared.store import backfill_jobs, connections, links, tables
+from shared.store import backfill_jobs, connections, links, tables, work_queues
 from shared.store.backfill_jobs import Job, chunk_key, job_entity, replace_op, transact
 from shared.store.connections import CONNECTED
 
@@ -304,7 +304,7 @@ def _enqueue(storage: Storage, tenant: str, user: str, job_id: str, keys: list[s
         return
     for key in keys:
         with tables.storage_errors("queueing backfill work"):
-            storage.send(queues.ACTIVITY_BACKFILL, message(tenant, user, job_id, key))
+            work_queues.send(storage, queues.ACTIVITY_BACKFILL, tenant, message(tenant, user, job_id, key))
     from azure.data.tables import UpdateMode
 
     pk = backfill_jobs.partition(tenant, user)

@@ -271,9 +271,12 @@ class ChunkRun(ChunkWrites):
             throttled=throttled,
         )
         from shared.rules.queues import ACTIVITY_BACKFILL
+        from shared.store import work_queues
 
         with tables.storage_errors("re-queueing backfill work"):
-            self.storage.send(ACTIVITY_BACKFILL, body, delay_seconds=max(0, int(delay)))
+            work_queues.send(
+                self.storage, ACTIVITY_BACKFILL, self.tenant, body, delay_seconds=max(0, int(delay))
+            )
 
     def requeue_all(self, kind: str, delay: float) -> str:
         """The whole message goes back (nothing of it reached Graph, or the failure came first)."""

@@ -38,7 +38,7 @@ from shared.rules.callback_messages import CALENDAR_CHANGED
 from shared.rules.contract import ValidationError
 from shared.rules.errors import ConflictError, ThrottledError, TransientError
 from shared.rules.event_render import PROPERTY_ID, TRANSACTION_NAMESPACE, property_value
-from shared.store import connections, links, mailbox_sync
+from shared.store import connections, links, mailbox_sync, work_queues
 from shared.store.connections import CONNECTED, Connection, iso
 
 log = logging.getLogger(__name__)
@@ -156,7 +156,7 @@ def describe_move(connection: Connection) -> dict[str, Any] | None:
 
 def _enqueue(services: Services, tenant: str, user: str, move_id: str, after: str | None) -> None:
     message = {"kind": "calendar-move", "tenant": tenant, "user": user, "move": move_id, "after": after}
-    services.storage.send(queues.CALENDAR_MOVE, json.dumps(message))
+    work_queues.send(services.storage, queues.CALENDAR_MOVE, tenant, json.dumps(message))
 
 
 # --- the job ---------------------------------------------------------------------------------------------
@@ -185,7 +185,7 @@ def process(services: Services, raw: bytes, now: datetime) -> str:
     try:
         lease = mailbox_sync.claim(services.storage, tenant, user, now, owner=f"calendar-move-{move['id']}")
     except mailbox_sync.Busy as busy:
-        services.storage.send(queues.CALENDAR_MOVE, json.dumps(message), delay_seconds=int(busy.retry_after) + 1)
+        work_queues.send(services.storage, queues.CALENDAR_MOVE, tenant, json.dumps(message), delay_seconds=int(busy.retry_after) + 1)
         return "busy"
     moved = 0
     try:
@@ -196,7 +196,7 @@ def process(services: Services, raw: bytes, now: datetime) -> str:
         delay = getattr(error, "retry_after", 0) or 5
         log.info("A calendar move waits %.0f s: %s", delay, type(error).__name__)
         _count(services, tenant, user, move["id"], moved)
-        services.storage.send(queues.CALENDAR_MOVE, json.dumps(message), delay_seconds=int(delay) + 1)
+        work_queues.send(services.storage, queues.CALENDAR_MOVE, tenant, json.dumps(message), delay_seconds=int(delay) + 1)
         return "requeued"
     finally:
         mailbox_sync.release_quietly(services.storage, lease)

@@ -33,6 +33,7 @@ from shared.rules.callback_messages import (  # noqa: F401 - the kinds are part 
     envelope,
 )
 from shared.rules.errors import PermanentError, TransientError
+from shared.store import work_queues
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,7 @@ def enqueue(
     storage: Storage, kind: str, tenant: str, user: str, data: dict[str, Any], *, delay_seconds: int = 0
 ) -> dict[str, Any]:
     message = envelope(kind, tenant, user, data)
-    storage.send(queues.CRM_CALLBACKS, json.dumps(message), delay_seconds=delay_seconds)
+    work_queues.send(storage, queues.CRM_CALLBACKS, tenant, json.dumps(message), delay_seconds=delay_seconds)
     return message
 
 

@@ -540,7 +540,9 @@ def subscribe(services: Services, token: str, connection: Connection, now: datet
     sweep still reconciles) and show why in status. The renewal timer tries again."""
     base = services.settings.public_base_url
     client_state = secrets.token_urlsafe(32)
-    expires = now + timedelta(minutes=SUBSCRIPTION_MINUTES)
+    from shared.flows.subscriptions import expiry
+
+    expires = expiry(now)  # jittered: users who connect together are not all due together
     body = {
         "changeType": SUBSCRIBED_CHANGES,
         "notificationUrl": f"{base}/api/graph/notifications",

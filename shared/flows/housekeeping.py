@@ -14,16 +14,19 @@ overlapping runs (or a run racing the code that uses the row) are harmless.
   completed over ``JOB_PAGES_DAYS`` ago, or left unfinished over ``ABANDONED_JOB_DAYS`` (the CRM
   never sent its last page). The job row stays: ``status`` still shows its counts, and the
   activities themselves are kept in ``Activities`` as pushed ones are.
+
+Every scan is paged (shared/store/paging.py): one page of keys in memory at a time, deleted before
+the next page is read, so the run is storage-only and its memory does not grow with the tables.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from datetime import datetime, timedelta
 from typing import Any
 
 from shared.ports import Services, Storage
-from shared.store import tables
+from shared.store import paging, tables
 
 DEDUP_DAYS = 7
 DEDUP_PAYLOAD_DAYS = 21
@@ -59,40 +62,43 @@ def _delete(table: Any, rows: Iterable[Any]) -> int:
     return deleted
 
 
-def _query(table: Any, query: str, parameters: dict[str, Any], select: list[str]) -> list[Any]:
-    with tables.storage_errors("listing rows to clean up"):
-        return list(table.query_entities(query, parameters=parameters, select=select))
+def _query(table: Any, query: str | None, parameters: dict[str, Any], select: list[str]) -> Iterator[list[Any]]:
+    """The matching rows, one page at a time."""
+    for page in paging.pages(table, query, parameters, select, what="listing rows to clean up"):
+        yield page.rows
 
 
 def _expired_flows(storage: Storage, now: datetime) -> int:
     table = storage.table(tables.OAUTH_FLOWS)
-    rows = _query(table, "expires_at lt @now", {"now": now}, ["PartitionKey", "RowKey"])
-    return _delete(table, rows)
+    pages = _query(table, "expires_at lt @now", {"now": now}, ["PartitionKey", "RowKey"])
+    return sum(_delete(table, rows) for rows in pages)
 
 
 def _old_dedup(storage: Storage, now: datetime) -> int:
     table = storage.table(tables.DEDUP)
     cutoff = now - timedelta(days=DEDUP_DAYS)
     payload_cutoff = now - timedelta(days=DEDUP_PAYLOAD_DAYS)
-    rows = _query(
+    pages = _query(
         table, "received_at lt @cutoff", {"cutoff": cutoff}, ["PartitionKey", "RowKey", "received_at", "p0"]
     )
-    return _delete(
-        table, [r for r in rows if r.get("p0") is None or tables.aware(r["received_at"]) < payload_cutoff]
+    return sum(
+        _delete(table, [r for r in rows if r.get("p0") is None or tables.aware(r["received_at"]) < payload_cutoff])
+        for rows in pages
     )
 
 
 def _expired_subscriptions(storage: Storage, now: datetime) -> int:
     table = storage.table(tables.SUBSCRIPTIONS)
-    with tables.storage_errors("listing subscriptions"):
-        rows = list(table.list_entities(select=["PartitionKey", "RowKey", "expires_at"]))
-    return _delete(table, [r for r in rows if _expired(r.get("expires_at"), now - SUBSCRIPTION_GRACE)])
+    pages = _query(table, None, {}, ["PartitionKey", "RowKey", "expires_at"])
+    return sum(
+        _delete(table, [r for r in rows if _expired(r.get("expires_at"), now - SUBSCRIPTION_GRACE)]) for rows in pages
+    )
 
 
 def _stale_markers(storage: Storage, now: datetime) -> int:
     table = storage.table(tables.RECONCILE_PENDING)
-    rows = _query(table, "expires_at lt @cutoff", {"cutoff": now - MARKER_GRACE}, ["PartitionKey", "RowKey"])
-    return _delete(table, rows)
+    pages = _query(table, "expires_at lt @cutoff", {"cutoff": now - MARKER_GRACE}, ["PartitionKey", "RowKey"])
+    return sum(_delete(table, rows) for rows in pages)
 
 
 def _expired_request_ids(storage: Storage, now: datetime) -> int:
@@ -104,14 +110,14 @@ def _expired_request_ids(storage: Storage, now: datetime) -> int:
 def _finished_backfill_pages(storage: Storage, now: datetime) -> int:
     table = storage.table(tables.JOBS)
     abandoned = now - timedelta(days=ABANDONED_JOB_DAYS)
-    jobs = _query(
+    job_pages = _query(
         table,
         "updated_at lt @cutoff",  # only job rows carry updated_at
         {"cutoff": now - timedelta(days=JOB_PAGES_DAYS)},
         ["PartitionKey", "job_id", "state", "updated_at"],
     )
     deleted = 0
-    for job in jobs:
+    for job in (job for jobs in job_pages for job in jobs):
         if job.get("state") != "completed" and tables.aware(job["updated_at"]) >= abandoned:
             continue
         for kind in ("chunk", "page"):
@@ -122,7 +128,7 @@ def _finished_backfill_pages(storage: Storage, now: datetime) -> int:
                 {"pk": job["PartitionKey"], "lo": prefix, "hi": prefix[:-1] + "}"},
                 ["PartitionKey", "RowKey"],
             )
-            deleted += _delete(table, pages)
+            deleted += sum(_delete(table, rows) for rows in pages)
     return deleted
 
 

@@ -34,7 +34,7 @@ from typing import Any
 from shared.ports import Storage
 from shared.rules import queues
 from shared.rules.errors import ConflictError
-from shared.store import tables
+from shared.store import tables, work_queues
 
 log = logging.getLogger(__name__)
 COALESCE_SECONDS = 2
@@ -103,7 +103,7 @@ def accept(storage: Storage, body: bytes, kind: str, now: datetime | None = None
             "subscription_ids": sorted(subscriptions),
         }
         if kind == "lifecycle":
-            storage.send(queues.MAILBOX_RECONCILE, json.dumps(message))
+            work_queues.send(storage, queues.MAILBOX_RECONCILE, tenant, json.dumps(message))
         else:
             request_reconcile(storage, tenant, user, message, now)
     return len(work)
@@ -150,7 +150,9 @@ def request_reconcile(storage: Storage, tenant: str, user: str, message: dict[st
     try:
         with tables.storage_errors("queueing a reconcile"):
             sent_at = time.monotonic()
-            storage.send(queues.MAILBOX_RECONCILE, json.dumps(message), delay_seconds=COALESCE_SECONDS)
+            work_queues.send(
+                storage, queues.MAILBOX_RECONCILE, tenant, json.dumps(message), delay_seconds=COALESCE_SECONDS
+            )
     except Exception:
         clear_pending(storage, tenant, user)  # no run is coming: let the next notification queue one
         raise

@@ -55,7 +55,7 @@ from shared.rules.sync_plan import (
     plan_type_update,
     plan_upsert,
 )
-from shared.store import connections, kept_activities, links, tables
+from shared.store import connections, kept_activities, links, tables, work_queues
 from shared.store.connections import CONNECTED, Connection
 
 log = logging.getLogger(__name__)
@@ -109,7 +109,9 @@ def _retry_later(services: Services, message: dict[str, Any], kind: str, retry_a
 def _requeue(services: Services, message: dict[str, Any], delay: int, attempt: int, throttled: int) -> str:
     again = {**message, "attempt": attempt, "throttled": throttled}
     with tables.storage_errors("re-queueing work"):
-        services.storage.send(queues.ACTIVITY_SYNC, encode(again), delay_seconds=delay)
+        work_queues.send(
+            services.storage, queues.ACTIVITY_SYNC, str(message["tenant"]), encode(again), delay_seconds=delay
+        )
     return REQUEUED
 
 
@@ -240,13 +242,16 @@ def _user_updated(services: Services, tenant: str, user: str, locale: str, time_
 def _fan_out_type(services: Services, tenant: str, update: ActivityTypeUpdated, occurred_at: datetime) -> str:
     if not kept_activities.keep_type(services.storage, tenant, update, occurred_at):
         return DONE  # a newer change of this type is known; its own fan-out does the work
-    with tables.storage_errors("listing the tenant's users"):
-        rows = list(
-            services.storage.table(tables.CONNECTIONS).query_entities(
-                "PartitionKey eq @pk", parameters={"pk": tables.key(tenant)}, select=["user"]
-            )
-        )
-    for row in rows:
+    from shared.store import paging
+
+    pages = paging.pages(
+        services.storage.table(tables.CONNECTIONS),
+        "PartitionKey eq @pk",
+        {"pk": tables.key(tenant)},
+        ["user"],
+        what="listing the tenant's users",
+    )
+    for row in (row for page in pages for row in page.rows):  # one page of the tenant's users at a time
         message = {
             "v": MESSAGE_VERSION,
             "kind": "type_user",
@@ -258,7 +263,7 @@ def _fan_out_type(services: Services, tenant: str, update: ActivityTypeUpdated, 
             "throttled": 0,
         }
         with tables.storage_errors("queueing a user's type update"):
-            services.storage.send(queues.ACTIVITY_SYNC, encode(message))
+            work_queues.send(services.storage, queues.ACTIVITY_SYNC, tenant, encode(message))
     return DONE
 
 
@@ -283,7 +288,7 @@ def _queue_replay(services: Services, tenant: str, user: str, activity_id: str) 
         "throttled": 0,
     }
     with tables.storage_errors("queueing a replay"):
-        services.storage.send(queues.ACTIVITY_SYNC, encode(message))
+        work_queues.send(services.storage, queues.ACTIVITY_SYNC, tenant, encode(message))
 
 
 def _type_for_user(

@@ -83,7 +83,7 @@ from shared.rules.reconcile_plan import (
     sync_window,
 )
 from shared.rules.tenant_settings import FieldDirections
-from shared.store import connections, links, mailbox_sync, tenant_settings
+from shared.store import connections, links, mailbox_sync, tenant_settings, work_queues
 from shared.store.connections import CONNECTED, Connection, iso
 
 log = logging.getLogger(__name__)
@@ -165,29 +165,52 @@ def request(services: Services, tenant: str, user: str, *, confirm_deletions: bo
         "kind": "request",
         "confirm_deletions": confirm_deletions,
     }
-    services.storage.send(queues.MAILBOX_RECONCILE, json.dumps(message))
+    work_queues.send(services.storage, queues.MAILBOX_RECONCILE, tenant, json.dumps(message))
+
+
+SWEEP = "reconcile"  # the mailbox-maintenance kind (shared/flows/maintenance.py)
 
 
 def sweep(services: Services, now: datetime) -> dict[str, int]:
-    """Timer: schedule a reconcile of every connected user, at least every 6 hours, spread out."""
-    from shared.rules.reconcile_plan import SweepUser, plan_sweep
+    """Timer: schedule a reconcile of every connected user, at least every 6 hours, spread out.
 
-    users = [
-        SweepUser(c.tenant, c.user, _instant(c.last_reconcile_at) if c.last_reconcile_at else None)
-        for c in connections.list_connected(services.storage)
-        if c.state == CONNECTED
-    ]
-    planned = plan_sweep(users, now)
-    for user, delay in planned:
-        message = {
-            "tenant": user.tenant,
-            "user": user.user,
-            "reasons": ["sweep"],
-            "kind": "sweep",
-            "queued_at": iso(now),
-        }
-        services.storage.send(queues.MAILBOX_RECONCILE, json.dumps(message), delay_seconds=delay)
-    return {"connected": len(users), "scheduled": len(planned)}
+    Page by page: each page of connections is planned (``plan_sweep``), and its due users leave as
+    per-tenant batches on ``mailbox-maintenance``; the worker (``schedule_user``) queues each user's
+    ``mailbox-reconcile`` message delayed to its planned moment."""
+    from shared.flows.fanout import FanOut
+    from shared.rules.reconcile_plan import SweepUser, is_overdue, plan_sweep
+
+    fan = FanOut(services, SWEEP, now, spread=False)  # the plan spreads them to the second
+    connected = overdue = 0
+    for page in connections.connected_pages(services.storage):
+        users = [
+            SweepUser(c.tenant, c.user, _instant(c.last_reconcile_at) if c.last_reconcile_at else None)
+            for c in page
+        ]
+        connected += len(users)
+        planned = plan_sweep(users, now, overdue_before=overdue)
+        overdue += sum(1 for u in users if is_overdue(u, now))
+        planned.sort(key=lambda p: p[0].tenant)  # one tenant's users together: fewer, fuller batches
+        fan.send_all((u.tenant, {"user": u.user, "delay": delay}) for u, delay in planned)
+    return {"connected": connected, "scheduled": fan.users, "messages": fan.messages}
+
+
+def schedule_user(
+    services: Services, tenant: str, entry: dict[str, Any], queued_at: datetime, now: datetime
+) -> str:
+    """Worker: queue one user's sweep reconcile, delayed to the moment the timer planned."""
+    delay = max(0, int(entry.get("delay", 0) - (now - queued_at).total_seconds()))
+    message = {
+        "tenant": tenant,
+        "user": entry["user"],
+        "reasons": ["sweep"],
+        "kind": "sweep",
+        "queued_at": iso(queued_at),
+    }
+    work_queues.send(
+        services.storage, queues.MAILBOX_RECONCILE, tenant, json.dumps(message), delay_seconds=delay
+    )
+    return "scheduled"
 
 
 def held_deletions(storage: Storage, tenant: str, user: str) -> int:
@@ -480,7 +503,10 @@ def _already_observed(tracked: Tracked, seen: Seen) -> bool:
 
 def _requeue(services: Services, message: dict[str, Any], delay: int, attempt: int, throttled: int) -> str:
     again = {**message, "attempt": attempt, "throttled": throttled}
-    services.storage.send(queues.MAILBOX_RECONCILE, json.dumps(again), delay_seconds=delay)
+    tenant = str(message["tenant"])
+    work_queues.send(
+        services.storage, queues.MAILBOX_RECONCILE, tenant, json.dumps(again), delay_seconds=delay
+    )
     return REQUEUED
 
 

@@ -43,7 +43,7 @@ from shared.rules import callback_messages, queues
 from shared.rules.calendars import calendar_path, event_path
 from shared.rules.errors import AuthError, ConflictError, ThrottledError, TransientError
 from shared.rules.removal_plan import FAILED, GONE, REMOVED, RETRY, Target, is_target, outcome
-from shared.store import links, removals, tables
+from shared.store import links, removals, tables, work_queues
 from shared.store.removals import COMPLETED, Removal
 from shared.store.token_crypto import UndecryptableError
 
@@ -89,8 +89,12 @@ def message(removal: Removal, attempt: int = 0, throttled: int = 0) -> str:
 
 def enqueue(storage: Storage, removal: Removal, delay: float = 0, attempt: int = 0, throttled: int = 0) -> None:
     with tables.storage_errors("queueing the removal of events"):
-        storage.send(
-            queues.MAILBOX_REMOVAL, message(removal, attempt, throttled), delay_seconds=max(0, math.ceil(delay))
+        work_queues.send(
+            storage,
+            queues.MAILBOX_REMOVAL,
+            removal.tenant,
+            message(removal, attempt, throttled),
+            delay_seconds=max(0, math.ceil(delay)),
         )
 
 
@@ -438,7 +442,7 @@ class RemovalRun:
         )
         envelope["id"] = removal.callback_id or envelope["id"]
         with tables.storage_errors("queueing connection.disconnected"):
-            self.storage.send(queues.CRM_CALLBACKS, json.dumps(envelope))
+            work_queues.send(self.storage, queues.CRM_CALLBACKS, self.tenant, json.dumps(envelope))
         try:
             removals.save(self.storage, replace(removal, callback_sent=True))
         except ConflictError:

@@ -17,7 +17,6 @@ from dataclasses import replace
 from datetime import datetime, timedelta
 
 from shared.ports import Services
-from shared.rules.errors import AuthError, SyncError
 from shared.store import connections, mailbox_sync, tables
 from shared.store.connections import CONNECTED, MAX_RECENT_ERRORS, Connection, iso
 
@@ -76,13 +75,22 @@ def on_lifecycle(
     return connection
 
 
+def expiry(now: datetime) -> datetime:
+    """A new expiration: the full lifetime less a random share of a day (shared/rules/fanout.py)."""
+    import random
+
+    from shared.flows.connect import SUBSCRIPTION_MINUTES
+    from shared.rules.fanout import jittered_expiry
+
+    fraction = random.random()  # noqa: S311 - spreading renewals, not security
+    return jittered_expiry(now, timedelta(minutes=SUBSCRIPTION_MINUTES), fraction)
+
+
 def _renew(services: Services, token: str, connection: Connection, now: datetime) -> Connection:
     from azure.data.tables import UpdateMode
 
-    from shared.flows.connect import SUBSCRIPTION_MINUTES
-
     subscription_id = connection.subscription_id
-    wanted = iso(now + timedelta(minutes=SUBSCRIPTION_MINUTES))
+    wanted = iso(expiry(now))
     answer = services.graph.call(
         token, "PATCH", f"subscriptions/{subscription_id}", json={"expirationDateTime": wanted}
     )
@@ -134,40 +142,42 @@ def _recreate(services: Services, token: str, connection: Connection, now: datet
     return saved
 
 
-def renew_due(services: Services, now: datetime) -> dict[str, int]:
-    """Timer: renew every subscription expiring within ``RENEW_WITHIN``; create missing ones."""
-    from shared.flows.reauth import require_reauth
-    from shared.store.token_crypto import UndecryptableError
+RENEW = "renew"  # the mailbox-maintenance kind (shared/flows/maintenance.py)
 
-    tally = {"checked": 0, "renewed": 0, "busy": 0, "reauth_required": 0, "failed": 0}
-    for connection in connections.list_connected(services.storage):
-        if connection.state != CONNECTED:
-            continue
-        tally["checked"] += 1
-        if connection.subscription_id and not needs_renewal(connection.subscription_expires_at, now):
-            continue
-        try:
-            state = mailbox_sync.claim(services.storage, connection.tenant, connection.user, now)
-        except mailbox_sync.Busy:
-            tally["busy"] += 1  # a reconcile holds it; the next run renews (the margin is 2 days)
-            continue
-        except SyncError as error:
-            log.warning("Subscription renewal will be tried again next run: %s", error.message)
-            tally["failed"] += 1
-            continue
-        try:
-            latest = connections.get(services.storage, connection.tenant, connection.user)
-            if latest.state == CONNECTED:
-                maintain(services, latest, now)
-                tally["renewed"] += 1
-        except (AuthError, UndecryptableError) as error:
-            require_reauth(
-                services, connection.tenant, connection.user, getattr(error, "code", None) or "auth"
-            )
-            tally["reauth_required"] += 1
-        except SyncError as error:
-            log.warning("Subscription renewal will be tried again next run: %s", error.message)
-            tally["failed"] += 1
-        finally:
-            mailbox_sync.release_quietly(services.storage, state)
-    return tally
+
+def renew_due(services: Services, now: datetime) -> dict[str, int]:
+    """Timer: fan out every connected user whose subscription is missing or expires within
+    ``RENEW_WITHIN`` to the maintenance workers (``renew_user``), page by page. No Graph call here."""
+    from shared.flows.fanout import FanOut
+
+    fan = FanOut(services, RENEW, now)
+    checked = 0
+    for page in connections.connected_pages(services.storage):
+        checked += len(page)
+        fan.send_all(
+            (c.tenant, c.user)
+            for c in page
+            if not c.subscription_id or needs_renewal(c.subscription_expires_at, now)
+        )
+    return {"checked": checked, "due": fan.users, "messages": fan.messages}
+
+
+def renew_user(services: Services, tenant: str, user: str, now: datetime) -> str:
+    """Worker: renew (or create) one user's subscription if it is still due, under the user's lease.
+
+    Raises what the caller retries through the queue: ``mailbox_sync.Busy`` (a reconcile holds the
+    lease), throttling and transient errors; an ``AuthError`` means the grant is gone."""
+    connection = connections.get(services.storage, tenant, user)
+    if connection.state != CONNECTED:
+        return "skipped"
+    if connection.subscription_id and not needs_renewal(connection.subscription_expires_at, now):
+        return "not_due"  # renewed since the timer looked (a retry, or a lifecycle message)
+    state = mailbox_sync.claim(services.storage, tenant, user, now)
+    try:
+        latest = connections.get(services.storage, tenant, user)
+        if latest.state != CONNECTED:
+            return "skipped"
+        maintain(services, latest, now)
+        return "renewed"
+    finally:
+        mailbox_sync.release_quietly(services.storage, state)

@@ -36,9 +36,9 @@ def _start_initial_capture(services: Services, tenant: str) -> None:
     """Capture was turned on (or its scope changed): a reconcile of each connected user of the
     tenant, spread out (its new round reports the meetings already in the window once)."""
     from shared.rules import queues
-    from shared.store import connections
+    from shared.store import connections, work_queues
 
     users = (c for c in connections.connected_in_tenant(services.storage, tenant) if c.capture)
     for i, connection in enumerate(users):
         message = {"tenant": tenant, "user": connection.user, "reasons": ["capture_on"], "kind": "request"}
-        services.storage.send(queues.MAILBOX_RECONCILE, json.dumps(message), delay_seconds=i // 10)
+        work_queues.send(services.storage, queues.MAILBOX_RECONCILE, tenant, json.dumps(message), delay_seconds=i // 10)

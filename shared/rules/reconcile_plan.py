@@ -288,7 +288,7 @@ def sync_window(now: datetime, past_days: int, future_days: int) -> tuple[dateti
 
 SWEEP_INTERVAL = timedelta(hours=6)  # every connected user is reconciled at least this often
 SWEEP_PERIOD = timedelta(hours=1)  # how often the sweep timer runs
-OVERDUE_SPACING = 0.1  # seconds between overdue users (at most; less when there are many)
+OVERDUE_SPACING = 0.1  # seconds between overdue users (36,000 fill the hour; more wrap round it)
 
 
 @dataclass(frozen=True, slots=True)
@@ -298,24 +298,33 @@ class SweepUser:
     last_reconcile_at: datetime | None
 
 
-def plan_sweep(users: list[SweepUser], now: datetime) -> list[tuple[SweepUser, int]]:
+def is_overdue(user: SweepUser, now: datetime) -> bool:
+    return user.last_reconcile_at is None or user.last_reconcile_at + SWEEP_INTERVAL <= now
+
+
+def plan_sweep(users: list[SweepUser], now: datetime, overdue_before: int = 0) -> list[tuple[SweepUser, int]]:
     """(user, delay in seconds) for every user whose reconcile falls due before the next sweep run.
 
     A user is due ``SWEEP_INTERVAL`` after their last reconcile (whatever caused it), so each gets
     a message delayed to exactly that moment; their due times are as spread as their past
-    reconciles. Users already overdue (never reconciled, or missed) are spread over the period,
-    most overdue first, so a first deployment does not reconcile everyone at once."""
+    reconciles. Users already overdue (never reconciled, or missed) are spread ``OVERDUE_SPACING``
+    apart, most overdue first, wrapping round within the period, so a first deployment does not
+    reconcile everyone at once. The sweep plans one page of users at a time: ``overdue_before`` is
+    how many overdue users earlier pages had, so the spreading continues where they left off."""
     scheduled: list[tuple[SweepUser, int]] = []
     overdue: list[SweepUser] = []
     for user in users:
-        if user.last_reconcile_at is None or user.last_reconcile_at + SWEEP_INTERVAL <= now:
+        if is_overdue(user, now):
             overdue.append(user)
             continue
+        assert user.last_reconcile_at is not None
         due = user.last_reconcile_at + SWEEP_INTERVAL
         if due < now + SWEEP_PERIOD:
             scheduled.append((user, max(1, int((due - now).total_seconds()))))
     oldest = datetime.min.replace(tzinfo=UTC)
     overdue.sort(key=lambda u: (u.last_reconcile_at or oldest, u.tenant, u.user))
-    spacing = min(OVERDUE_SPACING, SWEEP_PERIOD.total_seconds() / max(1, len(overdue)))
-    scheduled.extend((user, int(i * spacing)) for i, user in enumerate(overdue))
+    period = SWEEP_PERIOD.total_seconds()
+    scheduled.extend(
+        (user, int(((overdue_before + i) * OVERDUE_SPACING) % period)) for i, user in enumerate(overdue)
+    )
     return scheduled

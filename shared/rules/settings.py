@@ -41,10 +41,18 @@ SETTING_NAMES: tuple[str, ...] = (
     "SYNC_WINDOW_PAST_DAYS",
     "SYNC_WINDOW_FUTURE_DAYS",
     "COMPLETED_ACTIVITIES",
+    "WORK_QUEUE_SHARDS",
+    "FANOUT_BATCH_SIZE",
+    "FANOUT_SPREAD_SECONDS",
 )
 MIN_SECRET_CHARS = 32
 MIN_SECRET_BITS = 80  # estimated from the characters' frequencies; secrets.token_hex(32) gives ~240
 KEY_ID = re.compile(r"[A-Za-z0-9_-]{1,32}")  # a key id is one field of the v1.<kid>.<nonce>.<data> blob
+# Scale knobs (README "Scale"): how many shards each work queue has (one trigger each), how many
+# users one timer fan-out message carries, and over how many seconds a timer spreads its messages.
+DEFAULT_WORK_QUEUE_SHARDS = 8
+DEFAULT_FANOUT_BATCH_SIZE = 20
+DEFAULT_FANOUT_SPREAD_SECONDS = 300
 STORAGE_IDENTITY_SUFFIXES = ("accountName", "queueServiceUri", "tableServiceUri", "credential", "clientId")
 # What App Service leaves in a setting when it cannot resolve a Key Vault reference (identity or role
 # not effective yet): the reference text itself, which must never be used as the value.
@@ -80,6 +88,9 @@ class Settings:
     sync_window_past_days: int
     sync_window_future_days: int
     completed_activities: str  # "keep" | "remove"
+    work_queue_shards: int = DEFAULT_WORK_QUEUE_SHARDS
+    fanout_batch_size: int = DEFAULT_FANOUT_BATCH_SIZE
+    fanout_spread_seconds: int = DEFAULT_FANOUT_SPREAD_SECONDS
 
     @property
     def authority(self) -> str:
@@ -129,7 +140,25 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         sync_window_past_days=read.integer("SYNC_WINDOW_PAST_DAYS", 30, lowest=0, highest=1825),
         sync_window_future_days=read.integer("SYNC_WINDOW_FUTURE_DAYS", 365, lowest=1, highest=1825),
         completed_activities=read.choice("COMPLETED_ACTIVITIES", "keep", ("keep", "remove")),
+        work_queue_shards=work_queue_shards(env),
+        fanout_batch_size=read.integer("FANOUT_BATCH_SIZE", DEFAULT_FANOUT_BATCH_SIZE, lowest=1, highest=100),
+        fanout_spread_seconds=read.integer(
+            "FANOUT_SPREAD_SECONDS", DEFAULT_FANOUT_SPREAD_SECONDS, lowest=0, highest=6 * 3600
+        ),
     )
+
+
+def work_queue_shards(environ: Mapping[str, str] | None = None) -> int:
+    """``WORK_QUEUE_SHARDS`` alone: read at import by functions/ to register one trigger per shard,
+    and by the senders (shared/store/work_queues.py), without loading any other setting."""
+    if environ is None:
+        return _process_shards()
+    return _Reader(environ).integer("WORK_QUEUE_SHARDS", DEFAULT_WORK_QUEUE_SHARDS, lowest=1, highest=64)
+
+
+@cache
+def _process_shards() -> int:
+    return work_queue_shards(os.environ)
 
 
 @cache

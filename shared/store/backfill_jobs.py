@@ -33,7 +33,7 @@ from shared.ports import Storage
 from shared.rules import callback_messages, queues
 from shared.rules.backfill_plan import COUNTERS, Counts, progress
 from shared.rules.errors import ConflictError
-from shared.store import tables
+from shared.store import tables, work_queues
 from shared.store.connections import iso
 
 log = logging.getLogger(__name__)
@@ -279,7 +279,7 @@ def finish(
     envelope = callback_messages.envelope(callback_messages.BACKFILL_COMPLETED, job.tenant, job.user, data)
     envelope["id"] = job.callback_id or envelope["id"]
     with tables.storage_errors("queueing backfill.completed"):
-        storage.send(queues.CRM_CALLBACKS, json.dumps(envelope))
+        work_queues.send(storage, queues.CRM_CALLBACKS, job.tenant, json.dumps(envelope))
     entity = {"PartitionKey": partition(job.tenant, job.user), "RowKey": job_key(job.job_id)}
     with tables.storage_errors("marking backfill.completed sent"):
         storage.table(tables.JOBS).update_entity({**entity, "callback_sent": True}, mode=UpdateMode.MERGE)

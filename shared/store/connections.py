@@ -121,10 +121,40 @@ def connected_in_tenant(storage: Storage, tenant: str) -> Iterator[Connection]:
             yield _from_row(row)
 
 
-def list_connected(storage: Storage) -> list[Connection]:
-    """Every connection in a state that has tokens (for timers)."""
-    with tables.storage_errors("listing connections"):
-        rows = storage.table(tables.CONNECTIONS).query_entities(
-            "state eq @a or state eq @b", parameters={"a": CONNECTED, "b": REAUTH_REQUIRED}
-        )
-        return [_from_row(row) for row in rows]
+@dataclass(frozen=True)
+class Summary:
+    """The few columns the timers decide on (shared/flows/maintenance.py), read page by page."""
+
+    tenant: str
+    user: str
+    subscription_id: str | None = None
+    subscription_expires_at: str | None = None
+    last_reconcile_at: str | None = None
+
+
+SUMMARY_COLUMNS = ["tenant", "user", "subscription_id", "subscription_expires_at", "last_reconcile_at"]
+
+
+def connected_pages(storage: Storage, *, page_size: int | None = None) -> Iterator[list[Summary]]:
+    """Every ``connected`` user, one Table page at a time (never the whole table in memory), in
+    PartitionKey order: a tenant's users come together."""
+    from shared.store import paging
+
+    for page in paging.pages(
+        storage.table(tables.CONNECTIONS),
+        "state eq @state",
+        {"state": CONNECTED},
+        SUMMARY_COLUMNS,
+        page_size=page_size or paging.PAGE_SIZE,
+        what="listing connections",
+    ):
+        yield [
+            Summary(
+                str(row["tenant"]),
+                str(row["user"]),
+                row.get("subscription_id"),
+                row.get("subscription_expires_at"),
+                row.get("last_reconcile_at"),
+            )
+            for row in page.rows
+        ]

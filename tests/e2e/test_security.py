@@ -25,7 +25,7 @@ import requests
 
 from shared.rules import crm_signature, queues
 from shared.rules.event_render import parse_property_value
-from shared.store import tables
+from shared.store import tables, work_queues
 from tests.conftest import Stack, wait_until
 from tests.e2e.push.conftest import (
     RETURN_URL,
@@ -127,7 +127,9 @@ def test_validation_tokens_are_plain_text_and_forged_client_state_is_ignored(sta
         return list(pending.query_entities("PartitionKey eq @pk", parameters={"pk": key}))
 
     def queued_for_ana() -> list:  # the queue is shared with other tests: look for this tenant only
-        visible = stack.storage.queue(queues.MAILBOX_RECONCILE).peek_messages(max_messages=32)
+        visible = stack.storage.queue(work_queues.name(queues.MAILBOX_RECONCILE, ana.tenant)).peek_messages(
+            max_messages=32
+        )
         return [m for m in visible if ana.tenant.encode() in m.content]
 
     wait_until(lambda: not marked() and not queued_for_ana(), timeout=60, what="the connect's own work done")

@@ -18,7 +18,7 @@ from shared.flows import activity_queue
 from shared.rules import queues
 from shared.rules.contract import parse_crm_event
 from shared.rules.settings import storage_settings
-from shared.store import tables
+from shared.store import tables, work_queues
 from shared.store.storage import Storage
 from tests.e2e.push.conftest import BASE_ACTIVITY
 
@@ -70,13 +70,12 @@ def test_a_retry_after_a_crash_between_recording_and_queueing_queues_the_work(az
     assert activity_queue.accept(storage, raw, event, datetime.now(UTC)) == activity_queue.ACCEPTED  # the CRM's retry
     queued = [
         m
-        for m in storage.queue(queues.ACTIVITY_SYNC).peek_messages(max_messages=32)
+        for m in storage.queue(work_queues.name(queues.ACTIVITY_SYNC, event.tenant_id)).peek_messages(max_messages=32)
         if raw["id"].encode() in m.content
     ]
     assert len(queued) == 1 and json.loads(queued[0].content)["event"]["id"] == raw["id"]
     assert activity_queue.accept(storage, raw, event, datetime.now(UTC)) == activity_queue.DUPLICATE  # now it is one
-    for message in storage.queue(queues.ACTIVITY_SYNC).receive_messages(
-        max_messages=32, visibility_timeout=1
-    ):
+    queue = storage.queue(work_queues.name(queues.ACTIVITY_SYNC, event.tenant_id))
+    for message in queue.receive_messages(max_messages=32, visibility_timeout=1):
         if raw["id"].encode() in message.content:
-            storage.queue(queues.ACTIVITY_SYNC).delete_message(message)
+            queue.delete_message(message)

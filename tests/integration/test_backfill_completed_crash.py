@@ -15,8 +15,8 @@ import pytest
 from local.azurite import Azurite
 from shared.rules import queues
 from shared.rules.backfill_plan import Counts
-from shared.rules.settings import storage_settings
-from shared.store import backfill_jobs, tables
+from shared.rules.settings import storage_settings, work_queue_shards
+from shared.store import backfill_jobs, tables, work_queues
 from shared.store.storage import Storage
 
 pytestmark = pytest.mark.integration
@@ -32,10 +32,10 @@ class DyingStorage:
     def __init__(self, real: Storage, at: str) -> None:
         self.real, self.at = real, at
 
-    def send(self, queue: str, body: str) -> None:
+    def send(self, queue: str, body: str, *, delay_seconds: int = 0) -> None:
         if self.at == "queueing":
             raise Dies("the process died before the callback was queued")
-        self.real.send(queue, body)
+        self.real.send(queue, body, delay_seconds=delay_seconds)
 
     def table(self, name: str) -> Any:
         table = self.real.table(name)
@@ -68,7 +68,7 @@ def completed_job(storage: Storage) -> backfill_jobs.Job:
 
 def queued_for(storage: Storage, job: backfill_jobs.Job) -> list[dict[str, Any]]:
     found = []
-    for message in storage.queue(queues.CRM_CALLBACKS).peek_messages(max_messages=32):
+    for message in storage.queue(work_queues.name(queues.CRM_CALLBACKS, job.tenant)).peek_messages(max_messages=32):
         body = json.loads(message.content)
         if body["type"] == "backfill.completed" and body["data"]["job_id"] == job.job_id:
             found.append(body)
@@ -78,7 +78,8 @@ def queued_for(storage: Storage, job: backfill_jobs.Job) -> list[dict[str, Any]]
 @pytest.fixture()
 def storage(azurite: Azurite) -> Storage:
     storage = Storage(storage_settings({"AzureWebJobsStorage": azurite.connection_string}))
-    storage.queue(queues.CRM_CALLBACKS).clear_messages()
+    for name in queues.all_queues(work_queue_shards(), (queues.CRM_CALLBACKS,)):
+        storage.queue(name).clear_messages()
     return storage
 
 

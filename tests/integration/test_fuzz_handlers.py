@@ -38,7 +38,7 @@ from shared import services
 from shared.rules import crm_signature, queues
 from shared.rules.model import EventType
 from shared.rules.settings import load
-from shared.store import tables
+from shared.store import tables, work_queues
 from tests.e2e.push.conftest import BASE_ACTIVITY
 
 pytestmark = pytest.mark.integration
@@ -97,7 +97,7 @@ def snapshot(storage: Any) -> dict[str, Any]:
             continue  # every signed request's id is remembered, whatever its body
         rows = storage.table(name).list_entities()
         state[name] = sorted(json.dumps({k: str(v) for k, v in row.items()}, sort_keys=True) for row in rows)
-    for name in queues.QUEUE_NAMES:
+    for name in work_queues.every_queue():
         for queue in (name, f"{name}-poison"):
             state[queue] = storage.queue(queue).get_queue_properties().approximate_message_count
     return state
@@ -555,7 +555,7 @@ def test_a_replayed_signed_event_is_a_duplicate_and_changes_nothing(deps) -> Non
     stale = request("POST", EVENTS, raw, secret=secret, when=time.time() - 301)
     assert CRM_EVENTS(stale).status_code == 401  # a replay after the 300 s window is refused
     # Undo the one accepted event (no host runs here), so the module's state check still holds.
-    queue = deps.storage.queue(queues.ACTIVITY_SYNC)
+    queue = deps.storage.queue(work_queues.name(queues.ACTIVITY_SYNC, body["tenant_id"]))
     for message in queue.receive_messages(max_messages=32, visibility_timeout=1):
         if body["id"].encode() in message.content:
             queue.delete_message(message)

@@ -49,7 +49,6 @@ from tests.support.crm import SignedClient
 CRM_ZONES = ("America/Bogota", "Europe/Madrid", "America/New_York", "Asia/Tokyo", "Australia/Sydney", "UTC")
 MAILBOX_ZONES = ("Romance Standard Time", "Pacific Standard Time", "Tokyo Standard Time", "UTC")
 HIDDEN_TYPE = {"id": "type-private", "name": "Privado", "show_in_calendar": False}
-POISON_QUEUES = tuple(f"{name}-poison" for name in queues.QUEUE_NAMES)
 # Hold a running message invisible this long in the dev host (instead of 10 minutes), so work held
 # by the killed host comes back within the run.
 HOST_ENV = {"LOCAL_HOST_QUEUE_HOLD_SECONDS": "20"}
@@ -72,6 +71,10 @@ class ChaosConfig:
     settle_timeout: float = 300.0
     restart_azurite: bool = True
     kill_host: bool = True
+    # Dev hosts on the same queues (issue 15): the CRM's deliveries alternate between their HTTP
+    # endpoints and every host polls every queue shard, so messages of one user race between hosts;
+    # the first host is the one killed, the others take over what it held.
+    hosts: int = 2
     # The CRM paces its outbox while this many activity-sync messages wait: Azurite's queue
     # operations slow down with the queue's depth (each receive scans it), Azure's do not.
     max_backlog: int | None = None
@@ -230,18 +233,19 @@ class SendStats:
 
 
 class Crm:
-    """The CRM's outbox: signed deliveries, retried on 5xx or a failed connection (same event id)."""
+    """The CRM's outbox: signed deliveries, retried on 5xx or a failed connection (same event id),
+    its threads spread over the hosts' endpoints."""
 
     def __init__(
         self,
-        base_url: str,
+        base_urls: list[str],
         secret: str,
         stats: SendStats,
         deadline_seconds: float = 180.0,
         backlog: Callable[[], int] | None = None,
         max_backlog: int | None = None,
     ) -> None:
-        self.base_url, self.secret, self.stats = base_url, secret, stats
+        self.base_urls, self.secret, self.stats = base_urls, secret, stats
         self.deadline_seconds = deadline_seconds
         self.local = threading.local()
         self.backlog, self.max_backlog = backlog, max_backlog
@@ -264,8 +268,11 @@ class Crm:
             time.sleep(0.5)
 
     def client(self) -> SignedClient:
-        if not hasattr(self.local, "client"):
-            self.local.client = SignedClient(self.base_url, self.secret)
+        if not hasattr(self.local, "client"):  # each CRM thread talks to one host, in turn
+            with self.stats.lock:
+                self.threads = getattr(self, "threads", 0) + 1
+                url = self.base_urls[self.threads % len(self.base_urls)]
+            self.local.client = SignedClient(url, self.secret)
         return self.local.client
 
     def deliver(self, body: dict[str, Any]) -> None:
@@ -327,15 +334,19 @@ def restart_host(stack: Any, *, kill: bool = True, **env: str) -> Service:
     return stack.host
 
 
-def poison_items(storage: Any) -> dict[str, list[bytes]]:
-    return {
-        name: [m.content for m in storage.queue(name).peek_messages(max_messages=32)]
-        for name in POISON_QUEUES
-    }
+def start_peer_host(stack: Any, **env: str) -> Service:
+    """Another dev host with the first one's settings on its own port: the same storage, so it
+    polls the same queues (every shard) and competes for their messages."""
+    from local.azurite import free_port
+
+    first = stack.host
+    peer = Service(f"{first.name}-peer", ["-m", "local.host", "--port", str(free_port())], {**first.env, **env})
+    return peer.start()
 
 
-def _depth(storage: Any, name: str) -> int:
-    return storage.queue(name).get_queue_properties().approximate_message_count
+def poison_items(stack: Any) -> dict[str, list[bytes]]:
+    """The ``-poison`` queue of every shard of every work queue, by the work queue's base name."""
+    return {f"{base}-poison": stack.poisoned(base) for base in queues.QUEUE_NAMES}
 
 
 @dataclass
@@ -378,7 +389,7 @@ def verdict(stack: Any, plan: Plan) -> Verdict:
             if (event["subject"], *utc(event)) != (subject, start, end):
                 result.wrong.append(f"{key[1]}: {(event['subject'], *utc(event))} != {expected.event}")
     result.extra.extend(f"{k[1]} (not planned)" for k in seen)
-    result.queue_depth = _depth(stack.storage, queues.ACTIVITY_SYNC)
+    result.queue_depth = stack.depth(queues.ACTIVITY_SYNC)
     return result
 
 
@@ -411,21 +422,48 @@ def run_chaos(
     plan = build_plan(users, config)
     log(f"plan: {len(plan.deliveries)} deliveries for {config.activities} activities, {len(users)} users")
 
-    before = poison_items(stack.storage)
+    before = poison_items(stack)
     marker = f"chaos-bad-{uuid.uuid4().hex[:8]}"
     for n in range(config.bad_queue_items):  # deliberately unreadable work: must end in the poison queue
         stack.storage.send(queues.ACTIVITY_SYNC, f"{marker}-{n} is not JSON".encode())
     add_faults(stack.control, config)
     stack.control.reset_counters()
 
+    peers = [start_peer_host(stack, **HOST_ENV) for _ in range(config.hosts - 1)]
+    log(f"{config.hosts} dev hosts on the same queues: {[stack.url, *(p.ready['url'] for p in peers)]}")
     stats = SendStats()
     crm = Crm(
-        stack.url,
+        [stack.url, *(p.ready["url"] for p in peers)],
         stack.secrets["CRM_SHARED_SECRET"],
         stats,
-        backlog=lambda: _depth(stack.storage, queues.ACTIVITY_SYNC),
+        backlog=lambda: stack.depth(queues.ACTIVITY_SYNC),
         max_backlog=config.max_backlog,
     )
+    try:
+        return _run_plan(
+            stack, config, plan, users, tenants, crm, stats, marker, before, started, connected_at, restart_storage, log
+        )
+    finally:
+        for peer in peers:
+            peer.stop()
+            stack.__dict__.setdefault("previous_hosts", []).append(peer)  # their logs, for a failing run
+
+
+def _run_plan(
+    stack: Any,
+    config: ChaosConfig,
+    plan: Plan,
+    users: list[CrmUser],
+    tenants: list[str],
+    crm: Crm,
+    stats: SendStats,
+    marker: str,
+    before: dict[str, list[bytes]],
+    started: float,
+    connected_at: float,
+    restart_storage: Callable[[], None],
+    log: Callable[[str], None],
+) -> dict[str, Any]:
     thirds = [plan.deliveries[i::3] for i in range(3)]  # three interleaved slices, sent one after another
     chaos_log: list[str] = []
     with ThreadPoolExecutor(config.senders, thread_name_prefix="crm") as pool:
@@ -456,7 +494,7 @@ def run_chaos(
 
     def settled() -> bool:
         state["last"] = verdict(stack, plan)
-        poison = poison_items(stack.storage)
+        poison = poison_items(stack)
         state["poison"] = {
             name: [item for item in items if item not in before.get(name, [])]
             for name, items in poison.items()
@@ -500,6 +538,7 @@ def run_chaos(
         "activities": config.activities,
         "users": len(users),
         "tenants": config.tenants,
+        "hosts": config.hosts,
         "scenarios": dict(plan.scenarios),
         "deliveries": len(plan.deliveries),
         "deliveries_by_type": dict(plan.kinds),
@@ -543,6 +582,7 @@ def summary(report: dict[str, Any]) -> str:
     s = report["seconds"]
     return (
         f"chaos: {'OK' if report['ok'] else 'FAILED'} - {report['activities']} activities, "
+        f"{report['hosts']} hosts, "
         f"{report['deliveries']} deliveries, {report['users']} users; faults {report['faults_injected']}, "
         f"CRM retries {sum(report['crm_retries'].values())}; expected {report['expected_events']} events, "
         f"observed {report['observed_events']} (missing {len(report['missing'])}, extra {len(report['extra'])}, "

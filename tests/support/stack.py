@@ -12,8 +12,8 @@ import requests
 from local.azurite import Azurite, free_port
 from local.dev_settings import service_environment
 from local.processes import Service
-from shared.rules.queues import QUEUE_NAMES
-from shared.rules.settings import storage_settings
+from shared.rules import queues
+from shared.rules.settings import storage_settings, work_queue_shards
 from shared.store.storage import Storage
 from tests.support.clock import host_clock_env
 from tests.support.crm import CallbackReceiver, SignedClient
@@ -26,6 +26,10 @@ TIMERS_OFF = {
     for name in ("token_health", "renew_subscriptions", "reconcile_sweep", "clean_up")
 }
 
+# A timer spreads its fan-out messages over FANOUT_SPREAD_SECONDS (300 s in production); a test
+# waits for the workers, so its stack spreads them over 1 s.
+FAST_FANOUT = {"FANOUT_SPREAD_SECONDS": "1"}
+
 
 @dataclass
 class Stack:
@@ -35,6 +39,7 @@ class Stack:
     emulator: Any
     storage: Storage
     secrets: dict[str, str]
+    shards: int = 1  # WORK_QUEUE_SHARDS of the host (shared/rules/queues.py)
 
     @property
     def url(self) -> str:
@@ -47,6 +52,25 @@ class Stack:
     def wait_until_idle(self, timeout: float = 60.0) -> dict[str, Any]:
         """See ``wait_until_idle`` below: the barrier before asserting that something did not happen."""
         return wait_until_idle(self.url, self.emulator, timeout)
+
+    def queue_name(self, base: str, tenant: str) -> str:
+        """The tenant's shard of the work queue ``base``, as the host routes it."""
+        return queues.tenant_queue(base, tenant, self.shards)
+
+    def depth(self, base: str) -> int:
+        """Messages (visible, held or delayed) in every shard of the work queue ``base``."""
+        return sum(
+            self.storage.queue(name).get_queue_properties().approximate_message_count
+            for name in queues.all_queues(self.shards, (base,))
+        )
+
+    def poisoned(self, base: str) -> list[bytes]:
+        """What the host moved to the ``-poison`` queues of every shard of ``base``."""
+        return [
+            m.content
+            for name in queues.all_queues(self.shards, (base,))
+            for m in self.storage.queue(f"{name}-poison").peek_messages(max_messages=32)
+        ]
 
     def close(self) -> None:
         self.host.stop()  # first: a callback in flight to a closed receiver would hang until its timeout
@@ -74,9 +98,10 @@ def launch_stack(azurite: Azurite, emulator: Any, secrets: dict[str, str], **env
         ca_bundle=emulator.ca_path,
         return_origins=RETURN_ORIGIN,
     )
-    settings.update({**TIMERS_OFF, **host_clock_env(), **env})
+    settings.update({**TIMERS_OFF, **FAST_FANOUT, **host_clock_env(), **env})
     storage = Storage(storage_settings({"AzureWebJobsStorage": azurite.connection_string}))
-    empty_queues(storage)
+    shards = work_queue_shards(settings)
+    empty_queues(storage, shards)
     host = Service("host", ["-m", "local.host", "--port", str(port)], settings).start()
     return Stack(
         host,
@@ -85,13 +110,14 @@ def launch_stack(azurite: Azurite, emulator: Any, secrets: dict[str, str], **env
         emulator,
         storage,
         secrets,
+        shards,
     )
 
 
-def empty_queues(storage: Storage) -> None:
+def empty_queues(storage: Storage, shards: int) -> None:
     """Azurite lives for the whole test session; a message an earlier test's host left behind (a
     callback not yet delivered, say) must not be handled by this host and reach this receiver."""
-    for name in QUEUE_NAMES:
+    for name in queues.all_queues(shards):
         for queue in (name, f"{name}-poison"):
             storage.queue(queue).clear_messages()  # invisible (in-flight) messages go too
 

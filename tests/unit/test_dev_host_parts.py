@@ -52,3 +52,36 @@ def test_host_json_timespans() -> None:
     assert _timespan(None, 2.0) == 2.0
     with pytest.raises(ValueError, match="TimeSpan"):
         _timespan("30s", 0)
+
+
+def test_app_settings_override_host_json_as_in_azure(tmp_path) -> None:  # noqa: ANN001
+    from local.host import read_host_json
+
+    path = tmp_path / "host.json"
+    path.write_text('{"extensions": {"queues": {"batchSize": 16, "maxDequeueCount": 5}}}')
+    _, options = read_host_json(path, {"AzureFunctionsJobHost__extensions__queues__batchSize": "4"})
+    assert (options.batch_size, options.max_dequeue_count) == (4, 5)
+    _, untouched = read_host_json(path, {})
+    assert untouched.batch_size == 16
+
+
+def test_every_shard_of_every_work_queue_gets_its_own_trigger() -> None:
+    import azure.functions as func
+
+    from functions.shards import queue_triggers
+    from local.host.functions import index
+    from shared.rules.settings import work_queue_shards
+
+    app = func.FunctionApp()
+    bp = func.Blueprint()
+    seen: list[bytes] = []
+    queue_triggers(bp, "activity-sync", "sync_activity", lambda msg: seen.append(msg.get_body()))
+    app.register_functions(bp)
+    specs = index(app)
+    shards = work_queue_shards()
+    assert [(s.name, s.trigger["queueName"]) for s in specs] == [
+        ("sync_activity", "activity-sync"),
+        *((f"sync_activity_{n}", f"activity-sync-{n}") for n in range(1, shards)),
+    ]
+    specs[-1].user_function(msg=func.QueueMessage(body=b"x"))
+    assert seen == [b"x"]

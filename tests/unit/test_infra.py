@@ -16,6 +16,7 @@ import pathspec
 import pytest
 from pycep import BicepParser
 
+from shared.rules import queues as app_queues
 from shared.rules import settings as app_settings
 from shared.store.tables import TABLE_NAMES
 
@@ -37,6 +38,9 @@ PLATFORM_SETTINGS = {
     "APPLICATIONINSIGHTS_CONNECTION_STRING": "telemetry endpoint",
     # ... and how they authenticate: Entra ID with the user-assigned identity.
     "APPLICATIONINSIGHTS_AUTHENTICATION_STRING": "telemetry auth via the managed identity",
+    # host.json overrides the host reads (README "Scale"): the invocation timeout and queue batch size.
+    "AzureFunctionsJobHost__functionTimeout": "host.json functionTimeout",
+    "AzureFunctionsJobHost__extensions__queues__batchSize": "host.json extensions.queues.batchSize",
 }
 SECRET_SETTINGS = {"MS_CLIENT_SECRET", "CRM_SHARED_SECRET", "CRM_CALLBACK_SECRET", "TOKEN_ENCRYPTION_KEYS"}
 WORK_QUEUES = {
@@ -44,9 +48,20 @@ WORK_QUEUES = {
     "mailbox-reconcile",
     "crm-callbacks",
     "activity-backfill",
+    "mailbox-maintenance",
     "calendar-move",
     "mailbox-removal",
 }
+# The name of queue i in infra/app/storage.bicep's 'queues' loop, and the same rule in Python.
+QUEUE_NAME_TEMPLATE = (
+    "${workQueues[i / (workQueueShards * 2)]}${(i / 2) % workQueueShards == 0 ? '' : '-${(i / 2) % workQueueShards}'}"
+    "${i % 2 == 1 ? '-poison' : ''}"
+)
+
+
+def bicep_queue_name(work_queues: list[str], shards: int, i: int) -> str:
+    shard = (i // 2) % shards
+    return f"{work_queues[i // (shards * 2)]}{'' if shard == 0 else f'-{shard}'}{'-poison' if i % 2 == 1 else ''}"
 TABLES_AT_LEAST = {"Connections", "Links", "OAuthFlows", "Dedup", "Jobs"}
 ROLE_IDS = {
     "Storage Blob Data Owner": "b7e6dc6d-f1e8-4753-8033-0f276bb0955b",
@@ -290,12 +305,21 @@ def test_storage_has_no_shared_keys_and_holds_the_queues_and_tables() -> None:
     assert account["allowSharedKeyAccess"] is False
     assert account["allowBlobPublicAccess"] is False
     assert account["minimumTlsVersion"] == "TLS1_2"
-    queues = set(storage["variables"]["queueNames"]["value"])
-    assert queues == WORK_QUEUES | {f"{q}-poison" for q in WORK_QUEUES}
+    work_queues = storage["variables"]["workQueues"]["value"]
+    assert set(work_queues) == WORK_QUEUES == set(app_queues.QUEUE_NAMES)
+    shards_param = storage["parameters"]["workQueueShards"]
+    assert (decorator(shards_param, "min_value"), decorator(shards_param, "max_value")) == (1, app_queues.MAX_SHARDS)
+    loop = storage["resources"]["queues"]["config"]
+    assert loop["config"]["name"] == QUEUE_NAME_TEMPLATE
+    main_shards = bicep(MAIN)["parameters"]["scale"]["default"]["workQueueShards"]
+    assert main_shards == app_settings.DEFAULT_WORK_QUEUE_SHARDS
+    for shards in (1, 3, main_shards):
+        names = [bicep_queue_name(work_queues, shards, i) for i in range(len(work_queues) * shards * 2)]
+        expected = app_queues.all_queues(shards)
+        assert sorted(names) == sorted([*expected, *(f"{q}-poison" for q in expected)])
     tables = storage["variables"]["tableNames"]["value"]
     assert len(tables) == len(set(tables)) and TABLES_AT_LEAST <= set(tables)
     assert set(tables) == set(TABLE_NAMES), "infra/app/storage.bicep tableNames != shared/store/tables.py TABLE_NAMES"
-    assert body(storage["resources"]["queues"]["config"])["name"] == "queue"
     assert body(storage["resources"]["tables"]["config"])["name"] == "table"
 
 
@@ -604,3 +628,22 @@ def test_every_checkov_exception_is_justified_inline_and_in_the_readme() -> None
         assert len(reason) > 30, f"{check['check_id']} on {check['resource']}: skip without a real reason"
         assert check["check_id"] in readme, f"{check['check_id']} is skipped but not explained in infra/README.md"
 
+
+
+def test_scale_settings_are_provisioned_with_the_code_and_host_defaults() -> None:
+    """The shard count, fan-out knobs, functionTimeout and queue batch size are parameters whose
+    defaults are the code's (shared/rules/settings.py) and host.json's, so a deployment that sets
+    none of them runs exactly what the tests ran."""
+    params = {k: {"default": v} for k, v in bicep(MAIN)["parameters"]["scale"]["default"].items()}
+    host = json.loads((ROOT / "host.json").read_text())
+    assert params["workQueueShards"]["default"] == app_settings.DEFAULT_WORK_QUEUE_SHARDS
+    assert params["fanoutBatchSize"]["default"] == app_settings.DEFAULT_FANOUT_BATCH_SIZE
+    assert params["fanoutSpreadSeconds"]["default"] == app_settings.DEFAULT_FANOUT_SPREAD_SECONDS
+    assert params["functionTimeout"]["default"] == host["functionTimeout"]
+    assert params["queueBatchSize"]["default"] == host["extensions"]["queues"]["batchSize"]
+    loaded = app_settings.load(minimal_environment())
+    assert (loaded.work_queue_shards, loaded.fanout_batch_size, loaded.fanout_spread_seconds) == (
+        app_settings.DEFAULT_WORK_QUEUE_SHARDS,
+        app_settings.DEFAULT_FANOUT_BATCH_SIZE,
+        app_settings.DEFAULT_FANOUT_SPREAD_SECONDS,
+    )

@@ -234,7 +234,7 @@ def test_a_429_storm_ends_with_every_event_exactly_once(stack: Stack, ana: CrmUs
     gate = stack.storage.table(tables.MAILBOX_GATES).get_entity(tables.key(ana.tenant, ana.user), "")
     assert gate["throttled_until"] is not None
     assert status(stack, ana)["counts"] == {"synced": count, "failed": 0}
-    assert stack.storage.queue("activity-sync-poison").peek_messages() == []
+    assert stack.poisoned("activity-sync") == []
 
 
 def test_bad_inputs_get_the_documented_4xx_and_change_nothing(stack: Stack, ana: CrmUser) -> None:
@@ -321,7 +321,7 @@ def test_a_permanent_graph_400_is_reported_recorded_and_not_retried(stack: Stack
     stored = links.get(stack.storage, ana.tenant, ana.user, "act-1")
     assert stored.extra["state"] == "failed" and "ErrorDuplicateTransactionId" in stored.extra["last_error"]
     assert writes(stack, ana, "POST") == 2  # the squatter and our one attempt: no retry loop
-    assert stack.storage.queue("activity-sync-poison").peek_messages() == []
+    assert stack.poisoned("activity-sync") == []
 
     # The next version is tried again, and a success clears the failure.
     upsert(stack, ana, version=2, id="act-1")

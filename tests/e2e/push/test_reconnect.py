@@ -7,7 +7,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import requests
 
-from shared.store import tables
+from shared.rules import queues
+from shared.store import tables, work_queues
 from tests.conftest import Stack, wait_until
 from tests.e2e.push.conftest import connect_user, ours, reconnect, status, synced, upsert
 
@@ -29,7 +30,10 @@ def test_activities_pushed_during_reauth_required_arrive_after_reconnecting(stac
     upsert(stack, who, id="during", subject="Pushed while the grant was broken")
     upsert(stack, who, id="before", version=2, subject="Changed while the grant was broken")
     wait_until(
-        lambda: stack.storage.queue("activity-sync").get_queue_properties().approximate_message_count == 0,
+        lambda: stack.storage.queue(work_queues.name(queues.ACTIVITY_SYNC, who.tenant))
+        .get_queue_properties()
+        .approximate_message_count
+        == 0,
         what="the worker to take both pushes",
     )
     assert {e["subject"] for e in ours(stack, who)} == {
