@@ -128,6 +128,15 @@ class EmulatorControl:
     def user_delete_event(self, user: str, event_id: str) -> None:
         self._call("DELETE", f"/users/{user}/events/{event_id}")
 
+    def user_cancel_event(self, user: str, event_id: str) -> None:
+        """The user cancels a meeting they organise (as Graph's `POST /events/{id}/cancel`: it leaves the calendar)."""
+        self._call("POST", f"/users/{user}/events/{event_id}/cancel", {})
+
+    def organizer_cancel_event(self, user: str, event_id: str, subject_prefix: str = "Canceled: ") -> dict:
+        """The external organizer cancels a meeting the user was invited to: the user's copy stays, isCancelled."""
+        return self._call("POST", f"/users/{user}/events/{event_id}/organizer-cancel",
+                          {"subject_prefix": subject_prefix})
+
     def calendars(self, user: str) -> list[dict]:
         """The user's calendars: id, name, is_default, color, hex_color and ext (extended properties)."""
         return self._call("GET", f"/users/{user}/calendars")["value"]

@@ -317,6 +317,19 @@ def _body_as(body: dict, wanted: str) -> dict:
             "content=\"text/html; charset=utf-8\">\r\n</head>\r\n<body>\r\n" + escaped + "\r\n</body>\r\n</html>\r\n"}
 
 
+def organizer_of(ev: Event, mb: Mailbox) -> dict:
+    owner = {"emailAddress": {"name": mb.display_name, "address": mb.upn}}
+    return ev.props.get("organizer") or owner  # set only by the control API's user_create (an invitation)
+
+
+def is_organizer_of(organizer: dict, mb: Mailbox) -> bool:
+    return str(organizer["emailAddress"].get("address") or "").lower() == mb.upn.lower()
+
+
+def is_organizer(ev: Event, mb: Mailbox) -> bool:
+    return is_organizer_of(organizer_of(ev, mb), mb)
+
+
 def render(ev: Event, mb: Mailbox, *, tz: str = "UTC", body_type: str = "html", select: list[str] | None = None,
            expand_ext: list[str] | None = None, base: str = "") -> dict:
     p = ev.props
@@ -327,9 +340,8 @@ def render(ev: Event, mb: Mailbox, *, tz: str = "UTC", body_type: str = "html", 
         start, end = timezones.render(ev.start, tz), timezones.render(ev.end, tz)
     location = p.get("location") or {"displayName": "", "locationType": "default", "uniqueIdType": "unknown",
                                      "address": {}, "coordinates": {}}
-    owner = {"emailAddress": {"name": mb.display_name, "address": mb.upn}}
-    organizer = p.get("organizer") or owner  # set only by the control API's user_create (an invitation)
-    is_organizer = str(organizer["emailAddress"].get("address") or "").lower() == mb.upn.lower()
+    organizer = organizer_of(ev, mb)
+    is_organizer = is_organizer_of(organizer, mb)
     full = {
         "id": ev.id,
         "createdDateTime": timezones.format_utc_z(ev.created),
@@ -348,7 +360,7 @@ def render(ev: Event, mb: Mailbox, *, tz: str = "UTC", body_type: str = "html", 
         "importance": p.get("importance") or "normal",
         "sensitivity": p.get("sensitivity") or "normal",
         "isAllDay": ev.is_all_day,
-        "isCancelled": False,
+        "isCancelled": bool(p.get("isCancelled")),  # set only by the control API's organizer_cancel
         "isOrganizer": is_organizer,
         "responseRequested": p.get("responseRequested", True),
         "seriesMasterId": None,

@@ -27,7 +27,7 @@ _USER = re.compile(r"^/(me|users/([^/]+))(/.*)?$")
 # Path segments Graph serves, in their canonical spelling: Graph (OData) matches segment names
 # case-insensitively, so `/CalendarView/Delta` and `/calendarview/delta` are the same resource.
 _NAMES = {n.lower(): n for n in ("me", "users", "mailboxSettings", "timeZone", "calendars", "calendar", "events",
-                                 "calendarView", "delta", "subscriptions", "reauthorize", "$batch")}
+                                 "calendarView", "delta", "subscriptions", "reauthorize", "$batch", "cancel")}
 _FUNCTIONS = {"delta"}  # OData functions: `delta()` (what the SDKs send) and `delta` are one call
 _KEYED = {"users", "calendars", "events", "subscriptions"}  # `events/{id}` or OData key syntax `events('{id}')`
 _CALL = re.compile(r"^(?P<name>[^()]+)\((?P<arg>.*)\)$")
@@ -40,6 +40,7 @@ _ROUTES = [
     (re.compile(r"^/calendars/(?P<cid>[^/]+)$"), "calendar"),
     (re.compile(r"^(?:/calendar|/calendars/(?P<cid>[^/]+))?/events$"), "events"),
     (re.compile(r"^(?:/calendar|/calendars/(?P<cid>[^/]+))?/events/(?P<eid>[^/]+)$"), "event"),
+    (re.compile(r"^(?:/calendar|/calendars/(?P<cid>[^/]+))?/events/(?P<eid>[^/]+)/cancel$"), "event_cancel"),
     (re.compile(r"^(?:/calendar|/calendars/(?P<cid>[^/]+))?/calendarView/delta$"), "delta"),
     (re.compile(r"^(?:/calendar|/calendars/(?P<cid>[^/]+))?/calendarView$"), "calendarView"),
 ]
@@ -584,6 +585,24 @@ class GraphService:
         return Response.json({"@odata.context": self._ctx(mb, "events/$entity"), **out}, 200,
                              self._headers(applied))
 
+    def h_event_cancel(self, req, mb: Mailbox, eid: str, cid: str | None = None) -> Response:
+        """`POST /events/{id}/cancel` `{comment?}` (event-cancel): only the organizer may cancel; the event goes to
+        Deleted Items (gone from the calendar: 404 by id, `@removed` in delta, a `deleted` notification) and the
+        attendees get a cancellation (not emulated: their mailboxes are not this one). An attendee -> 400."""
+        self._method(req, "POST")
+        self._require(req.token, WRITE_SCOPES)
+        body = self._json(req) if req.body else {}
+        if not isinstance(body.get("comment") or "", str):
+            raise HttpError(400, "RequestBodyRead", "The 'comment' property must be a string.")
+        with self.store.lock:
+            ev = self._event(mb, eid, cid)
+            if not ev_rules.is_organizer(ev, mb):
+                raise HttpError(400, "ErrorInvalidRequest", "Your request can't be completed. You need to be an "
+                                                            "organizer to cancel a meeting.")
+            ev_rules.delete(self.store, mb, ev)
+            self.notifier.event_changed(mb, ev, "deleted")
+        return Response.empty(202)
+
     @staticmethod
     def _query(req, name: str) -> str:
         """A function parameter (`startDateTime`, `endDateTime`); Graph reads their names case-insensitively."""
@@ -939,6 +958,36 @@ class GraphService:
     def user_delete_calendar(self, mb: Mailbox, cid: str) -> None:
         with self.store.lock:
             self._delete_calendar(mb, self._calendar(mb, cid))
+
+    def user_cancel(self, mb: Mailbox, eid: str):
+        """The user cancels a meeting they organise ("Cancel meeting" in Outlook): as `POST /events/{id}/cancel`."""
+        with self.store.lock:
+            ev = self._event(mb, eid)
+            if not ev_rules.is_organizer(ev, mb):
+                raise HttpError(400, "ErrorInvalidRequest", "Your request can't be completed. You need to be an "
+                                                            "organizer to cancel a meeting.")
+            ev_rules.delete(self.store, mb, ev)
+            self.notifier.event_changed(mb, ev, "deleted")
+            return ev
+
+    def organizer_cancel(self, mb: Mailbox, eid: str, subject_prefix: str = "Canceled: "):
+        """The (external) organizer cancelled a meeting this mailbox was invited to: Exchange processes the
+        cancellation into the attendee's copy, which stays in the calendar with `isCancelled: true` (and, as
+        Outlook shows it, the subject prefixed "Canceled: ") until the user removes it; a change like any other
+        (new changeKey and lastModifiedDateTime, in delta, an `updated` notification)."""
+        with self.store.lock:
+            ev = self._event(mb, eid)
+            if ev_rules.is_organizer(ev, mb):
+                raise HttpError(400, "ErrorInvalidRequest", "The mailbox organises this meeting: it cancels it with "
+                                                            "POST /events/{id}/cancel.")
+            if not ev.props.get("isCancelled"):
+                ev.props["isCancelled"] = True
+                subject = ev.props.get("subject") or ""
+                if subject_prefix and not subject.startswith(subject_prefix):
+                    ev.props["subject"] = subject_prefix + subject
+                ev_rules.touch(self.store, mb, ev)
+                self.notifier.event_changed(mb, ev, "updated")
+            return ev
 
     def user_delete(self, mb: Mailbox, eid: str):
         with self.store.lock:

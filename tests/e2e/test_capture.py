@@ -19,7 +19,8 @@ from tests.support import clock
 
 pytestmark = pytest.mark.e2e
 CREATED, UPDATED, DELETED = "outlook_event.created", "outlook_event.updated", "outlook_event.deleted"
-CAPTURE_KINDS = (CREATED, UPDATED, "outlook_event.cancelled", DELETED)
+CANCELLED = "outlook_event.cancelled"
+CAPTURE_KINDS = (CREATED, UPDATED, CANCELLED, DELETED)
 DAY = clock.winter_day()
 OUTSIDER = "luisa@acme.test"
 
@@ -130,6 +131,58 @@ def test_an_invitation_from_an_outsider_is_external_and_the_body_only_when_asked
     assert only["data"]["outlook_event_id"] == invitation["id"]
     assert only["data"]["organizer"]["address"] == OUTSIDER and only["data"]["is_organizer"] is False
     assert only["data"]["body_text"] == "Revisar la propuesta"
+
+
+def reconcile_now(stack: Stack, who: CrmUser) -> None:
+    path = f"/api/tenants/{quote(who.tenant, safe='')}/users/{quote(who.user, safe='')}/reconcile"
+    assert stack.crm.post(path, {}).status_code == 202
+
+
+def test_a_meeting_cancelled_by_its_outside_organizer_is_reported_cancelled_once(stack: Stack, ana: CrmUser) -> None:
+    put_settings(stack, ana.tenant, capture_meetings="external")
+    invitation = book(stack, ana, "Propuesta", ana.upn, organizer={"emailAddress": {"name": "Luisa", "address": OUTSIDER}})
+    stack.callbacks.wait_for(CREATED)
+    stack.wait_until_idle()
+
+    # Luisa cancels it: Exchange marks Ana's copy cancelled, and it stays in her calendar.
+    copy = stack.control.organizer_cancel_event(ana.oid, invitation["id"])
+    assert copy["isCancelled"] is True and copy["changeKey"] != invitation["changeKey"]
+    stack.callbacks.wait_for(CANCELLED)
+    stack.wait_until_idle()
+    reported = captured(stack, ana)
+    assert [c["type"] for c in reported] == [CREATED, CANCELLED]
+    data = reported[1]["data"]
+    assert data["outlook_event_id"] == invitation["id"] and data["organizer"]["address"] == OUTSIDER
+    assert (data["start"], data["end"]) == (f"{DAY}T17:00:00Z", f"{DAY}T17:45:00Z")
+    assert [e["id"] for e in stack.control.events(ana.oid)] == [invitation["id"]]
+
+    # A full resync finds the cancelled copy again: nothing new, and no deletion while it stays.
+    stack.control.invalidate_delta_tokens(ana.oid)
+    reconcile_now(stack, ana)
+    stack.wait_until_idle()
+    assert [c["type"] for c in captured(stack, ana)] == [CREATED, CANCELLED]
+
+    # Ana removes it from her calendar: then, and only then, one deletion.
+    stack.control.user_delete_event(ana.oid, invitation["id"])
+    stack.callbacks.wait_for(DELETED)
+    stack.wait_until_idle()
+    reported = captured(stack, ana)
+    assert [c["type"] for c in reported] == [CREATED, CANCELLED, DELETED]
+    assert reported[2]["data"] == {"outlook_event_id": invitation["id"], "reason": "deleted"}
+
+
+def test_a_meeting_the_user_organises_and_cancels_is_reported_deleted_once(stack: Stack, ana: CrmUser) -> None:
+    put_settings(stack, ana.tenant, capture_meetings="external")
+    meeting = book(stack, ana, "Demo con Acme", OUTSIDER)
+    stack.callbacks.wait_for(CREATED)
+    stack.wait_until_idle()
+    stack.control.user_cancel_event(ana.oid, meeting["id"])  # Graph's POST /events/{id}/cancel: it leaves the calendar
+    stack.callbacks.wait_for(DELETED)
+    stack.wait_until_idle()
+    reported = captured(stack, ana)
+    assert [c["type"] for c in reported] == [CREATED, DELETED]
+    assert reported[1]["data"] == {"outlook_event_id": meeting["id"], "reason": "deleted"}
+    assert stack.control.events(ana.oid) == []
 
 
 def test_with_capture_off_nothing_at_all(stack: Stack, ana: CrmUser) -> None:
