@@ -224,7 +224,7 @@ class ControlAPI:
 
     def user_create(self, req, body, uid):
         mb = self._user(uid)
-        ev = self.emu.graph.user_create(mb, body.get("event", body), body.get("calendar_id"))
+        ev = self.emu.graph.user_create(mb, body.get("event", body), body.get("calendar_id"), bool(body.get("by_app")))
         with self.store.lock:
             return Response.plain_json(ev_rules.render(ev, mb), 201)
 

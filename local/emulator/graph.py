@@ -917,11 +917,14 @@ class GraphService:
         return out
 
     # ==== "as the user" (control API) =========================================================================
-    def user_create(self, mb: Mailbox, body: dict, calendar_id: str | None = None):
+    def user_create(self, mb: Mailbox, body: dict, calendar_id: str | None = None, by_app: bool = False):
+        """An event the user adds in Outlook (``by_app``: another app added it through Graph, e.g. a booking
+        tool: it keeps the ``transactionId`` that app sent, as Graph does)."""
         with self.store.lock:
             cal = self._calendar(mb, calendar_id)
             body = dict(body)
-            body.pop("transactionId", None)
+            if not by_app:
+                body.pop("transactionId", None)
             organizer = body.pop("organizer", None)  # a meeting someone else organised (an invitation)
             ev, _ = ev_rules.create(self.store, mb, cal.id, body)
             if isinstance(organizer, dict) and isinstance(organizer.get("emailAddress"), dict):
