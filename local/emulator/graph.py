@@ -678,20 +678,31 @@ class GraphService:
                 else:
                     changed = [e for e in mb.events.values() if e.seq > st["seq"]]
                     changed.sort(key=lambda e: e.seq)
-                    round_ = {**st, "ids": [e.id for e in changed], "offset": 0, "new_seq": mb.seq}
+                    ids = [i for e in changed for i in self._delta_ids(e, zone, st["start"], st["end"])]
+                    round_ = {**st, "ids": ids, "offset": 0, "new_seq": mb.seq}
             else:
                 start, end = self._window(req)
                 cal = self._calendar(mb, cid)
                 items = [e for e in mb.events.values() if not e.deleted and e.calendar_id == cal.id
                          and self._in_window(e, zone, start, end)]
-                items.sort(key=lambda e: (e.instants(zone)[0], e.id))
+                series = [e for e in mb.events.values() if not e.deleted and e.calendar_id == cal.id
+                          and ev_rules.is_series(e)]
+                listed = [(e.instants(zone)[0], e.id) for e in items if not ev_rules.is_series(e)]
+                listed += [(s, ev_rules.occurrence_id(e.id, d)) for e in series for d, s, f in ev_rules.occurrences(e)
+                           if (s < end and f > start)]
+                listed.sort()
                 round_ = {"mailbox": mb.oid, "generation": mb.delta_generation, "calendar": cal.id,
                           "start": start, "end": end, "start_raw": self._query(req, "startDateTime"),
-                          "end_raw": self._query(req, "endDateTime"), "ids": [e.id for e in items], "offset": 0,
+                          "end_raw": self._query(req, "endDateTime"), "ids": [i for _, i in listed], "offset": 0,
                           "new_seq": mb.seq}
             ids = round_["ids"][round_["offset"]: round_["offset"] + page_size]
             value = []
             for eid in ids:
+                occurrence = self._occurrence(mb, eid, round_, tz, body_type)
+                if occurrence is not None:
+                    value.append({"@odata.type": "#microsoft.graph.event", **occurrence} if occurrence else
+                                 {"@odata.type": "#microsoft.graph.event", "id": eid, "@removed": {"reason": "deleted"}})
+                    continue
                 e = mb.events.get(eid)
                 if e is None or e.deleted or e.calendar_id != round_["calendar"] \
                         or not self._in_window(e, zone, round_["start"], round_["end"]):
@@ -712,6 +723,27 @@ class GraphService:
                     "kind": "delta", "seq": round_["new_seq"]}
                 out["@odata.deltaLink"] = f"{link_base}?$deltatoken={tok}"
         return Response.json(out, 200, self._headers(applied))
+
+    def _delta_ids(self, ev, zone, start: datetime, end: datetime) -> list[str]:
+        """What an incremental round lists for a changed event: a series as its occurrences in the window (all
+        of them @removed when the series was deleted), anything else as itself."""
+        if not ev_rules.is_series(ev):
+            return [ev.id]
+        return [ev_rules.occurrence_id(ev.id, d) for d, s, f in ev_rules.occurrences(ev) if s < end and f > start]
+
+    def _occurrence(self, mb: Mailbox, eid: str, round_: dict, tz: str, body_type: str) -> dict | None:
+        """An occurrence id of the round: its rendering ({} when it is gone), or None for any other id."""
+        calendar, start, end = round_["calendar"], round_["start"], round_["end"]
+        parsed = ev_rules.parse_occurrence_id(eid)
+        if parsed is None:
+            return None
+        master = mb.events.get(parsed[0])
+        if master is None or master.deleted or master.calendar_id != calendar or not ev_rules.is_series(master):
+            return {}
+        for day, s, f in ev_rules.occurrences(master):
+            if day == parsed[1] and s < end and f > start:
+                return ev_rules.render_occurrence(master, mb, day, s, f, tz=tz, body_type=body_type)
+        return {}
 
     # ---- subscriptions ----------------------------------------------------------------------------------
     _RESOURCE = re.compile(r"^/?(me|users/([^/]+))(/calendars/([^/]+)|/calendar)?/events$", re.I)

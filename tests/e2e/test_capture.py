@@ -185,6 +185,40 @@ def test_a_meeting_the_user_organises_and_cancels_is_reported_deleted_once(stack
     assert stack.control.events(ana.oid) == []
 
 
+def test_a_recurring_series_is_reported_as_its_master_once_and_its_deletion_once(stack: Stack, ana: CrmUser) -> None:
+    put_settings(stack, ana.tenant, capture_meetings="external")
+    first = clock.days_from_today(2)
+    recurrence = {
+        "pattern": {"type": "weekly", "interval": 1, "daysOfWeek": [first.strftime("%A").lower()]},
+        "range": {"type": "numbered", "startDate": first.isoformat(), "numberOfOccurrences": 6},
+    }
+    series = stack.control.user_create_event(
+        ana.oid,
+        {
+            "subject": "Seguimiento semanal con Acme",
+            "start": {"dateTime": f"{first}T09:00:00", "timeZone": "UTC"},
+            "end": {"dateTime": f"{first}T09:30:00", "timeZone": "UTC"},
+            "attendees": [attendee(OUTSIDER)],
+            "recurrence": recurrence,
+        },
+    )
+    stack.callbacks.wait_for(CREATED)
+    stack.wait_until_idle()
+    # Delta listed six occurrences; the CRM hears of the series once, as its master with its pattern.
+    (only,) = captured(stack, ana)
+    assert only["type"] == CREATED and only["data"]["outlook_event_id"] == series["id"]
+    assert only["data"]["recurrence"] == recurrence
+    assert (only["data"]["start"], only["data"]["end"]) == (f"{first}T09:00:00Z", f"{first}T09:30:00Z")
+
+    # The user deletes the series: delta removes its six occurrences by id; one deletion, for the master.
+    stack.control.user_delete_event(ana.oid, series["id"])
+    stack.callbacks.wait_for(DELETED)
+    stack.wait_until_idle()
+    reported = captured(stack, ana)
+    assert [c["type"] for c in reported] == [CREATED, DELETED]
+    assert reported[1]["data"] == {"outlook_event_id": series["id"], "reason": "deleted"}
+
+
 def test_with_capture_off_nothing_at_all(stack: Stack, ana: CrmUser) -> None:
     put_settings(stack, ana.tenant, capture_meetings="off")
     meeting = book(stack, ana, "Demo con Acme", OUTSIDER)
