@@ -325,7 +325,10 @@ MAX_OCCURRENCES = 1000
 
 
 def is_series(ev: Event) -> bool:
-    return bool(ev.props.get("recurrence")) and not ev.is_all_day
+    """A series calendarView/delta expands (timed, a daily or weekly pattern); any other is listed as itself."""
+    rec = ev.props.get("recurrence")
+    pattern = rec.get("pattern") if isinstance(rec, dict) else None
+    return isinstance(pattern, dict) and pattern.get("type") in ("daily", "weekly") and not ev.is_all_day
 
 
 def occurrence_id(master_id: str, day) -> str:
@@ -371,7 +374,7 @@ def occurrences(ev: Event) -> list[tuple[date, datetime, datetime]]:
             weeks = ((day - timedelta(days=day.weekday())) - (start_day - timedelta(days=start_day.weekday()))).days // 7
             hit = weeks % interval == 0 and day.weekday() in (wanted or {start_day.weekday()})
         else:
-            raise _bad("ErrorInvalidRequest", f"The recurrence pattern '{kind}' is not supported by this emulator.")
+            return []
         if hit:
             start = timezones.to_utc(datetime.combine(day, first.time()), zone)
             out.append((day, start, start + length))
