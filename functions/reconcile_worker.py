@@ -27,7 +27,7 @@ def reconcile_mailbox(msg: func.QueueMessage) -> None:
     from shared.flows import calendars, reconcile
 
     calendars.before_reconcile(services.get(), msg.get_body(), datetime.now(UTC))  # a deleted dedicated calendar
-    outcome = reconcile.process(services.get(), msg.get_body())
+    outcome = reconcile.process(services.get(), msg.get_body(), message_id=msg.id)
     log.info("mailbox-reconcile message %s: %s", msg.id, outcome)
 
 

@@ -114,8 +114,10 @@ class EmulatorControl:
         params = {"include_deleted": "1"} if include_deleted else None
         return self._call("GET", f"/users/{user}/events", params=params)["value"]
 
-    def user_create_event(self, user: str, event: dict, calendar_id: str | None = None) -> dict:
-        return self._call("POST", f"/users/{user}/events", {"event": event, "calendar_id": calendar_id})
+    def user_create_event(self, user: str, event: dict, calendar_id: str | None = None, by_app: bool = False) -> dict:
+        """``by_app``: another app (a booking tool) created it through Graph; its ``transactionId`` is kept."""
+        body = {"event": event, "calendar_id": calendar_id, **({"by_app": True} if by_app else {})}
+        return self._call("POST", f"/users/{user}/events", body)
 
     def user_update_event(self, user: str, event_id: str, changes: dict | None = None,
                           calendar_id: str | None = None) -> dict:
@@ -127,6 +129,15 @@ class EmulatorControl:
 
     def user_delete_event(self, user: str, event_id: str) -> None:
         self._call("DELETE", f"/users/{user}/events/{event_id}")
+
+    def user_cancel_event(self, user: str, event_id: str) -> None:
+        """The user cancels a meeting they organise (as Graph's `POST /events/{id}/cancel`: it leaves the calendar)."""
+        self._call("POST", f"/users/{user}/events/{event_id}/cancel", {})
+
+    def organizer_cancel_event(self, user: str, event_id: str, subject_prefix: str = "Canceled: ") -> dict:
+        """The external organizer cancels a meeting the user was invited to: the user's copy stays, isCancelled."""
+        return self._call("POST", f"/users/{user}/events/{event_id}/organizer-cancel",
+                          {"subject_prefix": subject_prefix})
 
     def calendars(self, user: str) -> list[dict]:
         """The user's calendars: id, name, is_default, color, hex_color and ext (extended properties)."""

@@ -39,6 +39,8 @@ class ControlAPI:
             ("POST", r"/users/(?P<uid>[^/]+)/events", self.user_create),
             ("PATCH", r"/users/(?P<uid>[^/]+)/events/(?P<eid>[^/]+)", self.user_update),
             ("DELETE", r"/users/(?P<uid>[^/]+)/events/(?P<eid>[^/]+)", self.user_delete),
+            ("POST", r"/users/(?P<uid>[^/]+)/events/(?P<eid>[^/]+)/cancel", self.user_cancel),
+            ("POST", r"/users/(?P<uid>[^/]+)/events/(?P<eid>[^/]+)/organizer-cancel", self.organizer_cancel),
             ("GET", r"/users/(?P<uid>[^/]+)/calendars", self.list_calendars),
             ("POST", r"/users/(?P<uid>[^/]+)/calendars", self.user_create_calendar),
             ("PATCH", r"/users/(?P<uid>[^/]+)/calendars/(?P<cid>[^/]+)", self.user_update_calendar),
@@ -222,7 +224,7 @@ class ControlAPI:
 
     def user_create(self, req, body, uid):
         mb = self._user(uid)
-        ev = self.emu.graph.user_create(mb, body.get("event", body), body.get("calendar_id"))
+        ev = self.emu.graph.user_create(mb, body.get("event", body), body.get("calendar_id"), bool(body.get("by_app")))
         with self.store.lock:
             return Response.plain_json(ev_rules.render(ev, mb), 201)
 
@@ -236,6 +238,16 @@ class ControlAPI:
     def user_delete(self, req, body, uid, eid):
         self.emu.graph.user_delete(self._user(uid), eid)
         return Response.empty(204)
+
+    def user_cancel(self, req, body, uid, eid):
+        self.emu.graph.user_cancel(self._user(uid), eid)
+        return Response.empty(204)
+
+    def organizer_cancel(self, req, body, uid, eid):
+        mb = self._user(uid)
+        ev = self.emu.graph.organizer_cancel(mb, eid, (body or {}).get("subject_prefix", "Canceled: "))
+        with self.store.lock:
+            return Response.plain_json(ev_rules.render(ev, mb))
 
     def list_calendars(self, req, body, uid):
         return Response.plain_json({"value": self._user(uid).public()["calendars"]})

@@ -3,12 +3,13 @@ rendering ($select, $expand, Prefer: outlook.timezone / outlook.body-content-typ
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import html
 import json
 import re
 import secrets
-from datetime import datetime
+from datetime import date, datetime, timedelta
 
 from . import schema, timezones
 from .state import Event, Mailbox, Store, change_key, ical_uid, outlook_id
@@ -317,6 +318,96 @@ def _body_as(body: dict, wanted: str) -> dict:
             "content=\"text/html; charset=utf-8\">\r\n</head>\r\n<body>\r\n" + escaped + "\r\n</body>\r\n</html>\r\n"}
 
 
+# --- recurring series (calendarView/delta expands them) -----------------------------------------------------
+_OCCURRENCE = b"\x10"  # an occurrence id: the master's id bytes + this marker + the ISO date
+_WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
+MAX_OCCURRENCES = 1000
+
+
+def is_series(ev: Event) -> bool:
+    """A series calendarView/delta expands (timed, a daily or weekly pattern); any other is listed as itself."""
+    rec = ev.props.get("recurrence")
+    pattern = rec.get("pattern") if isinstance(rec, dict) else None
+    return isinstance(pattern, dict) and pattern.get("type") in ("daily", "weekly") and not ev.is_all_day
+
+
+def occurrence_id(master_id: str, day) -> str:
+    return base64.urlsafe_b64encode(base64.urlsafe_b64decode(master_id) + _OCCURRENCE + day.isoformat().encode()
+                                    ).decode("ascii")
+
+
+def parse_occurrence_id(eid: str):
+    """(master id, date) of an occurrence id, else None."""
+    try:
+        raw = base64.urlsafe_b64decode(eid)
+    except (ValueError, TypeError):
+        return None
+    master, marker, day = raw[:-11], raw[-11:-10], raw[-10:]
+    if marker != _OCCURRENCE:
+        return None
+    try:
+        return base64.urlsafe_b64encode(master).decode("ascii"), date.fromisoformat(day.decode("ascii"))
+    except (ValueError, UnicodeDecodeError):
+        return None
+
+
+def occurrences(ev: Event) -> list[tuple[date, datetime, datetime]]:
+    """The occurrences of a timed series (daily or weekly patterns; endDate, numbered or noEnd ranges, noEnd
+    stopping at MAX_OCCURRENCES): (date, start UTC, end UTC), at the master's wall-clock time in its zone."""
+    rec = ev.props.get("recurrence") or {}
+    pattern, rng = rec.get("pattern") or {}, rec.get("range") or {}
+    zone = timezones.resolve(ev.start_tz)
+    first = ev.start.astimezone(zone)
+    length = ev.end - ev.start
+    interval = max(1, int(pattern.get("interval") or 1))
+    kind = str(pattern.get("type") or "daily")
+    start_day = date.fromisoformat(rng["startDate"]) if rng.get("startDate") else first.date()
+    end_day = date.fromisoformat(rng["endDate"]) if rng.get("type") == "endDate" and rng.get("endDate") else None
+    count = int(rng.get("numberOfOccurrences") or 0) if rng.get("type") == "numbered" else 0
+    wanted = {_WEEKDAYS.index(d.lower()) for d in pattern.get("daysOfWeek") or [] if d.lower() in _WEEKDAYS}
+    out: list[tuple[date, datetime, datetime]] = []
+    day = start_day
+    while len(out) < (count or MAX_OCCURRENCES) and (end_day is None or day <= end_day):
+        if kind == "daily":
+            hit = (day - start_day).days % interval == 0
+        elif kind == "weekly":
+            weeks = ((day - timedelta(days=day.weekday())) - (start_day - timedelta(days=start_day.weekday()))).days // 7
+            hit = weeks % interval == 0 and day.weekday() in (wanted or {start_day.weekday()})
+        else:
+            return []
+        if hit:
+            start = timezones.to_utc(datetime.combine(day, first.time()), zone)
+            out.append((day, start, start + length))
+        day += timedelta(days=1)
+    return out
+
+
+def render_occurrence(ev: Event, mb: Mailbox, day: date, start: datetime, end: datetime, *, tz: str = "UTC",
+                      body_type: str = "html") -> dict:
+    """One occurrence as calendarView returns it: type occurrence, its master's id, its own id and iCalUId."""
+    out = render(ev, mb, tz=tz, body_type=body_type)
+    out.update({
+        "id": occurrence_id(ev.id, day), "type": "occurrence", "seriesMasterId": ev.id, "recurrence": None,
+        "iCalUId": hashlib.sha256(f"{ev.ical_uid}/{day.isoformat()}".encode()).hexdigest().upper(),
+        "start": timezones.render(start, tz), "end": timezones.render(end, tz),
+        "originalStart": timezones.format_utc_z(start),
+    })
+    return out
+
+
+def organizer_of(ev: Event, mb: Mailbox) -> dict:
+    owner = {"emailAddress": {"name": mb.display_name, "address": mb.upn}}
+    return ev.props.get("organizer") or owner  # set only by the control API's user_create (an invitation)
+
+
+def is_organizer_of(organizer: dict, mb: Mailbox) -> bool:
+    return str(organizer["emailAddress"].get("address") or "").lower() == mb.upn.lower()
+
+
+def is_organizer(ev: Event, mb: Mailbox) -> bool:
+    return is_organizer_of(organizer_of(ev, mb), mb)
+
+
 def render(ev: Event, mb: Mailbox, *, tz: str = "UTC", body_type: str = "html", select: list[str] | None = None,
            expand_ext: list[str] | None = None, base: str = "") -> dict:
     p = ev.props
@@ -327,9 +418,8 @@ def render(ev: Event, mb: Mailbox, *, tz: str = "UTC", body_type: str = "html", 
         start, end = timezones.render(ev.start, tz), timezones.render(ev.end, tz)
     location = p.get("location") or {"displayName": "", "locationType": "default", "uniqueIdType": "unknown",
                                      "address": {}, "coordinates": {}}
-    owner = {"emailAddress": {"name": mb.display_name, "address": mb.upn}}
-    organizer = p.get("organizer") or owner  # set only by the control API's user_create (an invitation)
-    is_organizer = str(organizer["emailAddress"].get("address") or "").lower() == mb.upn.lower()
+    organizer = organizer_of(ev, mb)
+    is_organizer = is_organizer_of(organizer, mb)
     full = {
         "id": ev.id,
         "createdDateTime": timezones.format_utc_z(ev.created),
@@ -348,7 +438,7 @@ def render(ev: Event, mb: Mailbox, *, tz: str = "UTC", body_type: str = "html", 
         "importance": p.get("importance") or "normal",
         "sensitivity": p.get("sensitivity") or "normal",
         "isAllDay": ev.is_all_day,
-        "isCancelled": False,
+        "isCancelled": bool(p.get("isCancelled")),  # set only by the control API's organizer_cancel
         "isOrganizer": is_organizer,
         "responseRequested": p.get("responseRequested", True),
         "seriesMasterId": None,

@@ -27,7 +27,7 @@ _USER = re.compile(r"^/(me|users/([^/]+))(/.*)?$")
 # Path segments Graph serves, in their canonical spelling: Graph (OData) matches segment names
 # case-insensitively, so `/CalendarView/Delta` and `/calendarview/delta` are the same resource.
 _NAMES = {n.lower(): n for n in ("me", "users", "mailboxSettings", "timeZone", "calendars", "calendar", "events",
-                                 "calendarView", "delta", "subscriptions", "reauthorize", "$batch")}
+                                 "calendarView", "delta", "subscriptions", "reauthorize", "$batch", "cancel")}
 _FUNCTIONS = {"delta"}  # OData functions: `delta()` (what the SDKs send) and `delta` are one call
 _KEYED = {"users", "calendars", "events", "subscriptions"}  # `events/{id}` or OData key syntax `events('{id}')`
 _CALL = re.compile(r"^(?P<name>[^()]+)\((?P<arg>.*)\)$")
@@ -40,6 +40,7 @@ _ROUTES = [
     (re.compile(r"^/calendars/(?P<cid>[^/]+)$"), "calendar"),
     (re.compile(r"^(?:/calendar|/calendars/(?P<cid>[^/]+))?/events$"), "events"),
     (re.compile(r"^(?:/calendar|/calendars/(?P<cid>[^/]+))?/events/(?P<eid>[^/]+)$"), "event"),
+    (re.compile(r"^(?:/calendar|/calendars/(?P<cid>[^/]+))?/events/(?P<eid>[^/]+)/cancel$"), "event_cancel"),
     (re.compile(r"^(?:/calendar|/calendars/(?P<cid>[^/]+))?/calendarView/delta$"), "delta"),
     (re.compile(r"^(?:/calendar|/calendars/(?P<cid>[^/]+))?/calendarView$"), "calendarView"),
 ]
@@ -584,6 +585,24 @@ class GraphService:
         return Response.json({"@odata.context": self._ctx(mb, "events/$entity"), **out}, 200,
                              self._headers(applied))
 
+    def h_event_cancel(self, req, mb: Mailbox, eid: str, cid: str | None = None) -> Response:
+        """`POST /events/{id}/cancel` `{comment?}` (event-cancel): only the organizer may cancel; the event goes to
+        Deleted Items (gone from the calendar: 404 by id, `@removed` in delta, a `deleted` notification) and the
+        attendees get a cancellation (not emulated: their mailboxes are not this one). An attendee -> 400."""
+        self._method(req, "POST")
+        self._require(req.token, WRITE_SCOPES)
+        body = self._json(req) if req.body else {}
+        if not isinstance(body.get("comment") or "", str):
+            raise HttpError(400, "RequestBodyRead", "The 'comment' property must be a string.")
+        with self.store.lock:
+            ev = self._event(mb, eid, cid)
+            if not ev_rules.is_organizer(ev, mb):
+                raise HttpError(400, "ErrorInvalidRequest", "Your request can't be completed. You need to be an "
+                                                            "organizer to cancel a meeting.")
+            ev_rules.delete(self.store, mb, ev)
+            self.notifier.event_changed(mb, ev, "deleted")
+        return Response.empty(202)
+
     @staticmethod
     def _query(req, name: str) -> str:
         """A function parameter (`startDateTime`, `endDateTime`); Graph reads their names case-insensitively."""
@@ -659,20 +678,31 @@ class GraphService:
                 else:
                     changed = [e for e in mb.events.values() if e.seq > st["seq"]]
                     changed.sort(key=lambda e: e.seq)
-                    round_ = {**st, "ids": [e.id for e in changed], "offset": 0, "new_seq": mb.seq}
+                    ids = [i for e in changed for i in self._delta_ids(e, zone, st["start"], st["end"])]
+                    round_ = {**st, "ids": ids, "offset": 0, "new_seq": mb.seq}
             else:
                 start, end = self._window(req)
                 cal = self._calendar(mb, cid)
                 items = [e for e in mb.events.values() if not e.deleted and e.calendar_id == cal.id
                          and self._in_window(e, zone, start, end)]
-                items.sort(key=lambda e: (e.instants(zone)[0], e.id))
+                series = [e for e in mb.events.values() if not e.deleted and e.calendar_id == cal.id
+                          and ev_rules.is_series(e)]
+                listed = [(e.instants(zone)[0], e.id) for e in items if not ev_rules.is_series(e)]
+                listed += [(s, ev_rules.occurrence_id(e.id, d)) for e in series for d, s, f in ev_rules.occurrences(e)
+                           if (s < end and f > start)]
+                listed.sort()
                 round_ = {"mailbox": mb.oid, "generation": mb.delta_generation, "calendar": cal.id,
                           "start": start, "end": end, "start_raw": self._query(req, "startDateTime"),
-                          "end_raw": self._query(req, "endDateTime"), "ids": [e.id for e in items], "offset": 0,
+                          "end_raw": self._query(req, "endDateTime"), "ids": [i for _, i in listed], "offset": 0,
                           "new_seq": mb.seq}
             ids = round_["ids"][round_["offset"]: round_["offset"] + page_size]
             value = []
             for eid in ids:
+                occurrence = self._occurrence(mb, eid, round_, tz, body_type)
+                if occurrence is not None:
+                    value.append({"@odata.type": "#microsoft.graph.event", **occurrence} if occurrence else
+                                 {"@odata.type": "#microsoft.graph.event", "id": eid, "@removed": {"reason": "deleted"}})
+                    continue
                 e = mb.events.get(eid)
                 if e is None or e.deleted or e.calendar_id != round_["calendar"] \
                         or not self._in_window(e, zone, round_["start"], round_["end"]):
@@ -693,6 +723,27 @@ class GraphService:
                     "kind": "delta", "seq": round_["new_seq"]}
                 out["@odata.deltaLink"] = f"{link_base}?$deltatoken={tok}"
         return Response.json(out, 200, self._headers(applied))
+
+    def _delta_ids(self, ev, zone, start: datetime, end: datetime) -> list[str]:
+        """What an incremental round lists for a changed event: a series as its occurrences in the window (all
+        of them @removed when the series was deleted), anything else as itself."""
+        if not ev_rules.is_series(ev):
+            return [ev.id]
+        return [ev_rules.occurrence_id(ev.id, d) for d, s, f in ev_rules.occurrences(ev) if s < end and f > start]
+
+    def _occurrence(self, mb: Mailbox, eid: str, round_: dict, tz: str, body_type: str) -> dict | None:
+        """An occurrence id of the round: its rendering ({} when it is gone), or None for any other id."""
+        calendar, start, end = round_["calendar"], round_["start"], round_["end"]
+        parsed = ev_rules.parse_occurrence_id(eid)
+        if parsed is None:
+            return None
+        master = mb.events.get(parsed[0])
+        if master is None or master.deleted or master.calendar_id != calendar or not ev_rules.is_series(master):
+            return {}
+        for day, s, f in ev_rules.occurrences(master):
+            if day == parsed[1] and s < end and f > start:
+                return ev_rules.render_occurrence(master, mb, day, s, f, tz=tz, body_type=body_type)
+        return {}
 
     # ---- subscriptions ----------------------------------------------------------------------------------
     _RESOURCE = re.compile(r"^/?(me|users/([^/]+))(/calendars/([^/]+)|/calendar)?/events$", re.I)
@@ -898,11 +949,14 @@ class GraphService:
         return out
 
     # ==== "as the user" (control API) =========================================================================
-    def user_create(self, mb: Mailbox, body: dict, calendar_id: str | None = None):
+    def user_create(self, mb: Mailbox, body: dict, calendar_id: str | None = None, by_app: bool = False):
+        """An event the user adds in Outlook (``by_app``: another app added it through Graph, e.g. a booking
+        tool: it keeps the ``transactionId`` that app sent, as Graph does)."""
         with self.store.lock:
             cal = self._calendar(mb, calendar_id)
             body = dict(body)
-            body.pop("transactionId", None)
+            if not by_app:
+                body.pop("transactionId", None)
             organizer = body.pop("organizer", None)  # a meeting someone else organised (an invitation)
             ev, _ = ev_rules.create(self.store, mb, cal.id, body)
             if isinstance(organizer, dict) and isinstance(organizer.get("emailAddress"), dict):
@@ -939,6 +993,36 @@ class GraphService:
     def user_delete_calendar(self, mb: Mailbox, cid: str) -> None:
         with self.store.lock:
             self._delete_calendar(mb, self._calendar(mb, cid))
+
+    def user_cancel(self, mb: Mailbox, eid: str):
+        """The user cancels a meeting they organise ("Cancel meeting" in Outlook): as `POST /events/{id}/cancel`."""
+        with self.store.lock:
+            ev = self._event(mb, eid)
+            if not ev_rules.is_organizer(ev, mb):
+                raise HttpError(400, "ErrorInvalidRequest", "Your request can't be completed. You need to be an "
+                                                            "organizer to cancel a meeting.")
+            ev_rules.delete(self.store, mb, ev)
+            self.notifier.event_changed(mb, ev, "deleted")
+            return ev
+
+    def organizer_cancel(self, mb: Mailbox, eid: str, subject_prefix: str = "Canceled: "):
+        """The (external) organizer cancelled a meeting this mailbox was invited to: Exchange processes the
+        cancellation into the attendee's copy, which stays in the calendar with `isCancelled: true` (and, as
+        Outlook shows it, the subject prefixed "Canceled: ") until the user removes it; a change like any other
+        (new changeKey and lastModifiedDateTime, in delta, an `updated` notification)."""
+        with self.store.lock:
+            ev = self._event(mb, eid)
+            if ev_rules.is_organizer(ev, mb):
+                raise HttpError(400, "ErrorInvalidRequest", "The mailbox organises this meeting: it cancels it with "
+                                                            "POST /events/{id}/cancel.")
+            if not ev.props.get("isCancelled"):
+                ev.props["isCancelled"] = True
+                subject = ev.props.get("subject") or ""
+                if subject_prefix and not subject.startswith(subject_prefix):
+                    ev.props["subject"] = subject_prefix + subject
+                ev_rules.touch(self.store, mb, ev)
+                self.notifier.event_changed(mb, ev, "updated")
+            return ev
 
     def user_delete(self, mb: Mailbox, eid: str):
         with self.store.lock:

@@ -3,7 +3,8 @@
 ``shared.rules.capture_plan``; this module reads Graph and ``CapturedEvents`` and applies them.
 
 Per pass: the items delta listed that no link names, the occurrences of a series replaced by
-their master (read once by id), then per event: an event never reported that carries a
+their master (read once by id), the captured series masters verified when occurrences were removed
+(``masters_to_verify``: a deleted series' occurrences come back as bare ids), then per event: an event never reported that carries a
 ``transactionId`` is checked for our extended property (one of ours whose link is not stored yet
 is never captured), a removed one is read by id (only a 404 is a deletion), and each report is
 queued **before** its row is written: a crash in between repeats a callback (at least once), never
@@ -32,6 +33,7 @@ from shared.rules.capture_plan import (
     after_read,
     decide,
     master_id_of,
+    masters_to_verify,
     needs_ownership_check,
 )
 from shared.rules.event_render import PROPERTY_ID
@@ -62,6 +64,8 @@ def capture_meetings(
             candidates[event_id] = item
         elif master not in candidates:
             candidates[master] = None  # read once below
+    for master in masters_to_verify(items, known, ours):  # a deleted series: only its occurrences' ids
+        candidates.setdefault(master, {"id": master, "@removed": {"reason": "deleted"}})
     queued = 0
     for event_id, item in candidates.items():
         if event_id in ours:

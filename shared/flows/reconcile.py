@@ -122,8 +122,10 @@ class PassResult:
 # === entry points ====================================================================================
 
 
-def process(services: Services, raw: bytes, now: datetime | None = None) -> str:
-    """Handle one ``mailbox-reconcile`` message; re-queues it itself when it must wait."""
+def process(services: Services, raw: bytes, now: datetime | None = None, *, message_id: str | None = None) -> str:
+    """Handle one ``mailbox-reconcile`` message; re-queues it itself when it must wait. ``message_id``:
+    the queue message's id, the lease's owner (the same message delivered again after its host died
+    takes the lease over at once: ``shared.store.mailbox_sync``)."""
     from shared.flows.reauth import require_reauth
     from shared.store.token_crypto import UndecryptableError
 
@@ -132,7 +134,7 @@ def process(services: Services, raw: bytes, now: datetime | None = None) -> str:
         raise ValueError("not a mailbox-reconcile message")
     tenant, user = str(message["tenant"]), str(message["user"])
     try:
-        return _run(services, message, now or datetime.now(UTC))
+        return _run(services, message, now or datetime.now(UTC), message_id)
     except (mailbox_sync.Busy, MailboxBusy) as busy:  # waiting for another run: no budget spent
         step = next_step("throttled", 0, 0, busy.retry_after)
         return _requeue(services, message, step.delay, message.get("attempt", 0), message.get("throttled", 0))
@@ -220,7 +222,7 @@ def held_deletions(storage: Storage, tenant: str, user: str) -> int:
 # === one run =========================================================================================
 
 
-def _run(services: Services, message: dict[str, Any], now: datetime) -> str:
+def _run(services: Services, message: dict[str, Any], now: datetime, message_id: str | None = None) -> str:
     from shared.flows import notifications, subscriptions
     from shared.outlook.mailbox_client import MailboxClient
 
@@ -232,7 +234,9 @@ def _run(services: Services, message: dict[str, Any], now: datetime) -> str:
     if message.get("kind") == "sweep" and connection.last_reconcile_at and message.get("queued_at"):
         if _instant(connection.last_reconcile_at) >= _instant(message["queued_at"]):
             return SKIPPED  # reconciled since this was scheduled
-    state = mailbox_sync.claim(services.storage, tenant, user, now)
+    owner = f"reconcile-{message_id}" if message_id else None
+    lease = mailbox_sync.Lease.claim(services.storage, tenant, user, now, owner)  # short, renewed while it runs
+    state = lease.state
     # After the lease, before reading delta: while this message waits for a busy lease it stays the
     # pending run, so the notifications meanwhile do not queue more runs that would only wait too.
     try:
@@ -245,12 +249,12 @@ def _run(services: Services, message: dict[str, Any], now: datetime) -> str:
                 set(message.get("subscription_ids") or []),
                 now,
             )
-        client = MailboxClient(services, tenant, user)
+        client = lease.keeping(MailboxClient(services, tenant, user))
         result = delta_pass(
             services, client, connection, state, now, confirm=bool(message.get("confirm_deletions"))
         )
     except BaseException:
-        mailbox_sync.release_quietly(services.storage, state)
+        mailbox_sync.release_quietly(services.storage, lease.state)
         raise
     newly_held = result.held_deletions and not state.held_deletions
     if result.held_deletions:
@@ -267,7 +271,7 @@ def _run(services: Services, message: dict[str, Any], now: datetime) -> str:
             "held_deletions": 0,
             "held_since": None,
         }
-    mailbox_sync.release(services.storage, state, **changes)
+    mailbox_sync.release(services.storage, lease.state, **changes)
 
     def touch(c: Connection) -> Connection:
         c = replace(c, last_reconcile_at=iso(now))

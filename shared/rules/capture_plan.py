@@ -105,6 +105,7 @@ class Reported:
     change_key: str | None
     content_hash: str
     state: str = ACTIVE
+    series: bool = False  # a series master: delta lists only its occurrences, and their removals by id alone
 
 
 @dataclass(frozen=True, slots=True)
@@ -269,7 +270,10 @@ def decide(item: dict[str, Any], reported: Reported | None, scope: CaptureScope)
         except (KeyError, TypeError, ValueError):
             data = {"outlook_event_id": event_id, "changed_at": item.get("lastModifiedDateTime")}
         return Report(
-            CANCELLED, event_id, data, Reported(event_id, item.get("changeKey"), content_hash(data), CANCELLED_STATE)
+            CANCELLED,
+            event_id,
+            data,
+            Reported(event_id, item.get("changeKey"), content_hash(data), CANCELLED_STATE, _is_series(item)),
         )
     reason = skip_reason(item, scope)
     if reason is not None:
@@ -278,12 +282,28 @@ def decide(item: dict[str, Any], reported: Reported | None, scope: CaptureScope)
         return Skip(reason)
     data = callback_data(item, scope)
     digest = content_hash(data)
-    remember = Reported(event_id, item.get("changeKey"), digest)
+    remember = Reported(event_id, item.get("changeKey"), digest, series=_is_series(item))
     if reported is None:
         return Report(CREATED, event_id, data, remember)
     if digest == reported.content_hash and reported.state == ACTIVE:
         return Remember(remember)
     return Report(UPDATED, event_id, data, remember)
+
+
+def _is_series(item: dict[str, Any]) -> bool:
+    return item.get("type") == "seriesMaster" or bool(item.get("recurrence"))
+
+
+def masters_to_verify(
+    items: dict[str, dict[str, Any]], known: dict[str, Reported], ours: set[str]
+) -> list[str]:
+    """The captured series masters to read again in this pass: delta removes a deleted series as
+    ``@removed`` items of its occurrences, which carry nothing but their own ids, so when a pass has
+    removals of ids never reported (and not ours), every captured series not listed otherwise is
+    verified by id like a removed meeting (a 404 -> one ``deleted`` for the master)."""
+    if not any("@removed" in item and i not in known and i not in ours for i, item in items.items()):
+        return []
+    return [r.event_id for r in known.values() if r.series and r.event_id not in items]
 
 
 def after_read(event_id: str, event: dict[str, Any] | None, reported: Reported, scope: CaptureScope) -> CapturePlan:

@@ -3,7 +3,8 @@ meeting (``shared.rules.capture_plan.Reported``), so each real change is reporte
 replayed delta pages, new rounds and host restarts.
 
 PartitionKey = (tenant, user), RowKey = the Outlook event id, both escaped. Columns:
-``change_key``, ``content_hash``, ``state`` (active, cancelled), ``reported_at``. Nothing of the
+``change_key``, ``content_hash``, ``state`` (active, cancelled), ``series`` (a series master),
+``reported_at``. Nothing of the
 meeting itself (subject, attendees ...) is kept here. Rows go when the meeting is reported deleted
 or no longer captured, and all of a user's go at "Remove sync".
 """
@@ -29,6 +30,7 @@ def _of(row: Any) -> Reported:
         row.get("change_key"),
         str(row.get("content_hash") or ""),
         str(row.get("state") or "active"),
+        bool(row.get("series")),
     )
 
 
@@ -54,6 +56,8 @@ def remember(storage: Storage, tenant: str, user: str, reported: Reported, now: 
     }
     if reported.change_key:
         entity["change_key"] = reported.change_key
+    if reported.series:
+        entity["series"] = True
     with tables.storage_errors("saving a captured event"):
         storage.table(tables.CAPTURED_EVENTS).upsert_entity(entity, mode=UpdateMode.REPLACE)
 

@@ -8,22 +8,40 @@
 - ``held_deletions`` / ``held_since``: the mass-deletion guard's flag, shown by status.
 - A lease (``lease_id``, ``lease_until``): one reconcile or subscription change per user at a
   time, across processes. Claiming is an ETag-guarded write; a crashed holder's lease expires.
+
+**A reconcile's lease and a host that dies mid-pass** (``Lease``, ``RUN_LEASE``): a delta pass
+(the initial capture of hundreds of meetings, a round of thousands of events) can run for
+minutes, and a host killed during it leaves the lease behind. With a fixed 10-minute lease every
+run of that mailbox after the restart (the dead run's own message coming back, the CRM's request,
+Outlook's notifications) waited up to 10 minutes. Now a reconcile holds a short lease
+(``RUN_LEASE``, 2 minutes) and renews it as it goes (``Lease.keep``, before each Graph request of
+the pass, writing at most every ``RENEW_EVERY``): a live run never loses it, a dead one's expires
+within ``RUN_LEASE``. And its lease id is its queue message's id (``owner``): the dead run's
+message, delivered again (Storage keeps a message's id across deliveries), takes the lease over at
+once. Renewing is ETag-guarded like claiming: a run that finds its lease taken over (it stalled
+longer than ``RUN_LEASE``) stops with ConflictError (re-queued) instead of writing beside the new
+holder. What a pass reports is safe to repeat: its position is stored only at the end, and
+``CapturedEvents`` / the links make a repeated round report nothing twice.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from shared.ports import Storage
+from shared.ports import GraphResponse, MailboxGraph, Storage
 from shared.rules.errors import ConflictError, ThrottledError
 from shared.store import tables
 
 log = logging.getLogger(__name__)
 LEASE = timedelta(minutes=10)
+RUN_LEASE = timedelta(minutes=2)  # a reconcile's, renewed as it goes (``Lease``)
+RENEW_EVERY = timedelta(seconds=20)
 BUSY_RETRY_SECONDS = 5.0
 
 
@@ -81,7 +99,9 @@ def _write(storage: Storage, state: SyncState) -> SyncState:
     return replace(state, etag=metadata.get("etag"))
 
 
-def claim(storage: Storage, tenant: str, user: str, now: datetime, owner: str | None = None) -> SyncState:
+def claim(
+    storage: Storage, tenant: str, user: str, now: datetime, owner: str | None = None, duration: timedelta = LEASE
+) -> SyncState:
     """Take the user's lease, or raise Busy while someone else holds it. ``owner``: a lease id of the
     caller's own; a lease it left behind (its process died) is taken over at once."""
     state = load(storage, tenant, user)
@@ -90,9 +110,50 @@ def claim(storage: Storage, tenant: str, user: str, now: datetime, owner: str | 
         assert state.lease_until is not None
         raise Busy(min(BUSY_RETRY_SECONDS, max(1.0, (state.lease_until - now).total_seconds())))
     try:
-        return _write(storage, replace(state, lease_id=owner or uuid.uuid4().hex, lease_until=now + LEASE))
+        return _write(storage, replace(state, lease_id=owner or uuid.uuid4().hex, lease_until=now + duration))
     except ConflictError:
         raise Busy() from None  # someone claimed it at the same moment
+
+
+class Lease:
+    """A reconcile's lease, renewed while the run goes on (see the module's docstring)."""
+
+    def __init__(
+        self, storage: Storage, state: SyncState, now: datetime, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.storage, self.state = storage, state
+        self._started, self._clock, self._renewed = now, clock, clock()
+        self._at_start = self._renewed
+
+    @classmethod
+    def claim(cls, storage: Storage, tenant: str, user: str, now: datetime, owner: str | None = None) -> Lease:
+        return cls(storage, claim(storage, tenant, user, now, owner, RUN_LEASE), now)
+
+    def keep(self) -> None:
+        """Renew when ``RENEW_EVERY`` has passed since the last write (ConflictError: taken over)."""
+        tick = self._clock()
+        if tick - self._renewed < RENEW_EVERY.total_seconds():
+            return
+        now = self._started + timedelta(seconds=tick - self._at_start)
+        self.state = _write(self.storage, replace(self.state, lease_until=now + RUN_LEASE))
+        self._renewed = tick
+
+    def keeping(self, client: MailboxGraph) -> MailboxGraph:
+        """``client``, renewing this lease before each of its requests."""
+        return _Keeping(self, client)
+
+
+class _Keeping:
+    def __init__(self, lease: Lease, client: MailboxGraph) -> None:
+        self._lease, self._client = lease, client
+
+    @property
+    def calendar_id(self) -> str | None:
+        return self._client.calendar_id
+
+    def call(self, method: str, path: str, **kwargs: Any) -> GraphResponse:
+        self._lease.keep()
+        return self._client.call(method, path, **kwargs)
 
 
 def release(storage: Storage, state: SyncState, **changes: Any) -> SyncState:

@@ -58,3 +58,32 @@ def test_a_reconcile_waiting_for_a_busy_lease_stays_the_pending_run_and_never_gi
     notifications._queued_until.clear()
     assert not notifications.request_reconcile(storage, tenant, user, note, now)
     assert len(storage.sent) == 1
+
+
+def test_a_reconcile_lease_is_short_renewed_while_it_runs_and_taken_over_by_its_own_message(azurite: Azurite) -> None:
+    from datetime import timedelta
+
+    from shared.rules.errors import ConflictError
+
+    storage = Storage(storage_settings({"AzureWebJobsStorage": azurite.connection_string}))
+    tenant, user, now = f"t-{uuid.uuid4().hex[:8]}", "u1", datetime.now(UTC)
+    ticks = [0.0]
+    state = mailbox_sync.claim(storage, tenant, user, now, "reconcile-m1", mailbox_sync.RUN_LEASE)
+    lease = mailbox_sync.Lease(storage, state, now, clock=lambda: ticks[0])
+    ticks[0] = 90.0  # the pass is 90 s in: its next Graph request renews the lease
+    lease.keep()
+    assert lease.state.lease_until == now + timedelta(seconds=90) + mailbox_sync.RUN_LEASE
+    later = now + mailbox_sync.RUN_LEASE + timedelta(seconds=1)
+    with pytest.raises(mailbox_sync.Busy):  # a live run keeps its mailbox
+        mailbox_sync.claim(storage, tenant, user, later, "reconcile-m2", mailbox_sync.RUN_LEASE)
+
+    # The host dies. Its message, delivered again, takes the lease over at once ...
+    again = mailbox_sync.claim(storage, tenant, user, later, "reconcile-m1", mailbox_sync.RUN_LEASE)
+    assert again.lease_id == "reconcile-m1"
+    # ... and any other run gets it once the dead run's short lease has run out, not 10 minutes later.
+    dead_until = later + mailbox_sync.RUN_LEASE
+    taken = mailbox_sync.claim(storage, tenant, user, dead_until, "reconcile-m3", mailbox_sync.RUN_LEASE)
+    assert taken.lease_id == "reconcile-m3"
+    ticks[0] = 200.0  # the stalled first run wakes up: its renewal finds the lease taken over
+    with pytest.raises(ConflictError):
+        lease.keep()

@@ -225,3 +225,15 @@ def test_adopting_replaces_an_event_we_created_for_the_activity() -> None:
     applied = push_apply.apply(graph, decision)
     assert applied.link is not None and applied.link.outlook_event_id == "user-ev"
     assert "ev-1" not in graph.events and "user-ev" in graph.events
+
+
+def test_a_series_is_remembered_as_one_and_verified_when_bare_occurrence_ids_are_removed() -> None:
+    master = meeting(id="m-1", type="seriesMaster", recurrence={"pattern": {"type": "daily"}, "range": {}})
+    created = plan.decide(master, None, scope())
+    assert isinstance(created, plan.Report) and created.remember is not None and created.remember.series
+    known = {"m-1": created.remember, "e-2": plan.Reported("e-2", "ck", "h")}
+    removed = {"occ-9": {"id": "occ-9", "@removed": {"reason": "deleted"}}}
+    assert plan.masters_to_verify(removed, known, set()) == ["m-1"]  # never a single meeting
+    assert plan.masters_to_verify({"e-2": {"id": "e-2", "@removed": {}}}, known, set()) == []  # a known id
+    assert plan.masters_to_verify(removed, known, {"occ-9"}) == []  # one of ours
+    assert plan.masters_to_verify({"x": meeting(id="x")}, known, set()) == []  # no removal at all

@@ -79,3 +79,39 @@ def test_calendar_view_lists_events_in_window(graph):
     graph("POST", "/me/events", json=event_body("out", start="2030-05-10T10:00:00", end="2030-05-10T11:00:00"))
     got = graph("GET", "/me/calendarView", params=WINDOW).json()["value"]
     assert [e["subject"] for e in got] == ["in"]
+
+
+def test_a_series_is_listed_as_its_occurrences_and_removed_by_their_ids(graph, ctl, user):
+    recurrence = {"pattern": {"type": "weekly", "interval": 1, "daysOfWeek": ["monday", "wednesday"]},
+                  "range": {"type": "endDate", "startDate": "2030-03-04", "endDate": "2030-03-13"}}
+    master = graph("POST", "/me/events", json=event_body("Serie", start="2030-03-04T10:00:00",
+                                                         end="2030-03-04T10:30:00", recurrence=recurrence)).json()
+    items, delta_link, _ = run_round(graph, params=WINDOW)
+    assert [i["start"]["dateTime"][:10] for i in items] == ["2030-03-04", "2030-03-06", "2030-03-11", "2030-03-13"]
+    assert {(i["type"], i["seriesMasterId"]) for i in items} == {("occurrence", master["id"])}
+    assert len({i["id"] for i in items} | {master["id"]}) == 5 and len({i["iCalUId"] for i in items}) == 4
+
+    ctl.user_delete_event(user["id"], master["id"])
+    removed, _, _ = run_round(graph, delta_link)
+    assert sorted(i["id"] for i in removed) == sorted(i["id"] for i in items)
+    assert all(set(i) == {"@odata.type", "id", "@removed"} for i in removed)
+
+
+def test_cancel_is_for_the_organizer_and_an_invitation_is_cancelled_in_place(graph, ctl, user):
+    own = graph("POST", "/me/events", json=event_body("Mía")).json()
+    invited = ctl.user_create_event(user["id"], {**event_body("Invitación", start="2030-03-05T10:00:00",
+                                                              end="2030-03-05T11:00:00"),
+                                                 "organizer": {"emailAddress": {"address": "luisa@acme.test"}}})
+    _, delta_link, _ = run_round(graph, params=WINDOW)
+    refused = graph("POST", f"/me/events/{invited['id']}/cancel", json={"comment": "no"})
+    assert refused.status_code == 400 and "organizer" in refused.json()["error"]["message"]
+    assert graph("POST", f"/me/events/{own['id']}/cancel", json={"comment": "Lo siento"}).status_code == 202
+    assert graph("GET", f"/me/events/{own['id']}").status_code == 404
+
+    copy = ctl.organizer_cancel_event(user["id"], invited["id"])
+    assert copy["isCancelled"] is True and copy["subject"] == "Canceled: Invitación"
+    assert copy["changeKey"] != invited["changeKey"]
+    items, _, _ = run_round(graph, delta_link)
+    by_id = {i["id"]: i for i in items}
+    assert by_id[own["id"]]["@removed"] == {"reason": "deleted"}
+    assert by_id[invited["id"]]["isCancelled"] is True
