@@ -42,7 +42,7 @@ def connect(
     started = stack.crm.post(user_path(tenant, user, "connect"), body)
     assert started.status_code == 200, started.text
     check("POST", CONNECT, started, body)
-    landed = sign_in(started.json()["authorization_url"], stack.emulator.ca_path)
+    landed = sign_in(started.json()["start_url"], stack.emulator.ca_path)
     assert landed.status_code == 302, landed.text
     back = parse_qs(urlsplit(landed.headers["Location"]).query)
     assert back["calendar_sync"] == [expect if expect == "connected" else "error"], back

@@ -243,7 +243,7 @@ def test_a_user_who_opted_out_at_connect_is_never_captured(stack: Stack) -> None
     body = {"return_url": RETURN_URL, "time_zone": "America/Bogota", "login_hint": upn, "capture": False}
     started = stack.crm.post(user_path(tenant, user, "connect"), body)
     assert started.status_code == 200, started.text
-    landed = sign_in(started.json()["authorization_url"], stack.emulator.ca_path)
+    landed = sign_in(started.json()["start_url"], stack.emulator.ca_path)
     assert "calendar_sync=connected" in landed.headers["Location"]
     beto = CrmUser(tenant, user, mailbox["id"], upn)
     put_settings(stack, tenant, capture_meetings="all")

@@ -243,7 +243,7 @@ class LiveCheck:
             "return_url": None, "time_zone": CRM_ZONE, "locale": "es", "login_hint": self.c.test_user})
         if answer.status_code != 200:
             raise CheckFailed(f"connect answered {answer.status_code}: {answer.text[:200]}")
-        self.out(f"CONNECT:     open {answer.json()['authorization_url']} and sign in as {self.c.test_user}")
+        self.out(f"CONNECT:     open {answer.json()['start_url']} and sign in as {self.c.test_user}")
         wait_for(lambda: self.status()["state"] == "connected", self.c.sign_in_timeout, "the sign-in to finish")
         account = (self.status().get("account") or "").lower()
         if account != self.c.test_user.lower():
