@@ -247,7 +247,9 @@ def plan_upsert(activity: Activity, link: Link | None, user: UserContext, *,
                                         shown=shown), rendered.notes, online)
     if new_hash == seen.content_hash:
         return Decision(Nothing(UNCHANGED), seen, rendered.notes, online)
-    if seen.shown == shown:
+    # The view (field_diff) has no online meeting in it: an event that should become one is never "shown".
+    becomes_meeting = provider is not None and not seen.online_meeting_url
+    if seen.shown == shown and not becomes_meeting:
         return Decision(Nothing(ALREADY_SHOWN), replace(seen, content_hash=new_hash), rendered.notes, online)
     # An online meeting's PATCH carries its join URL back in the body, or Graph would make a new meeting.
     join_url = seen.online_meeting_url if provider else None

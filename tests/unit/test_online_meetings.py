@@ -123,7 +123,9 @@ def test_a_create_found_by_lookup_keeps_the_meeting_it_already_has():
 def test_a_type_turned_online_patches_the_existing_event_into_a_meeting():
     plain = plan_upsert(activity(), None, WORK)
     link = after(plain, event_id="e1", change_key="k")
-    d = plan_upsert(activity(version=2, type={**MEETING, "id": "type-call"}), link, WORK)
+    # Same name, same content: only the type's flag changed (a replay at the same version).
+    turned = {"id": "type-call", "name": "Llamada", "show_in_calendar": True, "online_meeting": True}
+    d = plan_upsert(activity(type=turned), link, WORK, replay=True)
     assert isinstance(d.action, Update) and d.action.patch["isOnlineMeeting"] is True
 
 
