@@ -172,6 +172,34 @@ def test_a_deleted_dedicated_calendar_is_recreated_with_the_events_by_the_next_r
     ]
 
 
+def test_an_event_the_user_moves_to_another_calendar_is_followed_not_reported_deleted(stack: Stack) -> None:
+    """Outlook keeps an event's immutable id when the user moves it to another calendar: the delta of our
+    calendar reports it removed, the reconcile finds it by id, and the CRM's next change reaches it there."""
+    who = connect(stack, "dedicated")
+    ours_id = dedicated(stack, who)[0]["id"]
+    push(stack, who, 1, prefix="moved")
+    stack.wait_until_idle()
+    [event] = ours(stack, who)
+    assert event["calendarId"] == ours_id
+
+    personal = stack.control.user_create_calendar(who.oid, "Personal")
+    stack.control.user_update_event(who.oid, event["id"], calendar_id=personal["id"])
+    answer = stack.crm.post(user_path(who.tenant, who.user, "reconcile"), {})
+    assert answer.status_code == 202, answer.text
+    stack.wait_until_idle()
+    assert callbacks(stack, who, "activity.deleted_in_outlook") == []
+
+    starts = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) + timedelta(days=2)
+    upsert(stack, who, id="moved-0", version=2, subject="Movida por la usuaria", start=at(starts),
+           end=at(starts + timedelta(minutes=45)), time_zone="UTC")
+    data = synced(stack, who, "moved-0", 2)["data"]
+    stack.wait_until_idle()
+    [after] = ours(stack, who)  # one event: updated where the user put it, no duplicate in ours
+    assert data["outlook_event_id"] == event["id"] == after["id"]
+    assert after["calendarId"] == personal["id"] and after["subject"] == "Movida por la usuaria"
+    assert callbacks(stack, who, "activity.deleted_in_outlook") == []
+
+
 @pytest.mark.parametrize("choice", ["all", "none"])
 def test_remove_sync_all_deletes_the_dedicated_calendar_in_one_request_and_none_keeps_it(
     stack: Stack, choice: str
