@@ -28,6 +28,7 @@ import pytest
 import requests
 
 from local.azurite import free_port
+from local.console.server import calendar_colour
 from local.processes import Service
 from tests.support.clock import monday_of, winter_day
 from tests.support.stack import wait_until_idle
@@ -371,6 +372,26 @@ def test_the_help_centre_flow_in_a_browser(page: Page, console_stack: ConsoleSta
     assert adopting["outlook"]["type"] == "activity.synced"
     assert adopting["outlook"]["outlook_event_id"] == booked["id"]
     shot(page, "08-outlook-meeting-recorded")
+
+    # The calendar picker (issue 18): each calendar in its colour; switching moves our events, not the user's.
+    control = stack.emulator.control
+    default = next(c for c in control.calendars(UPN) if c["is_default"])
+    control.user_update_calendar(UPN, default["id"], hexColor="#e74856")
+    expect(page.get_by_test_id("calendar-in-use")).to_have_text(f"Tus actividades van a: {default['name']}")
+    expect(outlook_event(page, "Llamada con Contoso")).to_have_attribute("data-colour", "#e74856")
+    expect(outlook_event(page, "Reunión de seguimiento").get_by_role("link", name="Unirse a Teams")).to_have_count(1)
+    page.get_by_test_id("calendar-select").select_option("dedicated")
+    page.get_by_role("button", name="Usar este calendario").click()
+    expect(message).to_have_text("Calendario cambiado. Tus eventos se están moviendo.")
+    expect(outlook_event(page, "Llamada con Contoso")).to_have_attribute("data-calendar", "CRM")
+    wait_until_idle(stack.host.ready["url"], stack.emulator)
+    (crm,) = [c for c in control.calendars(UPN) if c["name"] == "CRM"]
+    for subject in ("Llamada con Contoso", "Preparar contrato", "Reunión de seguimiento"):
+        expect(outlook_event(page, subject)).to_have_attribute("data-calendar", "CRM")
+        expect(outlook_event(page, subject)).to_have_attribute("data-colour", calendar_colour(crm))
+    expect(outlook_event(page, "Demo con Acme")).to_have_attribute("data-colour", "#e74856")  # the user's
+    expect(page.get_by_test_id("calendar-in-use")).to_have_text("Tus actividades van a: CRM")
+    shot(page, "08b-calendar-switched")
 
     # "Remover sincronización", removing the events this service created.
     page.get_by_label("Eventos ya creados en Outlook").select_option("all")
