@@ -38,7 +38,7 @@ from shared.rules.callback_messages import CALENDAR_CHANGED
 from shared.rules.contract import ValidationError
 from shared.rules.errors import ConflictError, ThrottledError, TransientError
 from shared.rules.event_render import PROPERTY_ID, TRANSACTION_NAMESPACE, property_value
-from shared.rules.sync_plan import Link
+from shared.rules.sync_plan import Link, join_url_of
 from shared.store import connections, links, mailbox_sync
 from shared.store.connections import CONNECTED, Connection, iso
 
@@ -268,7 +268,10 @@ def _move_one(
                 return 0  # the user deleted it: the reconcile reports it, nothing to move
             body = _copy_of(old, tenant, activity_id, move_id)
             copy = client.call("POST", graph_path(target, "events"), json=body).body or {}
-        link = replace(stored.link, outlook_event_id=copy["id"], change_key=copy.get("changeKey"))
+        # The copy is a new event: an online meeting's old join URL went with the old one (the next
+        # write of the activity makes the copy a meeting again, with its own link).
+        link = replace(stored.link, outlook_event_id=copy["id"], change_key=copy.get("changeKey"),
+                       online_meeting_url=join_url_of(copy))
         extra = {**stored.extra, "web_link": copy.get("webLink")} if copy.get("webLink") else dict(stored.extra)
         try:
             links.save(services.storage, tenant, user, links.StoredLink(link, stored.etag, extra))

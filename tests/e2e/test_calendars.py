@@ -292,6 +292,34 @@ def test_the_calendars_a_user_can_write_to_are_listed_with_their_colour(stack: S
     assert listed["CRM"]["owner"] == who.upn
 
 
+def test_switching_calendars_leaves_a_meeting_the_user_adopted_where_it_is(stack: Stack) -> None:
+    """An adopted meeting (issue 17) is the user's: the move never copies nor deletes it (a delete would
+    send its attendees a cancellation); our own events move."""
+    who = connect(stack)
+    push(stack, who, 1, prefix="ours")
+    starts = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) + timedelta(days=3)
+    booked = stack.control.user_create_event(who.oid, {
+        "subject": "Demo con Acme",
+        "start": {"dateTime": at(starts)[:-1], "timeZone": "UTC"},
+        "end": {"dateTime": at(starts + timedelta(hours=1))[:-1], "timeZone": "UTC"},
+        "attendees": [{"type": "required", "emailAddress": {"name": "Luisa", "address": "luisa@fabrikam.example"}}],
+    })
+    upsert(stack, who, id="adopted-1", start=at(starts), end=at(starts + timedelta(hours=1)), time_zone="UTC",
+           outlook_event_id=booked["id"])
+    assert synced(stack, who, "adopted-1", 1)["data"]["outlook_event_id"] == booked["id"]
+    stack.wait_until_idle()
+
+    assert switch(stack, who, "dedicated")["move"]["total"] == 1
+    assert changed(stack, who)["data"]["moved"] == 1
+    stack.wait_until_idle()
+
+    mine = [e for e in stack.control.events(who.oid) if e["id"] == booked["id"]]
+    assert len(mine) == 1 and mine[0]["calendarId"] == default_id(stack, who)
+    assert [e["subject"] for e in stack.control.events(who.oid) if e["subject"] == "Demo con Acme"] == ["Demo con Acme"]
+    assert {e["calendarId"] for e in ours(stack, who)} == {dedicated(stack, who)[0]["id"]}
+    assert len(ours(stack, who)) == 1
+
+
 def test_switching_from_dedicated_to_default_moves_200_events_once_and_leaves_none(stack: Stack) -> None:
     who = connect(stack, "dedicated")
     crm_calendar = dedicated(stack, who)[0]["id"]
