@@ -460,3 +460,29 @@ def test_the_outlook_view_places_events_in_the_mailbox_zone() -> None:
     assert (holiday["first_day"], holiday["last_day"]) == ("2027-10-30", "2027-10-31")  # clipped to the view
     assert placed["events"][1]["ours"] and not holiday["ours"]
     assert placed["events"][1]["start_label"] == "22:30" and placed["events"][1]["end_label"] == "01:00"
+
+
+def test_the_outlook_view_shows_each_event_in_its_calendars_colour() -> None:
+    """The console's own placing (no browser): an event carries its calendar's name and hexColor; a
+    calendar left on automatic colour shows Outlook's first colour; a Teams meeting its join link."""
+    from datetime import date
+
+    from local.console.server import AUTO_COLOUR, calendar_colour, place_events
+
+    calendars = [
+        {"id": "c1", "name": "Calendar", "colour": calendar_colour({"hex_color": "#e74856"})},
+        {"id": "c2", "name": "CRM", "colour": calendar_colour({"hex_color": ""})},
+    ]
+    join = "https://teams.microsoft.com/l/meetup-join/19%3ameeting_x%40thread.v2/0"
+
+    def event(eid: str, calendar: str, **more: Any) -> dict[str, Any]:
+        return {"id": eid, "subject": eid, "isAllDay": False, "calendarId": calendar,
+                "start": {"dateTime": "2027-01-12T09:00:00", "timeZone": "UTC"},
+                "end": {"dateTime": "2027-01-12T10:00:00", "timeZone": "UTC"}, **more}
+
+    placed = place_events([event("mine", "c1"), event("ours", "c2", onlineMeeting={"joinUrl": join})],
+                          "UTC", date(2027, 1, 12), 1, calendars=calendars)
+
+    shown = {e["id"]: (e["calendar"], e["colour"], e["join_url"]) for e in placed["events"]}
+    assert shown == {"mine": ("Calendar", "#e74856", None), "ours": ("CRM", AUTO_COLOUR, join)}
+    assert calendar_colour({"hex_color": "red"}) == AUTO_COLOUR  # only #RRGGBB reaches a style attribute
