@@ -268,10 +268,13 @@ def _move_one(
                 return 0  # the user deleted it: the reconcile reports it, nothing to move
             body = _copy_of(old, tenant, activity_id, move_id)
             copy = client.call("POST", graph_path(target, "events"), json=body).body or {}
-        # The copy is a new event: an online meeting's old join URL went with the old one (the next
-        # write of the activity makes the copy a meeting again, with its own link).
-        link = replace(stored.link, outlook_event_id=copy["id"], change_key=copy.get("changeKey"),
-                       online_meeting_url=join_url_of(copy))
+        link = replace(stored.link, outlook_event_id=copy["id"], change_key=copy.get("changeKey"))
+        meeting = bool(stored.link.online_meeting_url)
+        if meeting:
+            # The copy is a new event and the old meeting goes with the old one: the link forgets both its
+            # join URL and its content hash, so a replay writes the activity over the copy (its own body,
+            # without the old Teams block) and makes it a meeting again, with a new link the CRM hears of.
+            link = replace(link, online_meeting_url=join_url_of(copy), content_hash=None)
         extra = {**stored.extra, "web_link": copy.get("webLink")} if copy.get("webLink") else dict(stored.extra)
         try:
             links.save(services.storage, tenant, user, links.StoredLink(link, stored.etag, extra))
@@ -279,6 +282,10 @@ def _move_one(
             _delete_quietly(client, copy["id"])  # the activity changed meanwhile: copy it again from its event
             continue
         _delete_quietly(client, old_id)
+        if meeting:
+            from shared.flows.push import queue_replay
+
+            queue_replay(services, tenant, user, activity_id)
         return 1
     raise ConflictError("the link kept changing while its event was moved")
 

@@ -288,6 +288,11 @@ def enqueue_replays(services: Services, tenant: str, user: str) -> int:
     return len(activity_ids)
 
 
+def queue_replay(services: Services, tenant: str, user: str, activity_id: str) -> None:
+    """Write one activity again from its kept payload (a calendar switch that copied an online meeting)."""
+    _queue_replay(services, tenant, user, activity_id)
+
+
 def _queue_replay(services: Services, tenant: str, user: str, activity_id: str) -> None:
     """One ``replay`` message: the worker recreates the activity's event from its kept payload."""
     message = {

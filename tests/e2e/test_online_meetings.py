@@ -122,3 +122,27 @@ def test_a_type_turned_into_meetings_makes_its_events_online_meetings(stack: Sta
     replayed = [c["data"] for c in stack.callbacks.of_type("activity.synced")
                 if c["user_id"] == dana.user and c["data"]["activity_id"] == "call-2"]
     assert replayed[-1]["online_meeting_url"] == now["onlineMeeting"]["joinUrl"]
+
+
+def test_a_meeting_moved_by_a_calendar_switch_is_a_meeting_there_with_one_new_link(stack: Stack) -> None:
+    """Graph cannot move an event: the switch copies it, so the meeting gets a new link, written over the
+    copy's body once (not next to the old Teams block) and reported to the CRM."""
+    from tests.e2e.test_calendars import changed, switch
+
+    eva = connect_user(stack)
+    upsert(stack, eva, id="meet-5", type=MEETING, **slot(9))
+    old_url = synced(stack, eva, "meet-5", 1)["data"]["online_meeting_url"]
+    stack.wait_until_idle()
+
+    switch(stack, eva, "dedicated")
+    changed(stack, eva)
+    stack.wait_until_idle()
+
+    moved = event_of(stack, eva, "meet-5")
+    new_url = moved["onlineMeeting"]["joinUrl"]
+    assert moved["isOnlineMeeting"] is True and new_url.startswith(TEAMS_URL) and new_url != old_url
+    assert moved["calendarId"] != next(c["id"] for c in stack.control.calendars(eva.oid) if c["is_default"])
+    assert old_url not in moved["body"]["content"] and moved["body"]["content"].count(new_url) == 1
+    reported = [c["data"] for c in stack.callbacks.of_type("activity.synced")
+                if c["user_id"] == eva.user and c["data"]["activity_id"] == "meet-5"]
+    assert reported[-1]["online_meeting_url"] == new_url
