@@ -18,7 +18,9 @@ Routes (JSON unless said otherwise):
   ``GET /crm/api/status``: the signed calls of design §3, answered as ``{status, body}`` so the page
   can show the service's own error when there is one
 - ``GET /crm/api/outlook?date=YYYY-MM-DD&days=1|7``: the mailbox's events in that window, placed in
-  the mailbox's time zone as Outlook shows them
+  the mailbox's time zone as Outlook shows them, each with its calendar's name and colour
+- ``GET /crm/api/calendars``, ``POST /crm/api/calendar`` ``{calendar: "default"|"dedicated"|{"id": ...}}``:
+  the calendar picker, through the signed ``GET .../calendars`` and ``PUT .../calendar``
 - ``GET /crm/api/settings``, ``POST /crm/api/settings`` ``{field_directions?, capture_meetings?}``: the
   tenant's sync settings, read and replaced through the signed ``GET``/``PUT /api/tenants/{tenant}/settings``
   (the PUT replaces the whole document, so what the page did not send is sent back as it is)
@@ -62,7 +64,7 @@ MAX_CALLBACKS = 200
 # The CRM's activity types: Llamada, Reunión and Tarea have the calendar flag on; Correo and Nota do not.
 ACTIVITY_TYPES: list[dict[str, Any]] = [
     {"id": "call", "name": "Llamada", "show_in_calendar": True},
-    {"id": "meeting", "name": "Reunión", "show_in_calendar": True},
+    {"id": "meeting", "name": "Reunión", "show_in_calendar": True, "online_meeting": True},
     {"id": "task", "name": "Tarea", "show_in_calendar": True},
     {"id": "email", "name": "Correo", "show_in_calendar": False},
     {"id": "note", "name": "Nota", "show_in_calendar": False},
@@ -261,6 +263,14 @@ class Console:
         document.update({k: v for k, v in body.items() if k in SETTINGS_KEYS and v is not None})
         return self.call_service("PUT", self.settings_path(), document)
 
+    def calendars(self) -> dict[str, Any]:
+        """The user's writable calendars and the one in use (signed ``GET .../calendars``)."""
+        return self.call_service("GET", self.user_path("calendars"))
+
+    def switch_calendar(self, choice: Any) -> dict[str, Any]:
+        """Move our events to another calendar (signed ``PUT .../calendar``)."""
+        return self.call_service("PUT", self.user_path("calendar"), {"calendar": choice})
+
     def disconnect(self, remove_events: str) -> dict[str, Any]:
         return self.call_service("POST", self.user_path("disconnect"), {"remove_events": remove_events})
 
@@ -450,13 +460,16 @@ class Console:
             if user is None:
                 return {"available": True, "error": f"no mailbox {account}"}
             events = self.control.events(user["id"])
+            calendars = self.control.calendars(user["id"])
         except (ControlError, requests.RequestException) as error:
             return {"available": True, "error": f"emulator: {error}"}
+        shown = [{"id": c["id"], "name": c["name"], "colour": calendar_colour(c)} for c in calendars]
         return {
             "available": True,
             "account": user["upn"],
             "display_name": user["display_name"],
-            **place_events(events, user["time_zone"], first, days),
+            "calendars": shown,
+            **place_events(events, user["time_zone"], first, days, calendars=shown),
         }
 
     def _print(self, line: str) -> None:
@@ -587,8 +600,27 @@ def build_activity(form: dict[str, Any], activity_id: str, version: int, config:
     return activity
 
 
-def place_events(events: list[dict[str, Any]], mailbox_zone: str, first: date, days: int) -> dict[str, Any]:
-    """Events cut into per-day pieces, wall-clock in the mailbox zone, as Outlook's day and week views."""
+# Outlook's colours for a calendar left on "automatic" (no hexColor): the first one, as Outlook on the web.
+AUTO_COLOUR = "#0f6cbd"
+_HEX = re.compile(r"^#[0-9a-fA-F]{6}$")
+
+
+def calendar_colour(calendar: dict[str, Any]) -> str:
+    """The calendar's ``hexColor`` as Outlook shows it; automatic (empty) is Outlook's first colour."""
+    colour = str(calendar.get("hex_color") or calendar.get("hexColor") or "")
+    return colour if _HEX.match(colour) else AUTO_COLOUR
+
+
+def place_events(
+    events: list[dict[str, Any]],
+    mailbox_zone: str,
+    first: date,
+    days: int,
+    calendars: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """Events cut into per-day pieces, wall-clock in the mailbox zone, as Outlook's day and week views;
+    each in its calendar's colour (``calendars``: id, name, colour)."""
+    by_id = {c["id"]: c for c in calendars or []}
     zone = zone_for(mailbox_zone)
     last = first + timedelta(days=days)
     window = (
@@ -606,6 +638,10 @@ def place_events(events: list[dict[str, Any]], mailbox_zone: str, first: date, d
             "preview": (event.get("bodyPreview") or "")[:300],
             "ours": bool(event.get("singleValueExtendedProperties")),
             "web_link": event.get("webLink"),
+            "calendar_id": event.get("calendarId"),
+            "calendar": (by_id.get(event.get("calendarId")) or {}).get("name") or "",
+            "colour": (by_id.get(event.get("calendarId")) or {}).get("colour") or AUTO_COLOUR,
+            "join_url": (event.get("onlineMeeting") or {}).get("joinUrl"),
         }
         if event.get("isAllDay"):
             start_day, end_day = graph_all_day_dates(event["start"], event["end"])
@@ -709,6 +745,8 @@ class Handler(BaseHTTPRequestHandler):
             self._json(self.console.status())
         elif url.path == "/crm/api/settings":
             self._json(self.console.settings())
+        elif url.path == "/crm/api/calendars":
+            self._json(self.console.calendars())
         elif url.path == "/crm/api/outlook":
             try:
                 first = date.fromisoformat(query.get("date") or "")
@@ -773,6 +811,14 @@ class Handler(BaseHTTPRequestHandler):
         elif url.path == "/crm/api/settings":
             sent = {k: body[k] for k in ("field_directions", "capture_meetings") if k in body}
             self._json(console.save_settings(sent))
+        elif url.path == "/crm/api/calendar":
+            choice = body.get("calendar")
+            if choice in ("default", "dedicated") or (
+                isinstance(choice, dict) and isinstance(choice.get("id"), str) and choice["id"]
+            ):
+                self._json(console.switch_calendar(choice))
+            else:
+                self._json({"status": 400, "body": {"message": "calendar: default, dedicated or {id}"}})
         elif url.path == "/crm/api/meetings/adopt":
             event_id = body.get("outlook_event_id")
             if not isinstance(event_id, str) or not event_id:

@@ -45,7 +45,7 @@ from shared.rules.errors import (
 )
 from shared.rules.event_render import PROPERTY_ID
 from shared.rules.event_time import graph_to_utc
-from shared.rules.sync_plan import Create, Decision, Delete, Link, Nothing, Update, after
+from shared.rules.sync_plan import Create, Decision, Delete, Link, Nothing, Update, after, join_url_of
 from shared.store import backfill_jobs, links, tables
 from shared.store.connections import iso
 
@@ -335,10 +335,11 @@ class ChunkWrites:
         if problem is None or (isinstance(action, Delete) and isinstance(problem, NotFoundError)):
             body = (answer.body if answer else None) or {}
             if isinstance(action, Create):
-                link = after(pending.decision, event_id=body["id"], change_key=body.get("changeKey"))
+                link = after(pending.decision, event_id=body["id"], change_key=body.get("changeKey"),
+                             join_url=join_url_of(body))
                 saves.append((pending, link, synced_extra(previous, link, body), body["id"]))
             elif isinstance(action, Update):
-                link = after(pending.decision, change_key=body.get("changeKey"))
+                link = after(pending.decision, change_key=body.get("changeKey"), join_url=join_url_of(body))
                 saves.append((pending, link, synced_extra(previous, link, body), None))
             else:
                 link = pending.decision.link

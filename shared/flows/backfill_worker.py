@@ -33,6 +33,7 @@ import json
 import logging
 import math
 import uuid
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -147,6 +148,10 @@ class ChunkRun(ChunkWrites):
             self.activity_ids[i] = activities[i].id
         stored = read_links(self.storage, self.tenant, self.user, sorted({a.id for a in activities.values()}))
         types = self._known_types({a.type.id for a in activities.values()}, row.get("received_at"))
+        if any((types.get(a.type.id) or a.type).online_meeting for a in activities.values()):
+            from shared.flows.calendars import online_providers
+
+            context = replace(context, online_providers=online_providers(self.services, connection))
         plans: dict[int, Pending] = {}
         lookups: list[int] = []
         owned, must_look = self.msg.get("owned") or {}, set(self.msg.get("lookup") or [])

@@ -38,6 +38,7 @@ from shared.rules.callback_messages import CALENDAR_CHANGED
 from shared.rules.contract import ValidationError
 from shared.rules.errors import ConflictError, ThrottledError, TransientError
 from shared.rules.event_render import PROPERTY_ID, TRANSACTION_NAMESPACE, property_value
+from shared.rules.sync_plan import Link, join_url_of
 from shared.store import connections, links, mailbox_sync, work_queues
 from shared.store.connections import CONNECTED, Connection, iso
 
@@ -112,7 +113,7 @@ def switch(services: Services, tenant: str, user: str, choice: CalendarChoice, n
     target = calendars.resolve(services, token, connection, choice)  # CalendarUnavailable: a 409 at the edge
     if target.calendar_id == connection.calendar_id and target.calendar == connection.calendar:
         return {"calendar": calendars.describe(connection), "move": _move(connection)}
-    total = sum(1 for s in links.for_user(services.storage, tenant, user) if s.link.outlook_event_id)
+    total = sum(1 for s in links.for_user(services.storage, tenant, user) if _ours(s.link))
     move = {
         "id": uuid.uuid4().hex,
         "state": "moving",
@@ -176,7 +177,7 @@ def process(services: Services, raw: bytes, now: datetime) -> str:
     client = MailboxClient(services, tenant, user, target)
     after = message.get("after")
     page = sorted(
-        (s for s in links.for_user(services.storage, tenant, user) if s.link.outlook_event_id),
+        (s for s in links.for_user(services.storage, tenant, user) if _ours(s.link)),
         key=lambda s: s.link.activity_id,
     )
     page = [s for s in page if after is None or s.link.activity_id > after][:PAGE]
@@ -248,7 +249,7 @@ def _move_one(
 
     for _ in range(3):
         stored = links.get(services.storage, tenant, user, activity_id)
-        if stored is None or not stored.link.outlook_event_id:
+        if stored is None or not _ours(stored.link):
             return 0
         old_id = stored.link.outlook_event_id
         found = _lookup(client, property_value(tenant, activity_id))
@@ -268,6 +269,12 @@ def _move_one(
             body = _copy_of(old, tenant, activity_id, move_id)
             copy = client.call("POST", graph_path(target, "events"), json=body).body or {}
         link = replace(stored.link, outlook_event_id=copy["id"], change_key=copy.get("changeKey"))
+        meeting = bool(stored.link.online_meeting_url)
+        if meeting:
+            # The copy is a new event and the old meeting goes with the old one: the link forgets both its
+            # join URL and its content hash, so a replay writes the activity over the copy (its own body,
+            # without the old Teams block) and makes it a meeting again, with a new link the CRM hears of.
+            link = replace(link, online_meeting_url=join_url_of(copy), content_hash=None)
         extra = {**stored.extra, "web_link": copy.get("webLink")} if copy.get("webLink") else dict(stored.extra)
         try:
             links.save(services.storage, tenant, user, links.StoredLink(link, stored.etag, extra))
@@ -275,8 +282,18 @@ def _move_one(
             _delete_quietly(client, copy["id"])  # the activity changed meanwhile: copy it again from its event
             continue
         _delete_quietly(client, old_id)
+        if meeting:
+            from shared.flows.push import queue_replay
+
+            queue_replay(services, tenant, user, activity_id)
         return 1
     raise ConflictError("the link kept changing while its event was moved")
+
+
+def _ours(link: Link) -> bool:
+    """An event of ours to move: an adopted one is the user's own meeting (issue 17), never copied nor
+    deleted (deleting it would send its attendees a cancellation); it stays where the user keeps it."""
+    return bool(link.outlook_event_id) and not link.adopted
 
 
 def _copy_of(old: dict[str, Any], tenant: str, activity_id: str, move_id: str) -> dict[str, Any]:

@@ -197,3 +197,27 @@ def _recreate_if_gone(services: Services, connection: Connection, now: datetime)
 def describe(connection: Connection) -> dict[str, Any]:
     """The calendar in use, as status shows it."""
     return {"choice": choice_json(connection.calendar, connection.calendar_id), "id": connection.calendar_id}
+
+
+def online_providers(services: Services, connection: Connection) -> tuple[str, ...]:
+    """The ``allowedOnlineMeetingProviders`` of the user's calendar (issue 18), read from Graph once and
+    kept on the connection for that calendar; read again only after the calendar changed. Only online
+    meeting types ask, so a plain activity's push costs no extra request."""
+    from shared.outlook.mailbox_client import MailboxClient
+    from shared.rules.event_render import cached_providers, providers_cache
+
+    kept = cached_providers(connection.online_providers, connection.calendar_id)
+    if kept is not None:
+        return kept
+    client = MailboxClient(services, connection.tenant, connection.user, connection.calendar_id)
+    path = calendar_path(connection.calendar_id) if connection.calendar_id else graph_path(None, "calendar")
+    found = client.call("GET", path, params={"$select": "id,allowedOnlineMeetingProviders"}).body or {}
+    allowed = tuple(str(p) for p in found.get("allowedOnlineMeetingProviders") or [] if p)
+    cache = providers_cache(connection.calendar_id, allowed)
+    try:
+        connections.update(services.storage, connection.tenant, connection.user,
+                           lambda c: replace(c, online_providers=cache) if c.calendar_id == connection.calendar_id
+                           else c)
+    except SyncError as error:  # only a cache: the next online meeting reads it again
+        log.info("online meeting providers not kept: %s", error.message)
+    return allowed

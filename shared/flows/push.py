@@ -42,7 +42,7 @@ from shared.rules.errors import (
     TransientError,
 )
 from shared.rules.event_time import iso
-from shared.rules.model import Activity, ActivityDeleted, ActivityTypeUpdated
+from shared.rules.model import Activity, ActivityDeleted, ActivityType, ActivityTypeUpdated
 from shared.rules.sync_plan import (
     OUTLOOK_EVENT_NOT_FOUND,
     Decision,
@@ -132,7 +132,9 @@ def _dispatch(services: Services, message: dict[str, Any], now: datetime) -> str
         return _replay(services, tenant, user, message["activity_id"], now)
     if kind == "type_user":
         data = message["type"]
-        update = ActivityTypeUpdated(data["id"], data["name"], data["show_in_calendar"])
+        update = ActivityTypeUpdated(
+            data["id"], data["name"], data["show_in_calendar"], bool(data.get("online_meeting", False))
+        )
         return _type_for_user(services, tenant, user, update, _instant(message["occurred_at"]), now)
     if kind != "event":
         raise ValueError(f"unknown message kind {kind!r}")
@@ -156,13 +158,23 @@ def _instant(text: str) -> datetime:
     return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
-def _context(connection: Connection) -> UserContext:
+def _context(
+    services: Services, connection: Connection, type_: ActivityType | None = None
+) -> UserContext:
+    """What the planner needs of the user; the calendar's online meeting providers only for an
+    online meeting type (read once per calendar, then kept on the connection)."""
+    providers = None
+    if type_ is not None and type_.online_meeting and connection.state == CONNECTED:
+        from shared.flows.calendars import online_providers
+
+        providers = online_providers(services, connection)
     return UserContext(
         connection.tenant,
         connection.user,
         connected=connection.state == CONNECTED,
         mailbox_time_zone=connection.mailbox_time_zone,
         locale=connection.locale,
+        online_providers=providers,
     )
 
 
@@ -185,7 +197,7 @@ def _upsert(
         keep_payload(services, tenant, activity, data, occurred_at, with_payload=sync_on)
     known = kept_activities.known_type(services.storage, tenant, activity.type.id, newer_than=occurred_at)
     policy = services.settings.completed_activities
-    context = _context(connection)
+    context = _context(services, connection, known or activity.type)
     return _sync(
         services,
         connection,
@@ -206,7 +218,7 @@ def _replay(services: Services, tenant: str, user: str, activity_id: str, now: d
     connection = connections.get(services.storage, tenant, user)
     known = kept_activities.known_type(services.storage, tenant, activity.type.id, newer_than=occurred_at)
     policy = services.settings.completed_activities
-    context = _context(connection)
+    context = _context(services, connection, known or activity.type)
     return _sync(
         services,
         connection,
@@ -221,7 +233,7 @@ def _replay(services: Services, tenant: str, user: str, activity_id: str, now: d
 def _deleted(services: Services, tenant: str, user: str, deleted: ActivityDeleted, now: datetime) -> str:
     connection = connections.get(services.storage, tenant, user)
     kept_activities.drop(services.storage, tenant, deleted)
-    context = _context(connection)
+    context = _context(services, connection)
     return _sync(services, connection, deleted.id, now, lambda link: plan_deletion(deleted, link, context))
 
 
@@ -257,7 +269,12 @@ def _fan_out_type(services: Services, tenant: str, update: ActivityTypeUpdated, 
             "kind": "type_user",
             "tenant": tenant,
             "user": row["user"],
-            "type": {"id": update.id, "name": update.name, "show_in_calendar": update.show_in_calendar},
+            "type": {
+                "id": update.id,
+                "name": update.name,
+                "show_in_calendar": update.show_in_calendar,
+                "online_meeting": update.online_meeting,
+            },
             "occurred_at": iso(occurred_at),
             "attempt": 0,
             "throttled": 0,
@@ -274,6 +291,11 @@ def enqueue_replays(services: Services, tenant: str, user: str) -> int:
     for activity_id in activity_ids:
         _queue_replay(services, tenant, user, activity_id)
     return len(activity_ids)
+
+
+def queue_replay(services: Services, tenant: str, user: str, activity_id: str) -> None:
+    """Write one activity again from its kept payload (a calendar switch that copied an online meeting)."""
+    _queue_replay(services, tenant, user, activity_id)
 
 
 def _queue_replay(services: Services, tenant: str, user: str, activity_id: str) -> None:
@@ -297,7 +319,7 @@ def _type_for_user(
     if kept_activities.superseded(kept_activities.type_row(services.storage, tenant, update.id), occurred_at):
         return DONE  # a newer change of this type is known; its own fan-out does the work
     connection = connections.get(services.storage, tenant, user)
-    context = _context(connection)
+    context = _context(services, connection)
     stored = links.for_user(services.storage, tenant, user)
     decisions = plan_type_update(update, [s.link for s in stored], context)
     check_mass_deletion(decisions, sum(bool(s.link.outlook_event_id) for s in stored), confirmed=True)

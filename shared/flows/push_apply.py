@@ -36,7 +36,7 @@ from shared.outlook.mailbox_client import MailboxClient
 from shared.ports import MailboxGraph, Services
 from shared.rules.calendars import event_path, graph_path
 from shared.rules.errors import ConflictError, PermanentError, SyncError
-from shared.rules.event_render import PROPERTY_ID
+from shared.rules.event_render import ONLINE_UNAVAILABLE, PROPERTY_ID
 from shared.rules.event_time import graph_to_utc, iso
 from shared.rules.sync_plan import (
     ADOPTED,
@@ -53,6 +53,7 @@ from shared.rules.sync_plan import (
     Update,
     adopt,
     after,
+    join_url_of,
 )
 from shared.store import connections, links
 from shared.store.connections import Connection
@@ -60,7 +61,7 @@ from shared.store.connections import Connection
 log = logging.getLogger(__name__)
 
 LAST_SYNC_EVERY = timedelta(seconds=60)  # last_sync_at is written at most this often per user
-LOOKUP_SELECT = "id,changeKey,webLink,start,end"
+LOOKUP_SELECT = "id,changeKey,webLink,start,end,onlineMeeting"
 CREATING = "creating"  # link extra: a create was (maybe) sent and its answer not yet stored
 
 _activity_locks: dict[tuple[str, str, str], threading.Lock] = {}
@@ -265,11 +266,13 @@ def apply(client: MailboxGraph, decision: Decision, *, lookup_first: bool = True
             else:
                 body = answer.body or {}
                 return Applied(
-                    after(decision, event_id=body["id"], change_key=body.get("changeKey")), body, action
+                    after(decision, event_id=body["id"], change_key=body.get("changeKey"), join_url=join_url_of(body)),
+                    body,
+                    action,
                 )
         for duplicate in found[1:]:  # ours too (same property): a create that was retried elsewhere
             _delete_quietly(client, duplicate["id"])
-        decision = adopt(decision, found[0]["id"])
+        decision = adopt(decision, found[0]["id"], join_url=join_url_of(found[0]))
         action = decision.action
     if isinstance(action, Update):
         known = decision.link.change_key if decision.link else None
@@ -289,7 +292,7 @@ def apply(client: MailboxGraph, decision: Decision, *, lookup_first: bool = True
                 raise EventGone() from None
             raise OutlookChanged(event.body or {}) from None
         body = answer.body or {}
-        return Applied(after(decision, change_key=body.get("changeKey")), body, action)
+        return Applied(after(decision, change_key=body.get("changeKey"), join_url=join_url_of(body)), body, action)
     if isinstance(action, Delete):
         _delete_quietly(client, action.event_id)
         return Applied(decision.link, None, action)
@@ -378,6 +381,10 @@ def _report(
         "outlook_event_id": link.outlook_event_id if shows else None,
         "web_link": extra.get("web_link") if shows else None,
     }
+    if shows and decision.online_meeting == ONLINE_UNAVAILABLE:
+        data["online_meeting"] = ONLINE_UNAVAILABLE  # the calendar allows no online meetings (personal account)
+    elif shows and decision.online_meeting and link.online_meeting_url:
+        data["online_meeting_url"] = link.online_meeting_url
     if decision.notes:
         data["time_notes"] = [
             {"field": n.field, "kind": n.kind, "message": n.message} for n in decision.notes

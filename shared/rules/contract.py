@@ -138,9 +138,10 @@ def _activity_type(f: Fields | None) -> ActivityType | None:
     if f is None:
         return None
     tid, name, show = f.id("id"), f.text("name"), f.boolean("show_in_calendar")
-    if tid is None or name is None or show is None:
+    online = f.boolean("online_meeting", default=False)
+    if tid is None or name is None or show is None or online is None:
         return None
-    return ActivityType(tid, name, show)
+    return ActivityType(tid, name, show, online)
 
 
 def _raise_if(errors: list[tuple[str, str]]) -> None:
@@ -174,7 +175,8 @@ def _data(kind: str, f: Fields) -> Activity | ActivityDeleted | ActivityTypeUpda
         return None if f.errors else ActivityDeleted(_set(aid), _set(owner), _set(version))
     if kind == "activity_type.updated":
         tid, name, show = f.id("id"), f.text("name"), f.boolean("show_in_calendar")
-        return None if f.errors else ActivityTypeUpdated(_set(tid), _set(name), _set(show))
+        online = f.boolean("online_meeting", default=False)
+        return None if f.errors else ActivityTypeUpdated(_set(tid), _set(name), _set(show), bool(online))
     user_id, zone = f.id("user_id"), f.zone("time_zone")
     locale = f.text("locale", 35)
     if locale is not None and not _LOCALE.fullmatch(locale):

@@ -37,6 +37,10 @@ BLOCK_START = "──────── CRM ────────"
 BLOCK_END = "─────────────────────"
 _START = re.compile(r"^─{3,}\s*CRM\s*─{3,}$")
 _END = re.compile(r"^─{3,}$")
+# The Teams block Outlook appends to an online meeting's body (a rule of underscores, a line naming
+# Microsoft Teams, the join link and dial-in lines, often a closing rule): Outlook's, not the user's notes.
+_RULE = re.compile(r"^_{10,}$")
+_TEAMS = re.compile(r"Microsoft Teams", re.IGNORECASE)
 _BLOCK_TAGS = frozenset(
     "address article aside blockquote center dd div dl dt fieldset figure footer form h1 h2 h3 h4 h5 h6 "
     "header hr li main nav ol p pre section table tbody thead tfoot tr ul".split()
@@ -132,8 +136,21 @@ class SplitBody:
     marked: bool  # the start marker was found
 
 
+def _without_teams_block(lines: list[str]) -> list[str]:
+    """``lines`` without the Teams join block (from its opening rule to its closing one, or the end)."""
+    for i, line in enumerate(lines):
+        if not _RULE.fullmatch(line):
+            continue
+        following = next((x for x in lines[i + 1 :] if x), "")
+        if not _TEAMS.search(following):
+            continue
+        close = next((j for j in range(i + 1, len(lines)) if _RULE.fullmatch(lines[j])), len(lines) - 1)
+        return lines[:i] + _without_teams_block(lines[close + 1 :])
+    return lines
+
+
 def split_body(text: str) -> SplitBody:
-    lines = text.split("\n")
+    lines = _without_teams_block(text.split("\n"))
     start = next((i for i, line in enumerate(lines) if _START.fullmatch(line)), None)
     if start is None:
         return SplitBody(normalise("\n".join(line for line in lines if not _END.fullmatch(line))), "", False)

@@ -18,6 +18,7 @@ import html
 import json
 import re
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, unquote
@@ -34,9 +35,15 @@ CREATE_ONLY_FIELDS = ("transactionId", "singleValueExtendedProperties")
 _SAFE = "abcdefghijklmnopqrstuvwxyz0123456789._~-"
 
 LABELS = {
-    "es": {"contact": "Contacto", "company": "Empresa", "deal": "Negocio", "open": "Abrir en el CRM"},
-    "en": {"contact": "Contact", "company": "Company", "deal": "Deal", "open": "Open in CRM"},
+    "es": {"contact": "Contacto", "company": "Empresa", "deal": "Negocio", "open": "Abrir en el CRM",
+           "teams": "Reunión de Microsoft Teams", "join": "Unirse a la reunión ahora"},
+    "en": {"contact": "Contact", "company": "Company", "deal": "Deal", "open": "Open in CRM",
+           "teams": "Microsoft Teams meeting", "join": "Join the meeting now"},
 }
+
+# Online meetings (issue 18, graph-facts-2 §5). Teams first: the provider of work accounts.
+PREFERRED_PROVIDERS = ("teamsForBusiness", "skypeForBusiness", "skypeForConsumer")
+ONLINE_UNAVAILABLE = "unavailable"  # ``activity.synced`` ``online_meeting`` when the calendar allows none
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,9 +131,63 @@ def _body_html(activity: Activity, labels: dict[str, str]) -> str:
     return "<html><body>" + "".join(parts) + "</body></html>"
 
 
+def meeting_provider(allowed: Sequence[str]) -> str | None:
+    """The online meeting provider to ask for among a calendar's ``allowedOnlineMeetingProviders``
+    (Teams when allowed); None when the calendar allows none (personal accounts: ``[]`` or ``unknown``)."""
+    usable = [p for p in allowed if p and p != "unknown"]
+    for provider in PREFERRED_PROVIDERS:
+        if provider in usable:
+            return provider
+    return usable[0] if usable else None
+
+
+def providers_cache(calendar_id: str | None, allowed: Sequence[str]) -> str:
+    """What a connection keeps of a calendar's allowed providers (read once, not on every push)."""
+    return json.dumps({"calendar": calendar_id, "allowed": list(allowed)}, separators=(",", ":"))
+
+
+def cached_providers(cache: str | None, calendar_id: str | None) -> tuple[str, ...] | None:
+    """The allowed providers kept for ``calendar_id``; None when unknown (never read, or read for
+    another calendar before a switch), so the caller reads them again."""
+    if not cache:
+        return None
+    try:
+        kept = json.loads(cache)
+    except ValueError:
+        return None
+    if not isinstance(kept, dict) or kept.get("calendar") != calendar_id or not isinstance(kept.get("allowed"), list):
+        return None
+    return tuple(str(p) for p in kept["allowed"])
+
+
+def join_block_html(join_url: str, locale: str | None) -> str:
+    """The Teams block Outlook appends to an online meeting's body, as we write it back when a PATCH
+    sends the body: Graph keeps the meeting (and its ``joinUrl``) only while the body still holds
+    its join URL (graph-facts-2 §5, observed), so a PATCH that dropped it would get a new link."""
+    labels = LABELS[language(locale)]
+    return (f'<div><span>{"_" * 40}</span><div><b>{labels["teams"]}</b></div>'
+            f'<div><a href="{_esc(join_url)}">{labels["join"]}</a></div></div>')
+
+
+def with_join_block(patch: dict[str, Any], join_url: str | None, locale: str | None) -> dict[str, Any]:
+    """A PATCH body that keeps the meeting's join URL in ``body`` (unchanged when there is none)."""
+    body = patch.get("body")
+    if not join_url or not isinstance(body, dict):
+        return patch
+    content = str(body.get("content") or "")
+    block = join_block_html(join_url, locale)
+    at = content.lower().rfind("</body>")
+    content = content[:at] + block + content[at:] if at >= 0 else content + block
+    return {**patch, "body": {**body, "content": content}}
+
+
 def render_event(activity: Activity, *, tenant_id: str, user_id: str, generation: int = 0,
-                 mailbox_time_zone: str | None = None, locale: str | None = None) -> RenderedEvent:
-    """The Graph event for ``activity`` as seen from the mailbox's time zone and the user's locale."""
+                 mailbox_time_zone: str | None = None, locale: str | None = None,
+                 online_provider: str | None = None) -> RenderedEvent:
+    """The Graph event for ``activity`` as seen from the mailbox's time zone and the user's locale.
+    ``online_provider``: the provider for an online meeting type (``meeting_provider``); without one
+    the event is a plain appointment. ``isOnlineMeeting`` is only ever sent as ``true`` (Graph ignores
+    ``false`` once a meeting is online, and a plain activity never names it)."""
     times = to_graph_times(activity, mailbox_time_zone)
     subject = re.sub(r"\s*[\r\n]+\s*", " ", activity.subject).strip() or activity.type.name
     reminder = activity.reminder_minutes
@@ -143,6 +204,9 @@ def render_event(activity: Activity, *, tenant_id: str, user_id: str, generation
     }
     if reminder is not None:
         event["reminderMinutesBeforeStart"] = reminder
+    if activity.type.online_meeting and online_provider:
+        event["isOnlineMeeting"] = True
+        event["onlineMeetingProvider"] = online_provider
     event["transactionId"] = transaction_id(tenant_id, user_id, activity.id, generation)
     event["singleValueExtendedProperties"] = [
         {"id": PROPERTY_ID, "value": property_value(tenant_id, activity.id)}

@@ -22,6 +22,7 @@ class ActivityType:
     id: str
     name: str
     show_in_calendar: bool
+    online_meeting: bool = False  # issue 18: its activities become online (Teams) meetings
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +70,7 @@ class ActivityTypeUpdated:
     id: str
     name: str
     show_in_calendar: bool
+    online_meeting: bool = False
 
 
 @dataclass(frozen=True, slots=True)

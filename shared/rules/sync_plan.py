@@ -37,7 +37,14 @@ from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from shared.rules.errors import PermanentError
-from shared.rules.event_render import patch_body, property_value, render_event
+from shared.rules.event_render import (
+    ONLINE_UNAVAILABLE,
+    meeting_provider,
+    patch_body,
+    property_value,
+    render_event,
+    with_join_block,
+)
 from shared.rules.event_time import TimeNote
 from shared.rules.field_diff import shown_of
 from shared.rules.model import Activity, ActivityDeleted, ActivityType, ActivityTypeUpdated
@@ -60,6 +67,8 @@ TYPE_CHANGED = "type_changed"
 ADOPTED = "adopted"  # the activity is linked to the user's own event: nothing is ever written to it
 OUTLOOK_EVENT_NOT_FOUND = "outlook_event_not_found"
 
+ONLINE_REQUESTED = "requested"
+
 # Mass-deletion guard: refuse more than MASS_DELETE_MIN deletions that are also more than
 # MASS_DELETE_SHARE of the user's linked events, unless confirmed.
 MASS_DELETE_MIN = 20
@@ -80,6 +89,7 @@ class Link:
     type_id: str | None = None  # to find a type's events on activity_type.updated
     shown: str | None = None  # what Outlook shows now (field_diff.Shown as JSON); None = unknown
     adopted: bool = False  # the event is the user's (issue 17): never PATCHed nor DELETEd, only unlinked
+    online_meeting_url: str | None = None  # the event's online meeting join URL (issue 18), kept across PATCHes
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +99,9 @@ class UserContext:
     connected: bool
     mailbox_time_zone: str | None = None  # Windows id from mailboxSettings
     locale: str | None = None
+    # The calendar's allowedOnlineMeetingProviders (issue 18); only needed, and only read, for online
+    # meeting types. None = not known: such an activity is then written without a meeting.
+    online_providers: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,6 +163,9 @@ class Decision:
     action: Action
     link: Link | None  # to store once the action succeeded; may equal the input (then skip)
     notes: tuple[TimeNote, ...] = ()
+    # Online meeting types (issue 18): ONLINE_REQUESTED, or ONLINE_UNAVAILABLE when the calendar allows
+    # no provider (reported in activity.synced); None for every other activity.
+    online_meeting: str | None = None
 
 
 class MassDeletionRefused(PermanentError):
@@ -162,7 +178,8 @@ class MassDeletionRefused(PermanentError):
 
 
 def _without_event(link: Link) -> Link:
-    return replace(link, outlook_event_id=None, content_hash=None, change_key=None, shown=None, adopted=False)
+    return replace(link, outlook_event_id=None, content_hash=None, change_key=None, shown=None, adopted=False,
+                   online_meeting_url=None)
 
 
 def _remove(link: Link, event_id: str, reason: str) -> Action:
@@ -217,22 +234,38 @@ def plan_upsert(activity: Activity, link: Link | None, user: UserContext, *,
         return Decision(Nothing(ADOPTED), seen)  # the user's event: the CRM's content is never written
 
     generation = seen.generation if event_id else seen.generation + 1
+    provider, online = online_meeting_of(type_, user)
     rendered = render_event(replace(activity, type=type_), tenant_id=user.tenant_id, user_id=user.user_id,
                             generation=generation, mailbox_time_zone=user.mailbox_time_zone,
-                            locale=user.locale)
+                            locale=user.locale, online_provider=provider)
     new_hash = rendered.content_hash
     shown = shown_of(rendered.event).to_json()
     if event_id is None:
         create = Create(rendered.event, rendered.event["transactionId"],
                         property_value(user.tenant_id, activity.id), new_hash)
         return Decision(create, replace(_without_event(seen), generation=generation, content_hash=new_hash,
-                                        shown=shown), rendered.notes)
+                                        shown=shown), rendered.notes, online)
     if new_hash == seen.content_hash:
-        return Decision(Nothing(UNCHANGED), seen, rendered.notes)
-    if seen.shown == shown:
-        return Decision(Nothing(ALREADY_SHOWN), replace(seen, content_hash=new_hash), rendered.notes)
-    return Decision(Update(event_id, patch_body(rendered.event), new_hash),
-                    replace(seen, content_hash=new_hash, shown=shown), rendered.notes)
+        return Decision(Nothing(UNCHANGED), seen, rendered.notes, online)
+    # The view (field_diff) has no online meeting in it: an event that should become one is never "shown".
+    becomes_meeting = provider is not None and not seen.online_meeting_url
+    if seen.shown == shown and not becomes_meeting:
+        return Decision(Nothing(ALREADY_SHOWN), replace(seen, content_hash=new_hash), rendered.notes, online)
+    # An online meeting's PATCH carries its join URL back in the body, or Graph would make a new meeting.
+    join_url = seen.online_meeting_url if provider else None
+    patch = with_join_block(patch_body(rendered.event), join_url, user.locale)
+    return Decision(Update(event_id, patch, new_hash),
+                    replace(seen, content_hash=new_hash, shown=shown), rendered.notes, online)
+
+
+def online_meeting_of(type_: ActivityType, user: UserContext) -> tuple[str | None, str | None]:
+    """(the provider to ask for, what ``activity.synced`` says) for an activity of ``type_``: only
+    online meeting types get one, the calendar must allow one (``meeting_provider``), and a calendar
+    that allows none makes the meeting ``unavailable``."""
+    if not type_.online_meeting or user.online_providers is None:
+        return None, None
+    provider = meeting_provider(user.online_providers)
+    return provider, (ONLINE_REQUESTED if provider else ONLINE_UNAVAILABLE)
 
 
 def plan_deletion(deleted: ActivityDeleted, link: Link | None, user: UserContext) -> Decision:
@@ -287,8 +320,10 @@ def check_mass_deletion(decisions: Iterable[Decision], linked_events: int, *, co
         raise MassDeletionRefused(deletes, linked_events)
 
 
-def after(decision: Decision, *, event_id: str | None = None, change_key: str | None = None) -> Link | None:
-    """The link to store once the action succeeded, with what Graph answered."""
+def after(decision: Decision, *, event_id: str | None = None, change_key: str | None = None,
+          join_url: str | None = None) -> Link | None:
+    """The link to store once the action succeeded, with what Graph answered (``join_url``: the
+    answer's ``onlineMeeting.joinUrl``, kept only for online meeting types)."""
     link = decision.link
     if link is None or not isinstance(decision.action, Create | Update):
         return link
@@ -296,18 +331,28 @@ def after(decision: Decision, *, event_id: str | None = None, change_key: str | 
         if not event_id:
             raise ValueError("a created event needs its id")
         link = replace(link, outlook_event_id=event_id)
-    return replace(link, change_key=change_key)
+    online = (join_url or link.online_meeting_url) if decision.online_meeting == ONLINE_REQUESTED else None
+    return replace(link, change_key=change_key, online_meeting_url=online)
 
 
-def adopt(decision: Decision, event_id: str) -> Decision:
+def join_url_of(event: dict[str, Any] | None) -> str | None:
+    """``onlineMeeting.joinUrl`` of a Graph event (never the deprecated ``onlineMeetingUrl``)."""
+    meeting = (event or {}).get("onlineMeeting")
+    url = meeting.get("joinUrl") if isinstance(meeting, dict) else None
+    return url if isinstance(url, str) and url else None
+
+
+def adopt(decision: Decision, event_id: str, *, join_url: str | None = None, locale: str | None = None) -> Decision:
     """A ``Create`` whose lookup by our property found ``event_id`` (a create that crashed before its
-    link was stored): PATCH that event instead of creating a duplicate."""
+    link was stored): PATCH that event instead of creating a duplicate (keeping its meeting's
+    ``join_url``, if it became one)."""
     create = decision.action
     if not isinstance(create, Create) or decision.link is None:
         raise ValueError("only a planned Create can adopt an existing event")
-    patch = patch_body(create.event)
+    keep = join_url if decision.online_meeting == ONLINE_REQUESTED else None
+    patch = with_join_block(patch_body(create.event), keep, locale)
     return Decision(Update(event_id, patch, create.content_hash),
-                    replace(decision.link, outlook_event_id=event_id), decision.notes)
+                    replace(decision.link, outlook_event_id=event_id), decision.notes, decision.online_meeting)
 
 
 BackfillCategory = Literal["create", "update", "unchanged", "ineligible"]

@@ -47,6 +47,7 @@ class Connection:
     calendar: str = "default"  # the user's choice: default | dedicated | id (shared.rules.calendars)
     calendar_id: str | None = None  # the calendar events live in; None = the default calendar
     calendar_move: str | None = None  # JSON: the last switch's progress (shared/flows/calendar_move.py)
+    online_providers: str | None = None  # JSON: the calendar's allowed online meeting providers (issue 18)
     recent_errors: tuple[dict[str, str], ...] = field(default=())
     etag: str | None = None
 

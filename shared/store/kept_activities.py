@@ -165,7 +165,9 @@ def known_type(storage: Storage, tenant: str, type_id: str, *, newer_than: datet
     found = type_row(storage, tenant, type_id)
     if found is None or tables.aware(found["occurred_at"]) <= newer_than:
         return None
-    return ActivityType(type_id, found["name"], bool(found["show_in_calendar"]))
+    return ActivityType(
+        type_id, found["name"], bool(found["show_in_calendar"]), bool(found.get("online_meeting", False))
+    )
 
 
 def keep_type(storage: Storage, tenant: str, update: ActivityTypeUpdated, occurred_at: datetime) -> bool:
@@ -180,6 +182,7 @@ def keep_type(storage: Storage, tenant: str, update: ActivityTypeUpdated, occurr
             "RowKey": tables.key(update.id),
             "name": update.name,
             "show_in_calendar": update.show_in_calendar,
+            "online_meeting": update.online_meeting,
             "occurred_at": occurred_at,
         }
         try:

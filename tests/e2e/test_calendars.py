@@ -172,6 +172,34 @@ def test_a_deleted_dedicated_calendar_is_recreated_with_the_events_by_the_next_r
     ]
 
 
+def test_an_event_the_user_moves_to_another_calendar_is_followed_not_reported_deleted(stack: Stack) -> None:
+    """Outlook keeps an event's immutable id when the user moves it to another calendar: the delta of our
+    calendar reports it removed, the reconcile finds it by id, and the CRM's next change reaches it there."""
+    who = connect(stack, "dedicated")
+    ours_id = dedicated(stack, who)[0]["id"]
+    push(stack, who, 1, prefix="moved")
+    stack.wait_until_idle()
+    [event] = ours(stack, who)
+    assert event["calendarId"] == ours_id
+
+    personal = stack.control.user_create_calendar(who.oid, "Personal")
+    stack.control.user_update_event(who.oid, event["id"], calendar_id=personal["id"])
+    answer = stack.crm.post(user_path(who.tenant, who.user, "reconcile"), {})
+    assert answer.status_code == 202, answer.text
+    stack.wait_until_idle()
+    assert callbacks(stack, who, "activity.deleted_in_outlook") == []
+
+    starts = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) + timedelta(days=2)
+    upsert(stack, who, id="moved-0", version=2, subject="Movida por la usuaria", start=at(starts),
+           end=at(starts + timedelta(minutes=45)), time_zone="UTC")
+    data = synced(stack, who, "moved-0", 2)["data"]
+    stack.wait_until_idle()
+    [after] = ours(stack, who)  # one event: updated where the user put it, no duplicate in ours
+    assert data["outlook_event_id"] == event["id"] == after["id"]
+    assert after["calendarId"] == personal["id"] and after["subject"] == "Movida por la usuaria"
+    assert callbacks(stack, who, "activity.deleted_in_outlook") == []
+
+
 @pytest.mark.parametrize("choice", ["all", "none"])
 def test_remove_sync_all_deletes_the_dedicated_calendar_in_one_request_and_none_keeps_it(
     stack: Stack, choice: str
@@ -262,6 +290,34 @@ def test_the_calendars_a_user_can_write_to_are_listed_with_their_colour(stack: S
     assert listed["Calendar"]["is_default"] and not listed["CRM"]["is_default"]
     assert listed["CRM"]["in_use"] and not listed["Calendar"]["in_use"]
     assert listed["CRM"]["owner"] == who.upn
+
+
+def test_switching_calendars_leaves_a_meeting_the_user_adopted_where_it_is(stack: Stack) -> None:
+    """An adopted meeting (issue 17) is the user's: the move never copies nor deletes it (a delete would
+    send its attendees a cancellation); our own events move."""
+    who = connect(stack)
+    push(stack, who, 1, prefix="ours")
+    starts = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) + timedelta(days=3)
+    booked = stack.control.user_create_event(who.oid, {
+        "subject": "Demo con Acme",
+        "start": {"dateTime": at(starts)[:-1], "timeZone": "UTC"},
+        "end": {"dateTime": at(starts + timedelta(hours=1))[:-1], "timeZone": "UTC"},
+        "attendees": [{"type": "required", "emailAddress": {"name": "Luisa", "address": "luisa@fabrikam.example"}}],
+    })
+    upsert(stack, who, id="adopted-1", start=at(starts), end=at(starts + timedelta(hours=1)), time_zone="UTC",
+           outlook_event_id=booked["id"])
+    assert synced(stack, who, "adopted-1", 1)["data"]["outlook_event_id"] == booked["id"]
+    stack.wait_until_idle()
+
+    assert switch(stack, who, "dedicated")["move"]["total"] == 1
+    assert changed(stack, who)["data"]["moved"] == 1
+    stack.wait_until_idle()
+
+    mine = [e for e in stack.control.events(who.oid) if e["id"] == booked["id"]]
+    assert len(mine) == 1 and mine[0]["calendarId"] == default_id(stack, who)
+    assert [e["subject"] for e in stack.control.events(who.oid) if e["subject"] == "Demo con Acme"] == ["Demo con Acme"]
+    assert {e["calendarId"] for e in ours(stack, who)} == {dedicated(stack, who)[0]["id"]}
+    assert len(ours(stack, who)) == 1
 
 
 def test_switching_from_dedicated_to_default_moves_200_events_once_and_leaves_none(stack: Stack) -> None:

@@ -28,6 +28,7 @@ import pytest
 import requests
 
 from local.azurite import free_port
+from local.console.server import calendar_colour
 from local.processes import Service
 from tests.support.clock import monday_of, winter_day
 from tests.support.stack import wait_until_idle
@@ -377,6 +378,26 @@ def test_the_help_centre_flow_in_a_browser(page: Page, console_stack: ConsoleSta
     assert adopting["outlook"]["outlook_event_id"] == booked["id"]
     shot(page, "08-outlook-meeting-recorded")
 
+    # The calendar picker (issue 18): each calendar in its colour; switching moves our events, not the user's.
+    control = stack.emulator.control
+    default = next(c for c in control.calendars(UPN) if c["is_default"])
+    control.user_update_calendar(UPN, default["id"], hexColor="#e74856")
+    expect(page.get_by_test_id("calendar-in-use")).to_have_text(f"Tus actividades van a: {default['name']}")
+    expect(outlook_event(page, "Llamada con Contoso")).to_have_attribute("data-colour", "#e74856")
+    expect(outlook_event(page, "Reunión de seguimiento").get_by_role("link", name="Unirse a Teams")).to_have_count(1)
+    page.get_by_test_id("calendar-select").select_option("dedicated")
+    page.get_by_role("button", name="Usar este calendario").click()
+    expect(message).to_have_text("Calendario cambiado. Tus eventos se están moviendo.")
+    expect(outlook_event(page, "Llamada con Contoso")).to_have_attribute("data-calendar", "CRM")
+    wait_until_idle(stack.host.ready["url"], stack.emulator)
+    (crm,) = [c for c in control.calendars(UPN) if c["name"] == "CRM"]
+    for subject in ("Llamada con Contoso", "Preparar contrato", "Reunión de seguimiento"):
+        expect(outlook_event(page, subject)).to_have_attribute("data-calendar", "CRM")
+        expect(outlook_event(page, subject)).to_have_attribute("data-colour", calendar_colour(crm))
+    expect(outlook_event(page, "Demo con Acme")).to_have_attribute("data-colour", "#e74856")  # the user's
+    expect(page.get_by_test_id("calendar-in-use")).to_have_text("Tus actividades van a: CRM")
+    shot(page, "08b-calendar-switched")
+
     # "Remover sincronización", removing the events this service created.
     page.get_by_label("Eventos ya creados en Outlook").select_option("all")
     page.get_by_role("button", name="Remover sincronización").click()
@@ -445,3 +466,29 @@ def test_the_outlook_view_places_events_in_the_mailbox_zone() -> None:
     assert (holiday["first_day"], holiday["last_day"]) == ("2027-10-30", "2027-10-31")  # clipped to the view
     assert placed["events"][1]["ours"] and not holiday["ours"]
     assert placed["events"][1]["start_label"] == "22:30" and placed["events"][1]["end_label"] == "01:00"
+
+
+def test_the_outlook_view_shows_each_event_in_its_calendars_colour() -> None:
+    """The console's own placing (no browser): an event carries its calendar's name and hexColor; a
+    calendar left on automatic colour shows Outlook's first colour; a Teams meeting its join link."""
+    from datetime import date
+
+    from local.console.server import AUTO_COLOUR, calendar_colour, place_events
+
+    calendars = [
+        {"id": "c1", "name": "Calendar", "colour": calendar_colour({"hex_color": "#e74856"})},
+        {"id": "c2", "name": "CRM", "colour": calendar_colour({"hex_color": ""})},
+    ]
+    join = "https://teams.microsoft.com/l/meetup-join/19%3ameeting_x%40thread.v2/0"
+
+    def event(eid: str, calendar: str, **more: Any) -> dict[str, Any]:
+        return {"id": eid, "subject": eid, "isAllDay": False, "calendarId": calendar,
+                "start": {"dateTime": "2027-01-12T09:00:00", "timeZone": "UTC"},
+                "end": {"dateTime": "2027-01-12T10:00:00", "timeZone": "UTC"}, **more}
+
+    placed = place_events([event("mine", "c1"), event("ours", "c2", onlineMeeting={"joinUrl": join})],
+                          "UTC", date(2027, 1, 12), 1, calendars=calendars)
+
+    shown = {e["id"]: (e["calendar"], e["colour"], e["join_url"]) for e in placed["events"]}
+    assert shown == {"mine": ("Calendar", "#e74856", None), "ours": ("CRM", AUTO_COLOUR, join)}
+    assert calendar_colour({"hex_color": "red"}) == AUTO_COLOUR  # only #RRGGBB reaches a style attribute

@@ -17,6 +17,10 @@ const TEXT = {
     ms_title: "Calendario Microsoft",
     ms_intro: "Tus actividades planificadas aparecen en tu calendario de Outlook, a la hora exacta.",
     ms_account: "Cuenta de Microsoft", btn_connect: "Acceder con Outlook", btn_sync: "Sincronizar",
+    cal_label: "Calendario de Outlook", cal_switch: "Usar este calendario", cal_dedicated: "Un calendario «CRM» propio (nuevo)",
+    cal_default: "{name} (predeterminado)", cal_in_use: "Tus actividades van a: {name}", cal_moving: "Moviendo eventos: {moved} de {total}",
+    cal_switched: "Calendario cambiado. Tus eventos se están moviendo.", cal_same: "Ya usas ese calendario.",
+    out_teams: "Unirse a Teams", out_no_teams: "Sin enlace de Teams (la cuenta no lo permite)",
     btn_disconnect: "Remover sincronización", remove_choice: "Eventos ya creados en Outlook",
     remove_none: "Conservarlos", remove_future: "Quitar los futuros", remove_all: "Quitarlos todos",
     status_title: "Estado de la conexión", s_state: "Estado", s_account: "Cuenta", s_crm_zone: "Zona horaria del CRM",
@@ -84,6 +88,10 @@ const TEXT = {
     ms_title: "Microsoft calendar",
     ms_intro: "Your planned activities show up in your Outlook calendar, at the exact time.",
     ms_account: "Microsoft account", btn_connect: "Sign in with Outlook", btn_sync: "Sync",
+    cal_label: "Outlook calendar", cal_switch: "Use this calendar", cal_dedicated: "A \u201cCRM\u201d calendar of its own (new)",
+    cal_default: "{name} (default)", cal_in_use: "Your activities go to: {name}", cal_moving: "Moving events: {moved} of {total}",
+    cal_switched: "Calendar changed. Your events are being moved.", cal_same: "That calendar is already in use.",
+    out_teams: "Join on Teams", out_no_teams: "No Teams link (the account does not allow it)",
     btn_disconnect: "Remove sync", remove_choice: "Events already in Outlook",
     remove_none: "Keep them", remove_future: "Remove future ones", remove_all: "Remove all",
     status_title: "Connection status", s_state: "State", s_account: "Account", s_crm_zone: "CRM time zone",
@@ -148,7 +156,7 @@ const ui = {
   crm: null, status: null, outlook: null,
   syncJob: null, syncMessage: null,
   busy: false, again: false,
-  formMessage: null, calendarMessage: null,
+  formMessage: null, calendarMessage: null, calendars: null, calendarsAsked: false,
   settings: null, dirMessage: null, meetingMessage: null,
 };
 const DIRECTION_FIELDS = ["subject", "description", "location", "times", "reminder"];
@@ -343,6 +351,56 @@ async function disconnect() {
   await refresh();
 }
 
+// The calendar picker: the service's signed GET .../calendars and PUT .../calendar, through the console's server.
+function choiceValue(calendar, inUse) {
+  if (inUse && inUse.choice === "dedicated" && calendar.id === inUse.id) return "dedicated";
+  return calendar.is_default ? "default" : `id:${calendar.id}`;
+}
+
+async function loadCalendars() {
+  const answer = await api("/crm/api/calendars");
+  ui.calendars = answer.status === 200 ? answer.body : null;
+  renderCalendars();
+}
+
+function renderCalendars() {
+  const select = $("calendar-select");
+  const list = ui.calendars;
+  const connected = ui.status && ui.status.body && ui.status.body.state === "connected";
+  select.disabled = !(connected && list);
+  $("btn-calendar").disabled = select.disabled;
+  if (!list) {
+    select.replaceChildren();
+    $("calendar-in-use").textContent = "";
+    return;
+  }
+  const inUse = list.calendar || {};
+  const options = list.calendars.map((c) => el("option", { value: choiceValue(c, inUse), "data-colour": c.colour || "" },
+    c.is_default ? t("cal_default", { name: c.name }) : c.name));
+  if (!options.some((o) => o.value === "dedicated")) options.push(el("option", { value: "dedicated" }, t("cal_dedicated")));
+  const current = list.calendars.find((c) => c.in_use);
+  const keep = select.value;
+  select.replaceChildren(...options);
+  select.value = keep && options.some((o) => o.value === keep) ? keep : (current ? choiceValue(current, inUse) : "default");
+  const move = ui.status && ui.status.body && ui.status.body.calendar && ui.status.body.calendar.move;
+  $("calendar-in-use").textContent = move && move.state !== "done" && move.total !== undefined
+    ? t("cal_moving", { moved: move.moved ?? 0, total: move.total })
+    : current ? t("cal_in_use", { name: current.name }) : "";
+}
+
+async function switchCalendar() {
+  const value = $("calendar-select").value;
+  const calendar = value.startsWith("id:") ? { id: value.slice(3) } : value;
+  $("btn-calendar").disabled = true;
+  const answer = await api("/crm/api/calendar", { calendar });
+  if (answer.status === 202) say(() => t("cal_switched"), "ok");
+  else if (answer.status === 200) say(() => t("cal_same"), "ok");
+  else say(() => serviceMessage(answer), "error");
+  $("calendar-select").value = "";
+  await loadCalendars();
+  await refresh();
+}
+
 function showReturn() {
   const params = new URLSearchParams(window.location.search);
   const outcome = params.get("calendar_sync");
@@ -369,6 +427,7 @@ function render() {
   renderStatus();
   renderCallbacks();
   renderOutlook();
+  renderCalendars();
 }
 
 function outlookCell(record) {
@@ -376,8 +435,11 @@ function outlookCell(record) {
   const outcome = record.outlook;
   if (outcome) {
     if (outcome.type === "activity.synced" && outcome.outlook_event_id) {
+      const teams = outcome.online_meeting_url
+        ? [" ", el("a", { href: outcome.online_meeting_url, target: "_blank", rel: "noopener", "data-testid": "teams-link" }, t("out_teams"))]
+        : outcome.online_meeting === "unavailable" ? [" ", el("span", { class: "muted" }, t("out_no_teams"))] : null;
       return el("span", { class: "badge ok" }, t("out_synced"),
-        outcome.web_link ? [" ", el("a", { href: outcome.web_link, target: "_blank", rel: "noopener" }, t("out_open"))] : null);
+        outcome.web_link ? [" ", el("a", { href: outcome.web_link, target: "_blank", rel: "noopener" }, t("out_open"))] : null, teams);
     }
     if (outcome.type === "activity.synced") return el("span", { class: "badge" }, t("out_removed"));
     if (outcome.type === "activity.sync_failed") {
@@ -627,6 +689,11 @@ function lanes(events) {
   return sorted;
 }
 
+function colourStyle(event) {
+  // Each calendar in its own colour, as Outlook shows them: a solid edge and a light fill.
+  return /^#[0-9a-fA-F]{6}$/.test(event.colour || "") ? `border-left-color:${event.colour};background:${event.colour}29` : "";
+}
+
 function renderOutlook() {
   $("view-day").classList.toggle("active", ui.view === "day");
   $("view-week").classList.toggle("active", ui.view === "week");
@@ -666,7 +733,9 @@ function renderOutlook() {
     days.map((d) => el("div", { class: "ol-all-day-cell" },
       data.events.filter((e) => e.all_day && e.first_day <= d && d <= e.last_day).map((e) =>
         el("div", { class: e.ours ? "ol-event all-day ours" : "ol-event all-day", "data-testid": "outlook-event",
-          "data-day": d, "data-all-day": "true", title: e.preview }, el("span", { class: "subject" }, e.subject))))));
+          "data-day": d, "data-all-day": "true", "data-calendar": e.calendar, "data-colour": e.colour,
+          style: colourStyle(e), title: [e.calendar, e.preview].filter(Boolean).join("\n") },
+        el("span", { class: "subject" }, e.subject))))));
   const hours = el("div", { class: "ol-hours", style: `height:${height}px` },
     Array.from({ length: lastHour - firstHour }, (_, i) => el("div", { class: "ol-hour", style: `height:${HOUR_PX}px` },
       `${String(firstHour + i).padStart(2, "0")}:00`)));
@@ -678,11 +747,12 @@ function renderOutlook() {
         const width = 100 / e.lanes;
         return el("div", {
           class: e.ours ? "ol-event ours" : "ol-event", "data-testid": "outlook-event", "data-day": d,
-          "data-start": e.start_local, "data-end": e.end_local,
-          style: `top:${top}px;height:${tall}px;left:calc(${e.lane * width}% + 2px);width:calc(${width}% - 4px)`,
-          title: [e.subject, e.location, e.preview].filter(Boolean).join("\n"),
+          "data-start": e.start_local, "data-end": e.end_local, "data-calendar": e.calendar, "data-colour": e.colour,
+          style: `top:${top}px;height:${tall}px;left:calc(${e.lane * width}% + 2px);width:calc(${width}% - 4px);${colourStyle(e)}`,
+          title: [e.subject, e.calendar, e.location, e.preview].filter(Boolean).join("\n"),
         }, el("span", { class: "time" }, `${e.start_label} – ${e.end_label}`), " ",
-        el("span", { class: "subject" }, e.subject), e.location ? el("span", { class: "where" }, e.location) : null);
+        el("span", { class: "subject" }, e.subject), e.location ? el("span", { class: "where" }, e.location) : null,
+        e.join_url ? el("a", { class: "where", href: e.join_url, target: "_blank", rel: "noopener" }, t("out_teams")) : null);
       }))));
   grid.replaceChildren(head, allDay, body);
   grid.dataset.firstDay = data.first_day; // what the view shows, for whoever waits for it (the browser test)
@@ -709,6 +779,15 @@ async function refresh() {
     ui.status = status;
     if (asked === `${ui.date}/${ui.view}`) ui.outlook = outlook;
     else ui.again = true;
+    // The calendar list costs the service a Graph request: read once per connection, and after a switch.
+    const connectedNow = status && status.body && status.body.state === "connected";
+    if (connectedNow && !ui.calendarsAsked) {
+      ui.calendarsAsked = true;
+      loadCalendars();
+    } else if (!connectedNow) {
+      ui.calendarsAsked = false;
+      ui.calendars = null;
+    }
     if (first) {
       $("who-name").textContent = crm.user_name;
       $("who-zone").textContent = crm.crm_time_zone;
@@ -756,6 +835,7 @@ function init() {
   $("btn-connect").addEventListener("click", connect);
   $("btn-sync").addEventListener("click", sync);
   $("btn-disconnect").addEventListener("click", disconnect);
+  $("btn-calendar").addEventListener("click", switchCalendar);
   $("view-day").addEventListener("click", () => setView("day"));
   $("view-week").addEventListener("click", () => setView("week"));
   $("ol-prev").addEventListener("click", () => moveDate(ui.view === "week" ? -7 : -1));

@@ -70,13 +70,16 @@ def connect_user(
     crm_time_zone: str = "America/Bogota",
     locale: str = "es",
     calendar: Any = None,
+    account_kind: str | None = None,
 ) -> CrmUser:
     """A CRM user connected through the real flow: connect, Microsoft's page, our callback.
-    ``calendar``: the connect body's calendar choice (left out when None: the default calendar)."""
+    ``calendar``: the connect body's calendar choice (left out when None: the default calendar);
+    ``account_kind``: the emulator's ``work`` (default) or ``personal`` Microsoft account."""
     tenant = tenant or f"tenant-{uuid.uuid4().hex[:8]}"
     user = f"user/{uuid.uuid4().hex[:8]}"  # a '/' the Table keys must survive
     upn = f"u{uuid.uuid4().hex[:10]}@contoso.example"
-    mailbox = stack.control.add_user(upn, display_name="Ana Pérez", time_zone=time_zone, locale="es-ES")
+    mailbox = stack.control.add_user(upn, display_name="Ana Pérez", time_zone=time_zone, locale="es-ES",
+                                     account_kind=account_kind)
     body = {"return_url": RETURN_URL, "time_zone": crm_time_zone, "locale": locale, "login_hint": upn}
     if calendar is not None:
         body["calendar"] = calendar
