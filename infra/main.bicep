@@ -58,6 +58,8 @@ param msTenant string = 'common'
 param msAuthorityHost string = 'https://login.microsoftonline.com'
 @description('Graph base URL, e.g. https://graph.microsoft.us/v1.0 (US Gov), https://microsoftgraph.chinacloudapi.cn/v1.0 (China).')
 param graphApiBase string = 'https://graph.microsoft.com/v1.0'
+@description('Name of a Key Vault certificate (PEM content type) the app signs its app-only token requests with (organisation mode); empty = the client secret. Upload it after the first deployment: infra/README.md.')
+param msClientCertificateName string = ''
 
 // ---- The CRM ----
 @description('URL the service POSTs signed callbacks to.')
@@ -213,6 +215,7 @@ module api './app/api.bicep' = {
     syncWindowPastDays: syncWindowPastDays
     syncWindowFutureDays: syncWindowFutureDays
     completedActivities: completedActivities
+    msClientCertificateName: msClientCertificateName
   }
 }
 

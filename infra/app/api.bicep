@@ -25,6 +25,8 @@ param crmReturnOrigins string
 param syncWindowPastDays int
 param syncWindowFutureDays int
 param completedActivities string
+@description('Key Vault certificate for app-only tokens (its secret holds the PEM key + certificate); empty: none.')
+param msClientCertificateName string = ''
 
 resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' existing = {
   name: storageAccountName
@@ -161,6 +163,8 @@ resource appSettings 'Microsoft.Web/sites/config@2024-04-01' = {
     SYNC_WINDOW_PAST_DAYS: string(syncWindowPastDays)
     SYNC_WINDOW_FUTURE_DAYS: string(syncWindowFutureDays)
     COMPLETED_ACTIVITIES: completedActivities
+    // A Key Vault certificate's secret (same name) is its key + certificate, read by the identity.
+    MS_CLIENT_CERTIFICATE: empty(msClientCertificateName) ? '' : '@Microsoft.KeyVault(VaultName=${keyVaultName};SecretName=${msClientCertificateName})'
   }
 }
 

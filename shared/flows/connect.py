@@ -32,6 +32,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from shared.flows import calendars, callbacks
 from shared.flows.calendars import CalendarUnavailable
+from shared.outlook.mailbox_client import mailbox_token
 from shared.ports import Services
 from shared.rules.calendars import CHOSEN, DEDICATED, DEFAULT, CalendarChoice, graph_path, parse_choice
 from shared.rules.contract import ValidationError
@@ -305,7 +306,7 @@ def subscribe(services: Services, token: str, connection: Connection, now: datet
         "changeType": SUBSCRIBED_CHANGES,
         "notificationUrl": f"{base}/api/graph/notifications",
         "lifecycleNotificationUrl": f"{base}/api/graph/lifecycle",
-        "resource": graph_path(connection.calendar_id, "events"),
+        "resource": graph_path(connection.calendar_id, "events", mailbox=connection.mailbox_path),
         "expirationDateTime": iso(expires),
         "clientState": client_state,
     }
@@ -406,7 +407,7 @@ def disconnect(services: Services, tenant: str, user: str, remove_events: str, n
         services.identity.forget(tenant, user)  # a cache left by an unfinished sign-in goes too
         return {"status": current.state, "message": text("disconnected", current.locale), "events_removed": 0}
     try:
-        token = services.identity.access_token(tenant, user)
+        token = mailbox_token(services, current)
     except (AuthError, UndecryptableError):
         token = None  # the grant is gone: we can still forget everything on our side
     if current.subscription_id:
@@ -414,7 +415,11 @@ def disconnect(services: Services, tenant: str, user: str, remove_events: str, n
     if token and remove_events == "all" and current.calendar == DEDICATED and current.calendar_id:
         removed = calendars.delete_dedicated(services, token, current)  # the calendar itself, one request
     else:
-        removed = removal.remove_events(services, token, tenant, user, remove_events, now) if token else 0
+        removed = (
+            removal.remove_events(services, token, tenant, user, remove_events, now, mailbox=current.mailbox_path)
+            if token
+            else 0
+        )
     services.identity.forget(tenant, user)
     from shared.store import backfill_jobs, kept_activities
 

@@ -14,7 +14,7 @@ from datetime import datetime
 
 from shared.outlook.graph import BATCH_LIMIT, error_for
 from shared.ports import Services
-from shared.rules.calendars import event_path
+from shared.rules.calendars import ME, event_path
 from shared.rules.errors import ConflictError, ThrottledError
 from shared.store import links
 
@@ -24,7 +24,9 @@ MAX_WAIT_SECONDS = 10.0
 IMMUTABLE_IDS = {"Prefer": 'IdType="ImmutableId"'}  # our links hold immutable ids, as push stores them
 
 
-def remove_events(services: Services, token: str, tenant: str, user: str, choice: str, now: datetime) -> int:
+def remove_events(
+    services: Services, token: str, tenant: str, user: str, choice: str, now: datetime, *, mailbox: str = ME
+) -> int:
     if choice == "none":
         return 0
     targets = [
@@ -45,7 +47,7 @@ def remove_events(services: Services, token: str, tenant: str, user: str, choice
                 {
                     "id": str(i),
                     "method": "DELETE",
-                    "url": event_path(s.link.outlook_event_id, absolute=True),
+                    "url": event_path(s.link.outlook_event_id, absolute=True, mailbox=mailbox),
                     "headers": IMMUTABLE_IDS,
                 }
                 for i, s in enumerate(chunk)

@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 
 from shared.flows.reauth import require_reauth
 from shared.ports import Services
+from shared.rules.calendars import ORGANIZATION
 from shared.rules.errors import AuthError, SyncError
 from shared.store import connections, tables
 from shared.store.token_crypto import UndecryptableError
@@ -21,8 +22,8 @@ def refresh_idle_grants(services: Services, now: datetime | None = None) -> dict
     now = now or datetime.now(UTC)
     tally = {"checked": 0, "refreshed": 0, "reauth_required": 0, "failed": 0}
     for connection in connections.list_connected(services.storage):
-        if connection.state != connections.CONNECTED:
-            continue
+        if connection.state != connections.CONNECTED or connection.mode == ORGANIZATION:
+            continue  # an app-only user has no grant of its own to keep alive
         tally["checked"] += 1
         refreshed_at = services.identity.refreshed_at(connection.tenant, connection.user)
         if refreshed_at is not None and now - tables.aware(refreshed_at) < IDLE_LIMIT:

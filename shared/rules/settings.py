@@ -41,6 +41,7 @@ SETTING_NAMES: tuple[str, ...] = (
     "SYNC_WINDOW_PAST_DAYS",
     "SYNC_WINDOW_FUTURE_DAYS",
     "COMPLETED_ACTIVITIES",
+    "MS_CLIENT_CERTIFICATE",
 )
 MIN_SECRET_CHARS = 32
 MIN_SECRET_BITS = 80  # estimated from the characters' frequencies; secrets.token_hex(32) gives ~240
@@ -80,6 +81,10 @@ class Settings:
     sync_window_past_days: int
     sync_window_future_days: int
     completed_activities: str  # "keep" | "remove"
+    # The app's certificate for app-only tokens (issue 19): PEM text with the private key and the
+    # certificate (in Azure a Key Vault reference to the certificate's secret), or a path to such a
+    # PEM file (locally); empty = app-only tokens use MS_CLIENT_SECRET.
+    ms_client_certificate: str = ""
 
     @property
     def authority(self) -> str:
@@ -129,6 +134,7 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         sync_window_past_days=read.integer("SYNC_WINDOW_PAST_DAYS", 30, lowest=0, highest=1825),
         sync_window_future_days=read.integer("SYNC_WINDOW_FUTURE_DAYS", 365, lowest=1, highest=1825),
         completed_activities=read.choice("COMPLETED_ACTIVITIES", "keep", ("keep", "remove")),
+        ms_client_certificate=read.certificate("MS_CLIENT_CERTIFICATE"),
     )
 
 
@@ -190,6 +196,18 @@ class _Reader:
             raise SettingsError(f"Setting {name} is malformed: {raw!r} is not a whole number.") from None
         if not lowest <= value <= highest:
             raise SettingsError(f"Setting {name} is malformed: {value} is outside {lowest}..{highest}.")
+        return value
+
+    def certificate(self, name: str) -> str:
+        """PEM text holding a private key and a certificate, or a path to a file (read later); the
+        message never quotes the value (it is a private key)."""
+        value = _value(self.env, name)
+        if value.startswith("-----BEGIN") and not (
+            "PRIVATE KEY-----" in value and "-----BEGIN CERTIFICATE-----" in value
+        ):
+            raise SettingsError(
+                f"Setting {name} is malformed: the PEM must hold both the private key and the certificate."
+            )
         return value
 
     def choice(self, name: str, default: str, choices: tuple[str, ...]) -> str:

@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from shared.ports import Storage
+from shared.rules.calendars import DELEGATED, mailbox_base
 from shared.rules.errors import ConflictError
 from shared.rules.event_time import iso
 from shared.store import tables
@@ -47,8 +48,17 @@ class Connection:
     calendar: str = "default"  # the user's choice: default | dedicated | id (shared.rules.calendars)
     calendar_id: str | None = None  # the calendar events live in; None = the default calendar
     calendar_move: str | None = None  # JSON: the last switch's progress (shared/flows/calendar_move.py)
+    # issue 19: ``delegated`` (the user signed in; token cache per user) or ``organization`` (the CRM
+    # enabled the user under its organisation's admin consent: app-only tokens for ``account_tid``,
+    # the mailbox addressed as ``users/{account_oid}``).
+    mode: str = DELEGATED
     recent_errors: tuple[dict[str, str], ...] = field(default=())
     etag: str | None = None
+
+    @property
+    def mailbox_path(self) -> str:
+        """The mailbox's Graph path segment (``me`` or ``users/{id}``; shared.rules.calendars)."""
+        return mailbox_base(self.mode, self.account_oid)
 
     def with_error(self, kind: str, message: str, now: datetime | None = None) -> Connection:
         """Remember a failure the user should see in status (newest first, a few kept)."""
