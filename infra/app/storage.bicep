@@ -15,6 +15,8 @@ var queueNames = [
   'activity-backfill-poison'
   'calendar-move'
   'calendar-move-poison'
+  'user-enable'
+  'user-enable-poison'
 ]
 // Tables the code reads and writes (shared/store/tables.py TABLE_NAMES holds the same list).
 var tableNames = [
@@ -33,6 +35,7 @@ var tableNames = [
   'RequestIds'
   'TenantSettings'
   'CapturedEvents'
+  'Organizations'
 ]
 
 param name string

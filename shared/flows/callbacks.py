@@ -37,7 +37,7 @@ from shared.rules.errors import PermanentError, TransientError
 log = logging.getLogger(__name__)
 
 def enqueue(
-    storage: Storage, kind: str, tenant: str, user: str, data: dict[str, Any], *, delay_seconds: int = 0
+    storage: Storage, kind: str, tenant: str, user: str | None, data: dict[str, Any], *, delay_seconds: int = 0
 ) -> dict[str, Any]:
     message = envelope(kind, tenant, user, data)
     storage.send(queues.CRM_CALLBACKS, json.dumps(message), delay_seconds=delay_seconds)

@@ -459,6 +459,7 @@ def status(services: Services, tenant: str, user: str) -> dict[str, Any]:
         "tenant_id": tenant,
         "user_id": user,
         "state": current.state,
+        "mode": current.mode,  # delegated (signed in) or organization (enabled by the CRM, app-only)
         "account": current.account_username,
         "locale": current.locale,
         "crm_time_zone": current.crm_time_zone,

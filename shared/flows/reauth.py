@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 
 from shared.flows import callbacks
 from shared.ports import Services
+from shared.rules.calendars import ORGANIZATION
 from shared.store import connections
 from shared.store.connections import CONNECTED, REAUTH_REQUIRED
 
@@ -34,6 +35,11 @@ def require_reauth(services: Services, tenant: str, user: str, reason: str) -> b
     current = connections.get(services.storage, tenant, user)
     if current.state != CONNECTED:
         return False
+    if current.mode == ORGANIZATION:
+        # App-only tokens are the organisation's: when they fail, they fail for all its users.
+        from shared.flows.organization import consent_lost
+
+        return consent_lost(services, tenant, reason) > 0
     connections.update(services.storage, tenant, user, change)
     if moved:
         log.warning("connection.reauth_required: a user's Microsoft grant stopped working (%s)", reason)

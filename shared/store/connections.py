@@ -131,6 +131,16 @@ def connected_in_tenant(storage: Storage, tenant: str) -> Iterator[Connection]:
             yield _from_row(row)
 
 
+def in_tenant(storage: Storage, tenant: str, *, mode: str) -> Iterator[Connection]:
+    """The tenant's users of one mode (any state), read page by page from its own partition."""
+    with tables.storage_errors("listing the tenant's users"):
+        rows = storage.table(tables.CONNECTIONS).query_entities(
+            "PartitionKey eq @pk and mode eq @m", parameters={"pk": tables.key(tenant), "m": mode}
+        )
+        for row in rows:
+            yield _from_row(row)
+
+
 def list_connected(storage: Storage) -> list[Connection]:
     """Every connection in a state that has tokens (for timers)."""
     with tables.storage_errors("listing connections"):

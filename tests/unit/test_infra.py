@@ -39,7 +39,7 @@ PLATFORM_SETTINGS = {
     "APPLICATIONINSIGHTS_AUTHENTICATION_STRING": "telemetry auth via the managed identity",
 }
 SECRET_SETTINGS = {"MS_CLIENT_SECRET", "CRM_SHARED_SECRET", "CRM_CALLBACK_SECRET", "TOKEN_ENCRYPTION_KEYS"}
-WORK_QUEUES = {"activity-sync", "mailbox-reconcile", "crm-callbacks", "activity-backfill", "calendar-move"}
+WORK_QUEUES = {"activity-sync", "mailbox-reconcile", "crm-callbacks", "activity-backfill", "calendar-move", "user-enable"}
 TABLES_AT_LEAST = {"Connections", "Links", "OAuthFlows", "Dedup", "Jobs"}
 ROLE_IDS = {
     "Storage Blob Data Owner": "b7e6dc6d-f1e8-4753-8033-0f276bb0955b",
