@@ -104,8 +104,7 @@ class ControlAPI:
                   tenant_id=body.get("tenant_id"), public_client=bool(body.get("public_client")))
         if body.get("application_permissions") is not None:
             app.application_permissions = [str(p) for p in body["application_permissions"]]
-        with self.store.lock:
-            self.store.apps[app.client_id] = app
+        self.store.add_app(app)
         return Response.plain_json(app.public(), 201)
 
     def _app(self, cid: str) -> App:

@@ -439,15 +439,19 @@ class Store:
             return None
 
     def service_principal(self, tenant_id: str, client_id: str) -> ServicePrincipal | None:
-        """The app's service principal in a tenant: consented, or the home tenant's own (no roles)."""
+        """The app's service principal in a tenant (admin consent, or the home tenant's own)."""
         with self.lock:
-            sp = self.service_principals.get((tenant_id, client_id))
-            if sp is None:
-                app = self.apps.get(client_id)
-                if app is not None and app.tenant_id == tenant_id:
-                    sp = ServicePrincipal(id=str(uuid.uuid4()), tenant_id=tenant_id, client_id=client_id, roles=[])
-                    self.service_principals[(tenant_id, client_id)] = sp
-            return sp
+            return self.service_principals.get((tenant_id, client_id))
+
+    def add_app(self, app: App) -> App:
+        """Register an app; its home tenant (if given) gets its service principal, without roles until an
+        admin consents there (a registration made in the portal comes with its enterprise application)."""
+        with self.lock:
+            self.apps[app.client_id] = app
+            if app.tenant_id and (app.tenant_id, app.client_id) not in self.service_principals:
+                self.service_principals[(app.tenant_id, app.client_id)] = ServicePrincipal(
+                    id=str(uuid.uuid4()), tenant_id=app.tenant_id, client_id=app.client_id, roles=[])
+            return app
 
     def tenants(self) -> set[str]:
         with self.lock:

@@ -419,3 +419,17 @@ def test_app_only_subscription_gets_notifications_and_raop_refuses_one(emu, ctl,
     calendar = g("POST", "/subscriptions", json={**body, "resource": f"/users/{org['raul']['upn']}/events"})
     assert calendar.status_code == 403 and calendar.json()["error"]["code"] == "ExtensionError"
     assert "Access to OData is disabled." in calendar.json()["error"]["message"]
+
+
+def test_home_tenant_token_has_no_roles_until_consent_and_revocation_sticks(emu, ctl, org):
+    home = ctl.add_app(client_id="55555555-6666-7777-8888-999999999999", client_secret="h",
+                       redirect_uris=[ADMIN_REDIRECT], tenant_id=TENANT)
+    claims = unverified(app_token(emu, home))  # the registration's own enterprise app: no roles yet
+    assert "roles" not in claims and claims["idtyp"] == "app"
+    assert ctl.admin_consents() == []
+    denied = Graph(emu, app_token(emu, home))("GET", f"/users/{org['eva']['id']}/events")
+    assert denied.status_code == 403 and denied.json()["error"]["code"] == "ErrorAccessDenied"
+    ctl.grant_admin_consent(TENANT, home["client_id"])
+    assert unverified(app_token(emu, home))["roles"] == ["Calendars.ReadWrite", "MailboxSettings.Read"]
+    ctl.revoke_admin_consent(TENANT, home["client_id"])
+    assert client_credentials(emu, home).json()["error_codes"] == [7000229]
