@@ -324,7 +324,11 @@ class Identity:
                 decision = user.consent
             if decision == "refuse":
                 return fail("access_denied", "AADSTS65004: User declined to consent to access the app.", 65004)
-            self.record_admin_consent(user.tenant_id, app, None)
+            # "In order to request app permissions, you must use the /.default value" (v2-admin-consent.md):
+            # dynamic scopes are delegated grants for everyone; the app's roles need {Graph}/.default.
+            asks_roles = any(s.endswith("/.default") and s[:-len("/.default")].rstrip("/").lower()
+                             in GRAPH_RESOURCES for s in scopes)
+            self.record_admin_consent(user.tenant_id, app, None if asks_roles else [])
         return _auth_response(redirect_uri, "query", {"admin_consent": "True", "tenant": user.tenant_id,
                                                       "scope": " ".join(scopes), "state": state})
 

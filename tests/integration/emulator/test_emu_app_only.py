@@ -116,6 +116,16 @@ def test_admin_consent_through_organizations_answers_the_admins_tenant_guid(emu,
     assert answer["tenant"] == TENANT
 
 
+def test_admin_consent_without_default_scope_grants_no_application_permissions(emu, ctl, org_app, org):
+    url = consent_url(emu, org_app, scope="https://graph.microsoft.com/Calendars.ReadWrite")
+    answer = redirect_query(admin_consent(url, emu.ca_path, org["admin"]["upn"]))
+    assert answer["scope"] == "https://graph.microsoft.com/Calendars.ReadWrite"
+    assert [c["roles"] for c in ctl.admin_consents()] == [[]]
+    token = app_token(emu, org_app)
+    assert "roles" not in unverified(token)
+    assert Graph(emu, token)("GET", f"/users/{org['eva']['id']}/events").status_code == 403
+
+
 def test_cancel_on_the_consent_page_is_access_denied_without_tenant(emu, ctl, org_app, org):
     ctl.set_identity(consent_mode="interactive")
     page = requests.get(consent_url(emu, org_app, login_hint=org["admin"]["upn"]), verify=emu.ca_path, timeout=10)
