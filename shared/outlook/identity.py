@@ -229,14 +229,22 @@ class Identity:
         with self._lock:
             app = None if fresh else self._tenant_apps.get(microsoft_tenant)
             if app is None:
-                app = msal.ConfidentialClientApplication(
-                    self.settings.ms_client_id,
-                    client_credential=self._credential(),
-                    authority=f"{self.settings.ms_authority_host}/{microsoft_tenant}",
-                    http_cache=self._http_cache,
-                    instance_discovery=self.settings.authority_is_microsoft,
-                    timeout=30,
-                )
+                credential = self._credential()
+                try:  # MSAL reads the tenant's OpenID metadata here
+                    app = msal.ConfidentialClientApplication(
+                        self.settings.ms_client_id,
+                        client_credential=credential,
+                        authority=f"{self.settings.ms_authority_host}/{microsoft_tenant}",
+                        http_cache=self._http_cache,
+                        instance_discovery=self.settings.authority_is_microsoft,
+                        timeout=30,
+                    )
+                except ValueError as error:
+                    if _no_such_tenant(error):
+                        raise OrganizationConsentRequired("AADSTS90002: the tenant does not exist") from None
+                    raise TransientError(f"identity provider unreachable: {type(error).__name__}") from None
+                except Exception as error:  # noqa: BLE001 - network failures surface as requests exceptions
+                    raise TransientError(f"identity provider unreachable: {type(error).__name__}") from None
                 self._tenant_apps[microsoft_tenant] = app
             return app
 
@@ -249,6 +257,15 @@ class Identity:
                     pem = file.read()
             self._app_credential = certificate_credential(pem) if pem else self.settings.ms_client_secret
         return self._app_credential
+
+
+def _no_such_tenant(error: BaseException | None) -> bool:
+    """MSAL wraps the tenant's metadata answer (400 ``invalid_tenant``, AADSTS90002) in a ValueError of its own."""
+    while error is not None:
+        if "90002" in str(error) or "invalid_tenant" in str(error):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
 
 
 def certificate_credential(pem: str) -> dict[str, str]:

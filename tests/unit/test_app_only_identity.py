@@ -150,3 +150,19 @@ def test_the_admin_consent_url_is_v2_for_organizations_with_default_scope(monkey
     assert query["scope"] == ["https://graph.microsoft.com/.default"]
     assert query["redirect_uri"] == ["https://sync.example.com/api/auth/admin-callback"]
     assert query["state"] == ["st-1"] and query["client_id"] == ["client"]
+
+
+def test_a_tenant_that_does_not_exist_means_consent_required_not_a_crash(monkeypatch: pytest.MonkeyPatch) -> None:
+    identity, _ = identity_with(monkeypatch, [])
+
+    def unknown_tenant(*args: Any, **kwargs: Any) -> None:
+        try:
+            raise ValueError('OIDC Discovery failed. HTTP status: 400, Error: {"error": "invalid_tenant", "error_codes": [90002]}')
+        except ValueError:
+            raise ValueError("Unable to get authority configuration for https://login.example/tid") from None
+
+    import sys
+
+    monkeypatch.setattr(sys.modules["msal"], "ConfidentialClientApplication", unknown_tenant)
+    with pytest.raises(OrganizationConsentRequired):
+        identity.app_token(TID)
