@@ -346,3 +346,32 @@ def test_no_certificate_or_key_material_in_tables_or_logs(stack: Stack) -> None:
         assert "PRIVATE KEY" not in text and "CERTIFICATE" not in text
         assert not [line for line in key_lines if line in text]
         assert stack.secrets["MS_CLIENT_SECRET"] not in text
+
+
+def test_backfill_and_outlook_side_changes_work_for_an_app_only_user(stack: Stack) -> None:
+    from tests.e2e.push.conftest import activity
+
+    tid, admin = new_organization(stack)
+    tenant = f"tenant-{uuid.uuid4().hex[:8]}"
+    connect_organization(stack, tenant, tid, admin)
+    ana = enabled_user(stack, tenant, tid)
+    items = [activity(ana, id=f"bf-{n}", subject=f"Llamada {n}") for n in range(3)]
+
+    body = {"activities": items, "last_page": True, "dry_run": False}
+    answer = stack.crm.post(user_path(tenant, ana.user, "backfill"), body)
+    assert answer.status_code == 202, answer.text
+    done = stack.callbacks.wait_for("backfill.completed")
+    assert done[0]["data"]["created"] == 3  # one $batch of users/{id}/events creates
+
+    stack.wait_until_idle()
+    events = ours(stack, ana)
+    assert len(events) == 3
+    stack.control.user_delete_event(ana.oid, events[0]["id"])  # the user deletes one in Outlook
+    deleted = wait_until(
+        lambda: stack.callbacks.of_type("activity.deleted_in_outlook") or None, 30, "the deletion reported"
+    )
+    stack.wait_until_idle()
+    assert len(stack.callbacks.of_type("activity.deleted_in_outlook")) == 1
+    assert deleted[0]["user_id"] == ana.user
+    auth = stack.control.counters(ana.oid)["mailboxes"][ana.oid]["auth"]
+    assert auth["delegated"] == 0 and auth["app"] > 0
