@@ -408,6 +408,11 @@ function renderOrganization() {
   const body = ui.status && ui.status.status === 200 ? ui.status.body : null;
   $("org-user-mode").textContent = body && body.state !== "never_connected" && body.mode ? t(`mode_${body.mode}`) : "—";
   $("btn-enable").disabled = !(org && org.state === "connected");
+  if (ui.orgEnabling && body && body.mode === "organization" && body.state !== "never_connected") {
+    ui.orgEnabling = false;  // the worker answered: the status panel shows how
+    ui.orgMessage = null;
+    $("org-message").textContent = "";
+  }
   if (ui.orgMessage) orgSay(ui.orgMessage.make, ui.orgMessage.kind);
 }
 
@@ -425,6 +430,7 @@ async function enableUser() {
   const mailbox = $("org-mailbox").value.trim();
   if (!mailbox) return;
   orgSay(() => t("org_enabling"), "");
+  ui.orgEnabling = true;
   const answer = await api("/crm/api/enable", { mailbox, locale: ui.lang });
   if (answer.status !== 202) orgSay(() => serviceMessage(answer), "error");
   refresh();
