@@ -34,7 +34,15 @@ from shared.flows import calendars, callbacks
 from shared.flows.calendars import CalendarUnavailable
 from shared.outlook.mailbox_client import mailbox_token
 from shared.ports import Services
-from shared.rules.calendars import CHOSEN, DEDICATED, DEFAULT, CalendarChoice, graph_path, parse_choice
+from shared.rules.calendars import (
+    CHOSEN,
+    DEDICATED,
+    DEFAULT,
+    DELEGATED,
+    CalendarChoice,
+    graph_path,
+    parse_choice,
+)
 from shared.rules.contract import ValidationError
 from shared.rules.errors import AuthError, ConflictError, SyncError
 from shared.rules.event_time import is_iana_zone
@@ -241,6 +249,7 @@ def _finish_connect(
     connection = replace(
         current,
         state=CONNECTED,
+        mode=DELEGATED,  # a user the organisation had enabled now signs in themselves (issue 19)
         locale=pending["locale"],
         crm_time_zone=pending["time_zone"],
         mailbox_time_zone=(mailbox or {}).get("timeZone"),

@@ -260,6 +260,18 @@ def test_a_signed_in_user_moved_to_organisation_mode_keeps_one_event_per_activit
     assert status(stack, ana)["mode"] == "organization"
     assert [s["resource"].lower() for s in stack.control.subscriptions(ana.oid)] == [f"users/{ana.oid}/events"]
 
+    # And back: the user signs in themselves again; still one event, now written with their own token.
+    started = stack.crm.post(user_path(tenant, user, "connect"), body).json()
+    assert "calendar_sync=connected" in sign_in(started["authorization_url"], stack.emulator.ca_path).headers["Location"]
+    assert status(stack, ana)["mode"] == "delegated"
+    stack.control.reset_counters()
+    upsert(stack, ana, version=3, subject="Renovación: tercera reunión")
+    synced(stack, ana, "act-1", 3)
+    stack.wait_until_idle()
+    events = ours(stack, ana)
+    assert len(events) == 1 and events[0]["subject"].startswith("Renovación: tercera reunión")
+    assert stack.control.counters(ana.oid)["mailboxes"][ana.oid]["auth"]["app"] == 0
+
 
 def test_organisation_disconnect_stops_every_app_only_user(stack: Stack) -> None:
     tid, admin = new_organization(stack)
