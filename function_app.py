@@ -16,6 +16,7 @@ from functions import (
     crm_events,
     graph_webhooks,
     health,
+    organization,
     reconcile_worker,
     removal_worker,
     tenant_settings,
@@ -39,3 +40,4 @@ app.register_functions(reconcile_worker.bp)
 app.register_functions(tenant_settings.bp)
 app.register_functions(calendars.bp)
 app.register_functions(removal_worker.bp)
+app.register_functions(organization.bp)

@@ -58,6 +58,8 @@ param msTenant string = 'common'
 param msAuthorityHost string = 'https://login.microsoftonline.com'
 @description('Graph base URL, e.g. https://graph.microsoft.us/v1.0 (US Gov), https://microsoftgraph.chinacloudapi.cn/v1.0 (China).')
 param graphApiBase string = 'https://graph.microsoft.com/v1.0'
+@description('Name of a Key Vault certificate (PEM content type) the app signs its app-only token requests with (organisation mode); empty = the client secret. Upload it after the first deployment: infra/README.md.')
+param msClientCertificateName string = ''
 
 // ---- The CRM ----
 @description('URL the service POSTs signed callbacks to.')
@@ -114,12 +116,7 @@ var tags = { 'azd-env-name': environmentName }
 var functionAppName = '${abbrs.webSitesFunctions}api-${resourceToken}'
 var deploymentContainerName = 'app-package-${take(functionAppName, 32)}-${take(resourceToken, 7)}'
 // Key Vault secret names (no underscores allowed there), keyed by the app setting they back.
-var secretNames = {
-  MS_CLIENT_SECRET: 'ms-client-secret'
-  CRM_SHARED_SECRET: 'crm-shared-secret'
-  CRM_CALLBACK_SECRET: 'crm-callback-secret'
-  TOKEN_ENCRYPTION_KEYS: 'token-encryption-keys'
-}
+var secretNames = { MS_CLIENT_SECRET: 'ms-client-secret', CRM_SHARED_SECRET: 'crm-shared-secret', CRM_CALLBACK_SECRET: 'crm-callback-secret', TOKEN_ENCRYPTION_KEYS: 'token-encryption-keys' }
 
 resource rg 'Microsoft.Resources/resourceGroups@2024-03-01' = {
   name: '${abbrs.resourcesResourceGroups}${environmentName}'
@@ -217,6 +214,7 @@ module api './app/api.bicep' = {
     syncWindowFutureDays: syncWindowFutureDays
     completedActivities: completedActivities
     scale: scale
+    msClientCertificateName: msClientCertificateName
   }
 }
 

@@ -76,8 +76,11 @@ def start_identity(secrets: dict[str, str], stack: list) -> dict[str, str | None
         redirect_uris=[
             f"http://127.0.0.1:{HOST_PORT}/api/auth/callback",
             f"http://localhost:{HOST_PORT}/api/auth/callback",
+            f"http://127.0.0.1:{HOST_PORT}/api/auth/admin-callback",  # organisation mode (issue 19)
+            f"http://localhost:{HOST_PORT}/api/auth/admin-callback",
         ],
         display_name="crm-outlook-sync (local)",
+        application_permissions=["Calendars.ReadWrite", "MailboxSettings.Read", "User.ReadBasic.All"],
     )
     control.close()
     return {

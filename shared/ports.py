@@ -65,6 +65,11 @@ class MailboxGraph(Protocol):
     @property
     def calendar_id(self) -> str | None: ...
 
+    @property
+    def mailbox_path(self) -> str:
+        """``me``, or ``users/{id}`` for a user synced with the app's own permissions (issue 19)."""
+        ...
+
     def call(
         self,
         method: str,
@@ -78,8 +83,9 @@ class MailboxGraph(Protocol):
 
 
 class Identity(Protocol):
-    """Microsoft identity for delegated users (shared/outlook/identity.py): the sign-in flow and
-    each user's access tokens from an encrypted token cache."""
+    """Microsoft identity (shared/outlook/identity.py): for delegated users the sign-in flow and each
+    user's access tokens from an encrypted token cache; for organisations (issue 19) the admin-consent
+    URL and the app's own tokens per Microsoft tenant (client credentials)."""
 
     def begin(self, login_hint: str | None) -> dict[str, Any]: ...
 
@@ -92,6 +98,15 @@ class Identity(Protocol):
     def forget(self, tenant: str, user: str) -> None: ...
 
     def refreshed_at(self, tenant: str, user: str) -> datetime | None: ...
+
+    def app_token(self, microsoft_tenant: str, *, force_refresh: bool = False) -> str:
+        """An app-only Graph token for the Microsoft tenant (GUID): OrganizationConsentRequired when
+        the tenant's admin has not consented or revoked it."""
+        ...
+
+    def admin_consent_url(self, state: str) -> str:
+        """The v2 ``adminconsent`` URL for ``organizations`` with our redirect and ``state``."""
+        ...
 
 
 class HttpAnswer(Protocol):

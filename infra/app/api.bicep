@@ -27,6 +27,8 @@ param syncWindowFutureDays int
 param completedActivities string
 @description('workQueueShards, fanoutBatchSize, fanoutSpreadSeconds, functionTimeout, queueBatchSize (main.bicep).')
 param scale object
+@description('Key Vault certificate for app-only tokens (its secret holds the PEM key + certificate); empty: none.')
+param msClientCertificateName string = ''
 
 resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' existing = {
   name: storageAccountName
@@ -170,6 +172,8 @@ resource appSettings 'Microsoft.Web/sites/config@2024-04-01' = {
     // one instance takes from a queue at once (also Flex's per-instance scaling target).
     AzureFunctionsJobHost__functionTimeout: scale.functionTimeout
     AzureFunctionsJobHost__extensions__queues__batchSize: string(scale.queueBatchSize)
+    // A Key Vault certificate's secret (same name) is its key + certificate, read by the identity.
+    MS_CLIENT_CERTIFICATE: empty(msClientCertificateName) ? '' : '@Microsoft.KeyVault(VaultName=${keyVaultName};SecretName=${msClientCertificateName})'
   }
 }
 

@@ -14,6 +14,7 @@ var workQueues = [
   'mailbox-maintenance'
   'calendar-move'
   'mailbox-removal'
+  'user-enable'
 ]
 // Tables the code reads and writes (shared/store/tables.py TABLE_NAMES holds the same list).
 var tableNames = [
@@ -32,6 +33,7 @@ var tableNames = [
   'RequestIds'
   'TenantSettings'
   'CapturedEvents'
+  'Organizations'
 ]
 
 param name string

@@ -149,6 +149,7 @@ class Console:
                 display_name=self.config.user_name,
                 time_zone=self.config.mailbox_time_zone,
                 locale="es-ES",
+                is_admin=True,  # may also consent for the organisation ("Organización" panel, issue 19)
             )
         self.control.set_identity(consent_mode="interactive")
 
@@ -270,6 +271,23 @@ class Console:
     def switch_calendar(self, choice: Any) -> dict[str, Any]:
         """Move our events to another calendar (signed ``PUT .../calendar``)."""
         return self.call_service("PUT", self.user_path("calendar"), {"calendar": choice})
+
+    # --- organisation mode (issue 19) ----------------------------------------------------------------
+
+    def organization_path(self, action: str = "") -> str:
+        tenant = quote(self.config.tenant, safe="")
+        return f"/api/tenants/{tenant}/organization" + (f"/{action}" if action else "")
+
+    def organization(self) -> dict[str, Any]:
+        return self.call_service("GET", self.organization_path())
+
+    def connect_organization(self, locale: str) -> dict[str, Any]:
+        body = {"return_url": f"{self.config.public_url}/", "locale": locale}
+        return self.call_service("POST", self.organization_path("connect"), body)
+
+    def enable(self, mailbox: str, locale: str) -> dict[str, Any]:
+        body = {"mailbox": mailbox, "time_zone": self.config.crm_time_zone, "locale": locale}
+        return self.call_service("POST", self.user_path("enable"), body)
 
     def disconnect(self, remove_events: str) -> dict[str, Any]:
         return self.call_service("POST", self.user_path("disconnect"), {"remove_events": remove_events})
@@ -747,6 +765,8 @@ class Handler(BaseHTTPRequestHandler):
             self._json(self.console.settings())
         elif url.path == "/crm/api/calendars":
             self._json(self.console.calendars())
+        elif url.path == "/crm/api/organization":
+            self._json(self.console.organization())
         elif url.path == "/crm/api/outlook":
             try:
                 first = date.fromisoformat(query.get("date") or "")
@@ -825,6 +845,15 @@ class Handler(BaseHTTPRequestHandler):
                 self._json({"status": 400, "body": {"message": "outlook_event_id, please"}})
             else:
                 self._json(console.adopt_meeting(event_id))
+        elif url.path == "/crm/api/organization/connect":
+            self._json(console.connect_organization(body.get("locale") if body.get("locale") in ("es", "en") else "es"))
+        elif url.path == "/crm/api/enable":
+            mailbox = body.get("mailbox")
+            locale = body.get("locale") if body.get("locale") in ("es", "en") else "es"
+            if not isinstance(mailbox, str) or not mailbox.strip():
+                self._json({"status": 400, "body": {"message": "mailbox, please"}})
+            else:
+                self._json(console.enable(mailbox.strip(), locale))
         elif url.path == "/crm/api/disconnect":
             choice = (
                 body.get("remove_events")

@@ -1,5 +1,5 @@
 """`python -m local.emulator [--port 0] [--state-dir DIR] [--client-id ID --client-secret S --redirect-uri U]
-[--user UPN [--time-zone TZ]]`: serve until interrupted; print one JSON line once ready."""
+[--user UPN [--time-zone TZ]] [--admin UPN]`: serve until interrupted; print one JSON line once ready."""
 
 from __future__ import annotations
 
@@ -23,7 +23,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--redirect-uri", action="append", default=[], help="its redirect URI (repeatable)")
     p.add_argument("--user", action="append", default=[], help="register a user (UPN) at start (repeatable)")
     p.add_argument("--time-zone", default="UTC", help="mailbox time zone for --user (Windows or IANA name)")
-    p.add_argument("--tenant-id", default=None, help="tenant of --user")
+    p.add_argument("--admin", action="append", default=[],
+                   help="register a tenant administrator (UPN; may grant admin consent) at start (repeatable)")
+    p.add_argument("--tenant-id", default=None, help="tenant of --user and --admin")
     p.add_argument("--log-level", default="WARNING")
     args = p.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr)
@@ -34,6 +36,8 @@ def main(argv: list[str] | None = None) -> int:
         info["app"] = emu.control.add_app(client_id=args.client_id, client_secret=args.client_secret,
                                           redirect_uris=args.redirect_uri)
     users = [emu.control.add_user(upn, time_zone=args.time_zone, tenant_id=args.tenant_id) for upn in args.user]
+    users += [emu.control.add_user(upn, time_zone=args.time_zone, tenant_id=args.tenant_id, is_admin=True)
+              for upn in args.admin]
     if users:
         info["users"] = users
     print(json.dumps(info), flush=True)

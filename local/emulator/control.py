@@ -52,18 +52,46 @@ class EmulatorControl:
 
     def add_app(self, client_id: str | None = None, client_secret: str | None = None,
                 redirect_uris: list[str] | None = None, display_name: str | None = None,
-                tenant_id: str | None = None, public_client: bool | None = None) -> dict:
-        """``public_client=True``: "Allow public client flows" (device code without a secret)."""
+                tenant_id: str | None = None, public_client: bool | None = None,
+                application_permissions: list[str] | None = None) -> dict:
+        """``public_client=True``: "Allow public client flows" (device code without a secret).
+        ``application_permissions``: the app roles an admin consent grants (default ``Calendars.ReadWrite``,
+        ``MailboxSettings.Read``)."""
         body = {"client_id": client_id, "client_secret": client_secret, "redirect_uris": redirect_uris or [],
-                "display_name": display_name, "tenant_id": tenant_id, "public_client": public_client}
+                "display_name": display_name, "tenant_id": tenant_id, "public_client": public_client,
+                "application_permissions": application_permissions}
         return self._call("POST", "/apps", {k: v for k, v in body.items() if v is not None})
+
+    def add_app_certificate(self, client_id: str, certificate_pem: str) -> dict:
+        """Register a public certificate on the app: {"thumbprint_sha1", "thumbprint_sha256"} (upper-case hex)."""
+        return self._call("POST", f"/apps/{client_id}/certificates", {"certificate_pem": certificate_pem})
+
+    # --- admin consent (service principals) and mailbox scope ------------------------------------------------
+    def admin_consents(self) -> list[dict]:
+        """[{tenant_id, client_id, roles, granted_at, service_principal_id}] of every admin consent in force."""
+        return self._call("GET", "/admin-consents")["value"]
+
+    def grant_admin_consent(self, tenant_id: str, client_id: str, roles: list[str] | None = None) -> dict:
+        """Record an admin consent without the browser (roles default to the app's application permissions)."""
+        body = {"tenant_id": tenant_id, "client_id": client_id, "roles": roles}
+        return self._call("POST", "/admin-consents", {k: v for k, v in body.items() if v is not None})
+
+    def revoke_admin_consent(self, tenant_id: str, client_id: str) -> None:
+        """The admin deletes the app's enterprise application (service principal) in the tenant."""
+        self._call("DELETE", f"/admin-consents/{tenant_id}/{client_id}")
+
+    def set_app_scope(self, tenant_id: str, client_id: str, mailboxes: list[str] | None) -> dict:
+        """Exchange RBAC for Applications: mailboxes (UPNs or ids) app-only tokens may reach; None = all."""
+        return self._call("PUT", f"/app-scopes/{tenant_id}/{client_id}", {"mailboxes": mailboxes})
 
     def add_user(self, upn: str, display_name: str | None = None, time_zone: str = "UTC", id: str | None = None,
                  tenant_id: str | None = None, consent: str = "accept", locale: str = "en-US",
-                 account_kind: str | None = None) -> dict:
-        """``account_kind``: ``work`` (default; Teams meetings allowed) or ``personal`` (no online meetings)."""
+                 account_kind: str | None = None, is_admin: bool = False) -> dict:
+        """``account_kind``: ``work`` (default; Teams meetings allowed) or ``personal`` (no online meetings).
+        ``is_admin``: the user may grant tenant-wide admin consent (adminconsent endpoint)."""
         body = {"upn": upn, "display_name": display_name, "time_zone": time_zone, "id": id,
-                "tenant_id": tenant_id, "consent": consent, "locale": locale, "account_kind": account_kind}
+                "tenant_id": tenant_id, "consent": consent, "locale": locale, "account_kind": account_kind,
+                "is_admin": is_admin or None}
         return self._call("POST", "/users", {k: v for k, v in body.items() if v is not None})
 
     def update_user(self, user: str, **changes) -> dict:

@@ -8,7 +8,7 @@ import uuid
 
 from . import events as ev_rules
 from . import faults, timezones
-from .state import App, Store
+from .state import App, AppCertificate, Store
 from .web import HttpError, Request, Response
 
 
@@ -21,6 +21,11 @@ class ControlAPI:
             ("GET", r"/state", self.state),
             ("GET", r"/apps", self.list_apps),
             ("POST", r"/apps", self.add_app),
+            ("POST", r"/apps/(?P<cid>[^/]+)/certificates", self.add_app_certificate),
+            ("GET", r"/admin-consents", self.list_admin_consents),
+            ("POST", r"/admin-consents", self.grant_admin_consent),
+            ("DELETE", r"/admin-consents/(?P<tid>[^/]+)/(?P<cid>[^/]+)", self.revoke_admin_consent),
+            ("PUT", r"/app-scopes/(?P<tid>[^/]+)/(?P<cid>[^/]+)", self.set_app_scope),
             ("GET", r"/users", self.list_users),
             ("POST", r"/users", self.add_user),
             ("GET", r"/users/(?P<uid>[^/]+)", self.get_user),
@@ -99,9 +104,69 @@ class ControlAPI:
                   redirect_uris=list(body.get("redirect_uris") or []),
                   display_name=body.get("display_name") or "CRM calendar sync",
                   tenant_id=body.get("tenant_id"), public_client=bool(body.get("public_client")))
-        with self.store.lock:
-            self.store.apps[app.client_id] = app
+        if body.get("application_permissions") is not None:
+            app.application_permissions = [str(p) for p in body["application_permissions"]]
+        self.store.add_app(app)
         return Response.plain_json(app.public(), 201)
+
+    def _app(self, cid: str) -> App:
+        app = self.store.apps.get(cid)
+        if app is None:
+            raise HttpError(404, "app_not_found", f"no app {cid!r}")
+        return app
+
+    def add_app_certificate(self, req, body, cid):
+        """Upload a public certificate (PEM) to the app registration; answers its SHA-1 and SHA-256
+        thumbprints (upper-case hex) as the portal shows them."""
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes
+
+        app = self._app(cid)
+        cert = x509.load_pem_x509_certificate(str(body["certificate_pem"]).encode())
+        made = AppCertificate(thumbprint_sha1=cert.fingerprint(hashes.SHA1()).hex().upper(),  # noqa: S303
+                              thumbprint_sha256=cert.fingerprint(hashes.SHA256()).hex().upper(),
+                              public_key=cert.public_key(), pem=str(body["certificate_pem"]))
+        with self.store.lock:
+            app.certificates = [c for c in app.certificates if c.thumbprint_sha1 != made.thumbprint_sha1]
+            app.certificates.append(made)
+        return Response.plain_json(made.public(), 201)
+
+    def list_admin_consents(self, req, body):
+        with self.store.lock:
+            return Response.plain_json({"value": [sp.public() for sp in self.store.service_principals.values()
+                                                  if sp.granted_at is not None]})
+
+    def grant_admin_consent(self, req, body):
+        """What an admin's "Accept" on the adminconsent page records, without the browser."""
+        tid, cid = body["tenant_id"], body["client_id"]
+        app = self._app(cid)
+        sp = self.emu.identity.record_admin_consent(tid, app, body.get("roles"))
+        return Response.plain_json(sp.public(), 201)
+
+    def revoke_admin_consent(self, req, body, tid, cid):
+        """The admin deletes the enterprise application (service principal) of the app in the tenant."""
+        with self.store.lock:
+            sp = self.store.service_principals.pop((tid, cid), None)
+        if sp is None:
+            raise HttpError(404, "no_service_principal", f"app {cid!r} has no service principal in {tid!r}")
+        return Response.empty(204)
+
+    def set_app_scope(self, req, body, tid, cid):
+        """Exchange Online RBAC for Applications: the mailboxes (UPNs or ids) app-only tokens of the app may
+        reach in the tenant; `mailboxes: null` = every mailbox of the tenant."""
+        mailboxes = body.get("mailboxes")
+        with self.store.lock:
+            if mailboxes is None:
+                self.store.app_scopes.pop((tid, cid), None)
+                return Response.plain_json({"tenant_id": tid, "client_id": cid, "mailboxes": None})
+            oids = []
+            for key in mailboxes:
+                mb = self.store.find_user(str(key))
+                if mb is None or mb.tenant_id != tid:
+                    raise HttpError(400, "unknown_mailbox", f"no mailbox {key!r} in tenant {tid!r}")
+                oids.append(mb.oid)
+            self.store.app_scopes[(tid, cid)] = oids
+        return Response.plain_json({"tenant_id": tid, "client_id": cid, "mailboxes": oids})
 
     def list_users(self, req, body):
         with self.store.lock:
@@ -116,7 +181,8 @@ class ControlAPI:
         mb = self.store.add_user(upn=body["upn"], display_name=body.get("display_name"), time_zone=tz,
                                  oid=body.get("id") or body.get("oid"), tenant_id=body.get("tenant_id"),
                                  consent=body.get("consent") or "accept", locale=body.get("locale") or "en-US",
-                                 account_kind=_account_kind(body.get("account_kind")))
+                                 account_kind=_account_kind(body.get("account_kind")),
+                                 is_admin=bool(body.get("is_admin")))
         return Response.plain_json(mb.public(), 201)
 
     def get_user(self, req, body, uid):
@@ -132,6 +198,8 @@ class ControlAPI:
             for k in ("display_name", "consent", "locale", "upn"):
                 if k in body:
                     setattr(mb, k, body[k])
+            if "is_admin" in body:
+                mb.is_admin = bool(body["is_admin"])
         return Response.plain_json(mb.public())
 
     def set_time_zone(self, req, body, uid):

@@ -48,6 +48,9 @@ READ_SCOPES = {"calendars.read", "calendars.readwrite", "calendars.readbasic"}
 WRITE_SCOPES = {"calendars.readwrite"}
 USER_SCOPES = {"user.read", "user.readwrite", "user.readbasic.all", "user.read.all", "directory.read.all"}
 SETTINGS_SCOPES = {"mailboxsettings.read", "mailboxsettings.readwrite"}
+# Exchange's refusal for a mailbox outside the app's RBAC for Applications / application access policy scope
+# (graph-facts-2 §3.3: the message seen today; the docs show its first sentence).
+RAOP_MESSAGE = "Access to OData is disabled: [RAOP] : Blocked by tenant configured AppOnly AccessPolicy settings."
 MAX_EXPIRY_MINUTES = 10080
 MIN_EXPIRY_MINUTES = 45
 
@@ -138,6 +141,8 @@ class GraphService:
             endpoint = _template(req.method, rest if mb else path)
             self.store.count(req.mailbox_id, "batch_inner" if req.inner else "requests", endpoint)
             if mb is not None:
+                self.store.count_auth(mb.oid, app_only=token.oid is None)
+                self._authorize_mailbox(token, mb)
                 throttled = self._rate_check(token.client_id, mb.oid)
                 if throttled is not None:
                     self.store.count(mb.oid, "throttled", endpoint)
@@ -194,9 +199,19 @@ class GraphService:
             if self.store.clock.now() >= token.expires_at:
                 raise HttpError(401, "InvalidAuthenticationToken",
                                 "Lifetime validation failed, the token is expired.", www)
+            if token.oid is None:
+                # The emulator drops app-only tokens at once when the admin removes the app's service principal
+                # (real Graph may honour a token until it expires; README "Documented choices").
+                sp = self.store.service_principals.get((token.tenant_id, token.client_id))
+                if sp is None or sp.id != token.service_principal_id:
+                    raise HttpError(401, "InvalidAuthenticationToken", "Access token validation failure. The "
+                                                                        "application's service principal no longer "
+                                                                        "exists in the tenant.", www)
             return token
 
     def _resolve_mailbox(self, path: str, token) -> tuple[Mailbox | None, str]:
+        """`/me/...` or `/users/{id | userPrincipalName}/...` -> (mailbox, rest of the path). Who may reach it is
+        `_authorize_mailbox`; the handlers below serve both forms alike."""
         m = _USER.match(path)
         if not m:
             return None, path
@@ -215,9 +230,23 @@ class GraphService:
             if mb is None or mb.tenant_id != token.tenant_id:
                 code = "Request_ResourceNotFound" if not rest else "ErrorInvalidUser"
                 raise HttpError(404, code, f"The requested user '{key}' is invalid.")
-            if token.oid is not None and mb.oid != token.oid:
-                raise HttpError(403, "ErrorAccessDenied", "Access is denied. Check credentials and try again.")
             return mb, rest
+
+    def _mailbox_refusal(self, token, mb: Mailbox) -> str | None:
+        """None when the token may reach the mailbox; "denied" (a delegated token of another user) or "raop"
+        (an app-only token and a mailbox outside the app's Exchange RBAC for Applications scope)."""
+        if token.oid is not None:
+            return None if mb.oid == token.oid else "denied"
+        with self.store.lock:
+            scope = self.store.app_scopes.get((token.tenant_id, token.client_id))
+        return None if scope is None or mb.oid in scope else "raop"
+
+    def _authorize_mailbox(self, token, mb: Mailbox) -> None:
+        refusal = self._mailbox_refusal(token, mb)
+        if refusal == "denied":
+            raise HttpError(403, "ErrorAccessDenied", "Access is denied. Check credentials and try again.")
+        if refusal == "raop":
+            raise HttpError(403, "ErrorAccessDenied", RAOP_MESSAGE)
 
     # ---- throttling -------------------------------------------------------------------------------------
     def _rate_check(self, client_id: str, oid: str) -> Response | None:
@@ -260,8 +289,10 @@ class GraphService:
     @staticmethod
     def _require(token, allowed: set[str], code: str = "ErrorAccessDenied",
                  message: str = "Access is denied. Check credentials and try again.") -> None:
-        if token.oid is None:
-            return  # app-only tokens carry the application permissions
+        if token.oid is None:  # app-only: the application permissions (roles) granted by the admin consent
+            if {r.lower() for r in token.roles} & allowed:
+                return
+            raise HttpError(403, code, message)
         have = {normalize_scope(s).lower() for s in token.scopes}
         if ".default" in have or have & allowed:
             return
@@ -797,9 +828,11 @@ class GraphService:
             if mb is None or mb.tenant_id != token.tenant_id:
                 raise HttpError(404, "ExtensionError", "Operation: Create; Exception: [Status Code: NotFound; "
                                                        "Reason: The user was not found.]")
-            if token.oid is not None and mb.oid != token.oid:
+            refusal = self._mailbox_refusal(token, mb)
+            if refusal is not None:
+                reason = "Access to OData is disabled." if refusal == "raop" else "Access is denied."
                 raise HttpError(403, "ExtensionError", "Operation: Create; Exception: [Status Code: Forbidden; "
-                                                       "Reason: Access is denied.]")
+                                                       f"Reason: {reason}]")
             calendar_id = None
             if m.group(4):
                 calendar_id = self._calendar(mb, m.group(4)).id
@@ -839,6 +872,7 @@ class GraphService:
         with self.store.lock:
             self._live_subscriptions()
             subs = [s.public() for s in self.store.subscriptions.values() if s.client_id == req.token.client_id
+                    and s.tenant_id == req.token.tenant_id
                     and (req.token.oid is None or s.creator_id == req.token.oid)]
         for s in subs:
             s.pop("@odata.context", None)
@@ -848,7 +882,7 @@ class GraphService:
         with self.store.lock:
             self._live_subscriptions()
             sub = self.store.subscriptions.get(sid)
-            if sub is None or sub.client_id != req.token.client_id:
+            if sub is None or sub.client_id != req.token.client_id or sub.tenant_id != req.token.tenant_id:
                 raise HttpError(404, "ResourceNotFound", f"The object was not found. Subscription '{sid}'.")
             if reauthorize:
                 self._method(req, "POST")

@@ -20,7 +20,7 @@ from urllib.parse import urlencode, urlsplit, urlunsplit
 import jwt
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from .state import AccessToken, AuthCode, DeviceCode, RefreshToken, Store
+from .state import AccessToken, AuthCode, DeviceCode, RefreshToken, ServicePrincipal, Store
 from .timezones import format_utc_z
 from .web import Request, Response
 
@@ -29,13 +29,17 @@ GRAPH_PREFIX = "https://graph.microsoft.com/"
 RESERVED_SCOPES = {"openid", "profile", "offline_access", "email"}
 META_TENANTS = {"common", "organizations", "consumers"}
 DEVICE_CODE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
+JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+GRAPH_RESOURCES = {"https://graph.microsoft.com", GRAPH_RESOURCE_APP_ID}
+# Client assertions carry the client's own clock; Entra tolerates some skew (emulator: 5 minutes).
+ASSERTION_LEEWAY_SECONDS = 300
 DEVICE_LOGIN_PATH = "/devicelogin"
 # Entra's user codes are short upper-case strings; no 0/O/1/I so a person can type them.
 _USER_CODE_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"
 
 _IDENTITY_PATH = re.compile(r"^/([^/]+)/(v2\.0/\.well-known/openid-configuration|discovery/v2\.0/keys|"
                             r"discovery/keys|discovery/instance|oauth2/v2\.0/authorize|oauth2/v2\.0/token|"
-                            r"oauth2/v2\.0/devicecode)$")
+                            r"oauth2/v2\.0/devicecode|v2\.0/adminconsent)$")
 
 
 def is_identity_path(path: str) -> bool:
@@ -76,6 +80,8 @@ class Identity:
             return Response.plain_json(self.jwks())
         if what.endswith("authorize"):
             return self.authorize(req, tenant)
+        if what.endswith("adminconsent"):
+            return self.admin_consent(req, tenant)
         if req.method != "POST":
             return _oauth_error(405, "invalid_request", "AADSTS900561: The endpoint only accepts POST requests.")
         if what.endswith("devicecode"):
@@ -83,7 +89,7 @@ class Identity:
         return self.token(req, tenant)
 
     def _tenant_known(self, tenant: str) -> bool:
-        return tenant.lower() in META_TENANTS or tenant in self.store.tenants()
+        return tenant.lower() in META_TENANTS or self.store.resolve_tenant(tenant) is not None
 
     # --- metadata ------------------------------------------------------------------------------------
     def issuer(self, tenant_id: str) -> str:
@@ -246,6 +252,97 @@ class Identity:
 </form></body></html>"""
         return Response.html(page)
 
+    # --- admin consent (ENTRA v2-admin-consent.md) ----------------------------------------------------
+    def admin_consent(self, req: Request, tenant: str) -> Response:
+        """`GET /{tenant}/v2.0/adminconsent?client_id&scope&redirect_uri&state`: an administrator of the
+        tenant signs in and grants the app's application permissions tenant-wide (a service principal with
+        app role assignments). Sign-in page (field `login`), then, in `interactive` consent mode, a consent
+        page (`consent=accept|refuse`); in `auto` mode the signed-in user's registered `consent` decides."""
+        params = dict(req.query)
+        if req.method == "POST":
+            params.update(req.form())
+        client_id = params.get("client_id", "")
+        app = self.store.apps.get(client_id)
+        if app is None:
+            return _error_page(
+                f"AADSTS700016: Application with identifier '{client_id}' was not found in the directory.")
+        redirect_uri = params.get("redirect_uri", "")
+        if redirect_uri not in app.redirect_uris:
+            return _error_page(
+                f"AADSTS50011: The redirect URI '{redirect_uri}' specified in the request does not match the "
+                f"redirect URIs configured for the application '{client_id}'.")
+        state = params.get("state")
+
+        def fail(error: str, description: str, code: int | None = None) -> Response:
+            # Observed error redirects (MicrosoftDocs/azure-docs#114009): no `tenant` parameter.
+            return _auth_response(redirect_uri, "query", {
+                "error": error, "error_description": description,
+                "error_uri": f"https://login.microsoftonline.com/error?code={code}" if code else None,
+                "admin_consent": "True", "state": state})
+
+        if tenant.lower() in ("common", "consumers"):
+            # "Do not use 'common'" (v2-admin-consent.md); Entra's answer there (MicrosoftDocs/azure-docs#45151).
+            return _auth_response(redirect_uri, "query", {
+                "error": "invalid_request",
+                "error_description": "The provided request must include a 'response_type' input parameter.",
+                "state": state})
+        scopes = (params.get("scope") or "").split()
+        if not scopes:
+            return fail("invalid_request", "AADSTS900144: The request body must contain the following parameter: "
+                                           "'scope'.", 900144)
+        tenant_id = None if tenant.lower() in META_TENANTS else self.store.resolve_tenant(tenant)
+        es = (params.get("ui_locales") or req.headers.get("Accept-Language") or "en").lower().startswith("es")
+        with self.store.lock:
+            settings = self.store.settings
+            login = (params.get("login") or "").strip()
+            user = None
+            if login:
+                user = self.store.find_user(login)
+                if user is None:
+                    return _admin_sign_in_page(es, req, self.base_url, params, app.display_name, login,
+                                               error="AADSTS50034: " + ("La cuenta no existe." if es else
+                                                                        "The user account does not exist."))
+            else:
+                if params.get("login_hint"):
+                    user = self.store.find_user(params["login_hint"])
+                if user is None and settings.next_user:
+                    user = self.store.find_user(settings.next_user)
+                    settings.next_user = None
+                if user is None:
+                    return _admin_sign_in_page(es, req, self.base_url, params, app.display_name, "")
+            if tenant_id is not None and user.tenant_id != tenant_id:
+                return fail("access_denied", f"AADSTS50020: User account '{user.upn}' from identity provider "
+                                             f"'https://sts.windows.net/{user.tenant_id}/' does not exist in tenant "
+                                             f"'{tenant}' and cannot access the application '{client_id}'"
+                                             f"({app.display_name}) in that tenant.", 50020)
+            if not user.is_admin:
+                return fail("access_denied", "AADSTS90094: The grant requires admin permission.", 90094)
+            decision = params.get("consent")
+            if decision not in ("accept", "refuse"):
+                if settings.consent_mode == "interactive":
+                    return _admin_consent_page(es, req, self.base_url, params, app, user, scopes)
+                decision = user.consent
+            if decision == "refuse":
+                return fail("access_denied", "AADSTS65004: User declined to consent to access the app.", 65004)
+            # "In order to request app permissions, you must use the /.default value" (v2-admin-consent.md):
+            # dynamic scopes are delegated grants for everyone; the app's roles need {Graph}/.default.
+            asks_roles = any(s.endswith("/.default") and s[:-len("/.default")].rstrip("/").lower()
+                             in GRAPH_RESOURCES for s in scopes)
+            self.record_admin_consent(user.tenant_id, app, None if asks_roles else [])
+        return _auth_response(redirect_uri, "query", {"admin_consent": "True", "tenant": user.tenant_id,
+                                                      "scope": " ".join(scopes), "state": state})
+
+    def record_admin_consent(self, tenant_id: str, app, roles: list[str] | None) -> ServicePrincipal:
+        """The tenant now has the app's service principal with its application permissions granted."""
+        with self.store.lock:
+            sp = self.store.service_principal(tenant_id, app.client_id)
+            if sp is None:
+                sp = ServicePrincipal(id=str(uuid.uuid4()), tenant_id=tenant_id, client_id=app.client_id, roles=[])
+                self.store.service_principals[(tenant_id, app.client_id)] = sp
+            sp.roles = list(app.application_permissions if roles is None else roles)
+            sp.granted_at = self.store.clock.now()
+            return sp
+
     # --- token ---------------------------------------------------------------------------------------
     def token(self, req: Request, tenant: str) -> Response:
         form = req.form()
@@ -265,22 +362,29 @@ class Identity:
                 return _oauth_error(400, "unauthorized_client",
                                     f"AADSTS700016: Application with identifier '{client_id}' was not found in "
                                     "the directory.", codes=[700016])
-            if not secret:
+            if form.get("client_assertion") or form.get("client_assertion_type"):
+                refused = self._check_assertion(form, app, tenant)
+                if refused is not None:
+                    return refused
+                by_certificate = True
+            elif not secret:
                 return _oauth_error(401, "invalid_client",
                                     "AADSTS7000218: The request body must contain the following parameter: "
                                     "'client_assertion' or 'client_secret'.", codes=[7000218])
-            if not secrets.compare_digest(secret, app.client_secret):
+            elif not secrets.compare_digest(secret, app.client_secret):
                 return _oauth_error(401, "invalid_client",
                                     "AADSTS7000215: Invalid client secret provided. Ensure the secret being "
                                     "sent in the request is the client secret value, not the client secret ID, "
                                     f"for a secret added to app '{client_id}'.", codes=[7000215])
+            else:
+                by_certificate = False
             grant = form.get("grant_type")
             if grant == "authorization_code":
                 return self._grant_code(form, app)
             if grant == "refresh_token":
                 return self._grant_refresh(form, app)
             if grant == "client_credentials":
-                return self._grant_client_credentials(form, app, tenant)
+                return self._grant_client_credentials(form, app, tenant, by_certificate)
             return _oauth_error(400, "unsupported_grant_type",
                                 f"AADSTS70003: The app requested an unsupported grant type '{grant}'.")
 
@@ -343,22 +447,123 @@ class Identity:
         return self._issue(app, rt.oid, rt.tenant_id, requested, nonce=None,
                            want_client_info=form.get("client_info") == "1")
 
-    def _grant_client_credentials(self, form: dict, app, tenant: str) -> Response:
-        tenant_id = app.tenant_id if tenant.lower() in META_TENANTS else tenant
-        if not tenant_id or tenant_id.lower() in META_TENANTS:
+    def _check_assertion(self, form: dict, app, tenant: str) -> Response | None:
+        """A certificate credential (ENTRA certificate-credentials.md): a JWT signed with the private key of a
+        certificate registered on the app, found by `x5t` (SHA-1, RS256, what MSAL sends for a PEM key and a
+        thumbprint) or `x5t#S256` (SHA-256, PS256: MSAL for a PFX, or a PEM key with its public certificate).
+        `aud` = this token endpoint, `iss` = `sub` = client id, `exp` (and `nbf` when present) against the
+        wall clock with 5 minutes of skew, `jti` required (not checked for reuse: MSAL reuses an assertion
+        for up to 540 s)."""
+
+        def refuse(code: int, description: str) -> Response:
+            return _oauth_error(401, "invalid_client", f"AADSTS{code}: {description}", codes=[code])
+
+        if form.get("client_assertion_type") != JWT_BEARER:
+            return _oauth_error(400, "invalid_request", "client_assertion_type must be "
+                                                        f"'{JWT_BEARER}'.")
+        assertion = form.get("client_assertion") or ""
+        try:
+            header = jwt.get_unverified_header(assertion)
+        except jwt.PyJWTError:
+            return refuse(50027, "JWT token is invalid or malformed.")
+        alg = header.get("alg")
+        by_sha256 = header.get("x5t#S256")
+        raw = by_sha256 or header.get("x5t") or ""
+        try:
+            thumbprint = base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)).hex().upper()
+        except (ValueError, TypeError):
+            thumbprint = ""
+        cert = next((c for c in app.certificates if thumbprint and thumbprint ==
+                     (c.thumbprint_sha256 if by_sha256 else c.thumbprint_sha1)), None)
+        if cert is None:
+            return refuse(700027, "The certificate with identifier used to sign the client assertion is not "
+                                  "registered on application. [Reason - The key was not found., Thumbprint of key "
+                                  f"used by client: '{thumbprint}', Please visit the Azure Portal, Graph Explorer or "
+                                  "directly use MS Graph to see configured keys for app Id "
+                                  f"'{app.client_id}'.]")
+        if alg not in ("RS256", "PS256"):
+            return refuse(700027, f"Client assertion failed signature validation. (alg '{alg}' not supported)")
+        try:
+            claims = jwt.decode(assertion, cert.public_key, algorithms=[alg],
+                                options={"verify_aud": False, "verify_exp": False, "verify_nbf": False,
+                                         "verify_iat": False, "verify_iss": False})
+        except jwt.PyJWTError:
+            return refuse(700027, "Client assertion failed signature validation.")
+        if claims.get("iss") != app.client_id or claims.get("sub") != app.client_id:
+            return refuse(700021, "Client assertion application identifier doesn't match 'client_id' parameter.")
+        tenant_id = self.store.resolve_tenant(tenant) if tenant.lower() not in META_TENANTS else None
+        expected = {f"{self.base_url}/{t}/oauth2/v2.0/token" for t in (tenant, tenant_id) if t}
+        aud = claims.get("aud")
+        auds = aud if isinstance(aud, list) else [aud]
+        if not any(a in expected for a in auds):
+            return refuse(50012, f"Client assertion audience claim does not match Realm issuer. (aud '{aud}', "
+                                 f"expected '{sorted(expected)[0]}')")
+        now = time.time()
+        exp, nbf = claims.get("exp"), claims.get("nbf")
+        if not isinstance(exp, int | float) or (nbf is not None and not isinstance(nbf, int | float)) \
+                or now > exp + ASSERTION_LEEWAY_SECONDS or (nbf is not None and nbf > now + ASSERTION_LEEWAY_SECONDS):
+            return refuse(700024, f"Client assertion is not within its valid time range. Current time: "
+                                  f"{int(now)}, assertion valid from {nbf}, expiry time of assertion {exp}.")
+        if not claims.get("jti"):
+            return refuse(50012, "Client assertion is missing the 'jti' claim.")
+        return None
+
+    def _grant_client_credentials(self, form: dict, app, tenant: str, by_certificate: bool) -> Response:
+        """ENTRA v2-oauth2-client-creds-grant-flow.md: scope `{resource}/.default`, a tenant authority, and the
+        app's service principal in that tenant (admin consent); the token's `roles` are the application
+        permissions granted there."""
+        scopes = (form.get("scope") or "").split()
+        if not scopes:
+            return _oauth_error(400, "invalid_request", "AADSTS900144: The request body must contain the following "
+                                                        "parameter: 'scope'.", codes=[900144])
+        if any(not s.endswith("/.default") for s in scopes):
+            return _oauth_error(400, "invalid_scope",
+                                f"AADSTS1002012: The provided value for scope {' '.join(scopes)} is not valid. "
+                                "Client credential flows must have a scope value with /.default suffixed to the "
+                                "resource identifier (application ID URI).", codes=[1002012])
+        resources = {s[:-len("/.default")].rstrip("/").lower() for s in scopes}
+        if len(resources) > 1:
+            return _oauth_error(400, "invalid_scope",
+                                f"AADSTS700022: The provided value for the input parameter scope is not valid "
+                                f"because it contains more than one resource. Scope {' '.join(scopes)} is not "
+                                "valid.", codes=[700022])
+        resource = resources.pop()
+        if tenant.lower() in META_TENANTS:
+            tenant_id = app.tenant_id  # Entra guesses (graph-facts-2 §1.4); MSAL warns against it
+        else:
+            tenant_id = self.store.resolve_tenant(tenant)
+        if not tenant_id:
             return _oauth_error(400, "invalid_request", "AADSTS50059: No tenant-identifying information found in "
                                                         "either the request or implied by any provided "
                                                         "credentials.", codes=[50059])
+        if resource not in GRAPH_RESOURCES:
+            return _oauth_error(400, "invalid_resource",
+                                f"AADSTS500011: The resource principal named {resource} was not found in the "
+                                f"tenant named {tenant}. This can happen if the application has not been installed "
+                                "by the administrator of the tenant or consented to by any user in the tenant.",
+                                codes=[500011])
+        sp = self.store.service_principal(tenant_id, app.client_id)
+        if sp is None:
+            return _oauth_error(401, "invalid_client",
+                                f"AADSTS7000229: The client application {app.client_id} is missing service "
+                                f"principal in the tenant {tenant_id}. See instructions here: "
+                                "https://go.microsoft.com/fwlink/?linkid=2225119", codes=[7000229])
         now = self.store.clock.now()
         life = self.store.settings.access_token_lifetime
-        token = self._jwt({
+        iat = int(now.timestamp())
+        claims = {
             "aud": "https://graph.microsoft.com", "iss": f"https://sts.windows.net/{tenant_id}/",
-            "iat": int(now.timestamp()), "nbf": int(now.timestamp()), "exp": int(now.timestamp()) + life,
-            "appid": app.client_id, "idtyp": "app", "roles": ["Calendars.ReadWrite", "User.Read.All",
-                                                              "MailboxSettings.Read"],
-            "tid": tenant_id, "ver": "1.0", "uti": secrets.token_urlsafe(16)})
+            "iat": iat, "nbf": iat, "exp": iat + life, "app_displayname": app.display_name,
+            "appid": app.client_id, "appidacr": "2" if by_certificate else "1",
+            "idp": f"https://sts.windows.net/{tenant_id}/", "idtyp": "app",
+            "oid": sp.id, "sub": sp.id,  # the service principal's object id: no user
+            "tid": tenant_id, "ver": "1.0", "uti": secrets.token_urlsafe(16)}
+        if sp.roles:  # "can be issued without a roles claim" when nothing was granted
+            claims["roles"] = list(sp.roles)
+        token = self._jwt(claims)
         self.store.access_tokens[token] = AccessToken(token, app.client_id, tenant_id, None, [".default"],
-                                                      now + timedelta(seconds=life))
+                                                      now + timedelta(seconds=life), roles=list(sp.roles),
+                                                      service_principal_id=sp.id)
         return Response.plain_json({"token_type": "Bearer", "expires_in": life, "ext_expires_in": life,
                                     "access_token": token})
 
@@ -582,6 +787,44 @@ def _device_done_page(es: bool, outcome: str, app_name: str) -> Response:
         text = "Se canceló el inicio de sesión." if es else "The sign-in was cancelled."
     return Response.html(f"""<!doctype html><html><head><meta charset="utf-8"><title>{name}</title></head>
 <body><p id="outcome" data-outcome="{outcome}">{text}</p></body></html>""")
+
+
+def _hidden(params: dict, skip: tuple[str, ...]) -> str:
+    return "".join(f'<input type="hidden" name="{html.escape(k)}" value="{html.escape(v or "")}">'
+                   for k, v in params.items() if k not in skip)
+
+
+def _admin_sign_in_page(es: bool, req: Request, base_url: str, params: dict, app_name: str, login: str,
+                        error: str = "") -> Response:
+    """Who is signing in (the admin consent endpoint always asks; `login_hint` or `next_user` skip it)."""
+    title = "Iniciar sesión" if es else "Sign in"
+    err = f'<p class="error">{html.escape(error)}</p>' if error else ""
+    action = html.escape(f"{base_url}{req.path}")
+    return Response.html(f"""<!doctype html><html lang="{'es' if es else 'en'}"><head><meta charset="utf-8">
+<title>{title}</title></head><body><h1>{title}</h1><p>{html.escape(app_name)}</p>{err}
+<form method="post" action="{action}">{_hidden(params, ("login", "consent"))}
+<label>{"Cuenta" if es else "Account"} <input name="login" value="{html.escape(login)}"></label>
+<button type="submit">{"Siguiente" if es else "Next"}</button>
+</form></body></html>""", status=400 if error else 200)
+
+
+def _admin_consent_page(es: bool, req: Request, base_url: str, params: dict, app, user, scopes) -> Response:
+    """Permissions requested, "Accept for your organization": Accept / Cancel. `data-person-consent` says
+    which button the registered user presses (their `consent`: accept | refuse), for test drivers."""
+    title = "Permisos solicitados" if es else "Permissions requested"
+    asks = ("solicita permiso para tu organización:" if es else "wants permission for your organization:")
+    roles = "".join(f"<li>{html.escape(r)}</li>" for r in app.application_permissions)
+    requested = "".join(f"<li>{html.escape(s)}</li>" for s in scopes)
+    action = html.escape(f"{base_url}{req.path}")
+    return Response.html(f"""<!doctype html><html lang="{'es' if es else 'en'}"><head><meta charset="utf-8">
+<title>{title}</title></head><body><h1>{title}</h1>
+<p><b>{html.escape(app.display_name)}</b> {asks}</p><ul>{roles}</ul><ul class="scope">{requested}</ul>
+<p id="account" data-person-consent="{html.escape(user.consent)}">{html.escape(user.upn)}</p>
+<form method="post" action="{action}">{_hidden(params, ("login", "consent"))}
+<input type="hidden" name="login" value="{html.escape(user.upn)}">
+<button type="submit" name="consent" value="accept">{"Aceptar" if es else "Accept"}</button>
+<button type="submit" name="consent" value="refuse">{"Cancelar" if es else "Cancel"}</button>
+</form></body></html>""")
 
 
 def _error_page(message: str) -> Response:

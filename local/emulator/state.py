@@ -67,6 +67,11 @@ class App:
     tenant_id: str | None = None
     # "Allow public client flows" (Authentication blade): the device-code grant without a secret.
     public_client: bool = False
+    # Application permissions the registration asks for (API permissions blade, type "Application"); an admin
+    # consent grants them in a tenant and they become the `roles` of that tenant's app-only tokens.
+    application_permissions: list[str] = field(
+        default_factory=lambda: ["Calendars.ReadWrite", "MailboxSettings.Read"])
+    certificates: list[AppCertificate] = field(default_factory=list)
 
     def public(self) -> dict:
         return {
@@ -76,7 +81,39 @@ class App:
             "display_name": self.display_name,
             "tenant_id": self.tenant_id,
             "public_client": self.public_client,
+            "application_permissions": list(self.application_permissions),
+            "certificates": [c.public() for c in self.certificates],
         }
+
+
+@dataclass
+class AppCertificate:
+    """A public certificate on the app registration (keyCredentials: AsymmetricX509Cert, usage Verify)."""
+
+    thumbprint_sha1: str  # upper-case hex, as the portal shows it
+    thumbprint_sha256: str
+    public_key: object  # cryptography public key
+    pem: str
+
+    def public(self) -> dict:
+        return {"thumbprint_sha1": self.thumbprint_sha1, "thumbprint_sha256": self.thumbprint_sha256}
+
+
+@dataclass
+class ServicePrincipal:
+    """The app's enterprise application in one tenant. `granted_at` is set by an admin consent, which also
+    grants `roles` (app role assignments); the app's home tenant has one without roles from the start."""
+
+    id: str  # object id of the service principal
+    tenant_id: str
+    client_id: str
+    roles: list[str]
+    granted_at: datetime | None = None
+
+    def public(self) -> dict:
+        return {"tenant_id": self.tenant_id, "client_id": self.client_id, "roles": list(self.roles),
+                "granted_at": timezones.format_utc_z(self.granted_at) if self.granted_at else None,
+                "service_principal_id": self.id}
 
 
 @dataclass
@@ -134,6 +171,8 @@ class Mailbox:
     locale: str = "en-US"
     # "work" (Microsoft 365: Teams meetings allowed) or "personal" (outlook.com: no online meeting provider)
     account_kind: str = "work"
+    # a directory role that may grant tenant-wide admin consent (Global/Cloud Application/Application Administrator)
+    is_admin: bool = False
     calendars: dict[str, Calendar] = field(default_factory=dict)
     events: dict[str, Event] = field(default_factory=dict)  # includes tombstones (deleted=True)
     seq: int = 0
@@ -156,6 +195,7 @@ class Mailbox:
             "consent": self.consent,
             "locale": self.locale,
             "account_kind": self.account_kind,
+            "is_admin": self.is_admin,
             "calendars": [{"id": c.id, "name": c.name, "is_default": c.is_default, "color": c.color,
                            "hex_color": c.hex_color, "ext": dict(c.ext)} for c in self.calendars.values()],
         }
@@ -201,6 +241,8 @@ class AccessToken:
     oid: str | None  # None for app-only tokens
     scopes: list[str]
     expires_at: datetime
+    roles: list[str] = field(default_factory=list)  # app-only: the application permissions granted
+    service_principal_id: str | None = None  # app-only: the service principal the token was issued for
 
 
 @dataclass
@@ -350,6 +392,11 @@ class Store:
             self.faults: list[FaultRule] = []
             self.windows: dict[tuple[str, str], deque] = {}
             self.counters: dict[str, dict[str, Counter]] = {}
+            # (tenant_id, client_id) -> the app's service principal in that tenant (admin consent)
+            self.service_principals: dict[tuple[str, str], ServicePrincipal] = {}
+            # (tenant_id, client_id) -> mailboxes (oids) an app-only token may reach (Exchange RBAC for
+            # Applications / application access policy); absent = every mailbox of the tenant
+            self.app_scopes: dict[tuple[str, str], list[str]] = {}
             self.totals: Counter = Counter()
             self.clock.reset()
             self.delivery_cond = threading.Condition(self.lock)
@@ -365,6 +412,7 @@ class Store:
         consent: str = "accept",
         locale: str = "en-US",
         account_kind: str = "work",
+        is_admin: bool = False,
     ) -> Mailbox:
         with self.lock:
             oid = oid or str(uuid.uuid4())
@@ -377,6 +425,7 @@ class Store:
                 consent=consent,
                 locale=locale,
                 account_kind=account_kind,
+                is_admin=is_admin,
             )
             cal = Calendar(id=outlook_id(b"\x00\x00\x00\x01"), name="Calendar", is_default=True)
             mb.calendars[cal.id] = cal
@@ -394,6 +443,32 @@ class Store:
                     return mb
             return None
 
+    def resolve_tenant(self, tenant: str) -> str | None:
+        """A tenant segment (GUID or a verified domain: the domain of a user's UPN) -> the tenant id."""
+        with self.lock:
+            if tenant in self.tenants():
+                return tenant
+            low = tenant.lower()
+            for mb in self.mailboxes.values():
+                if mb.upn.lower().rpartition("@")[2] == low:
+                    return mb.tenant_id
+            return None
+
+    def service_principal(self, tenant_id: str, client_id: str) -> ServicePrincipal | None:
+        """The app's service principal in a tenant (admin consent, or the home tenant's own)."""
+        with self.lock:
+            return self.service_principals.get((tenant_id, client_id))
+
+    def add_app(self, app: App) -> App:
+        """Register an app; its home tenant (if given) gets its service principal, without roles until an
+        admin consents there (a registration made in the portal comes with its enterprise application)."""
+        with self.lock:
+            self.apps[app.client_id] = app
+            if app.tenant_id and (app.tenant_id, app.client_id) not in self.service_principals:
+                self.service_principals[(app.tenant_id, app.client_id)] = ServicePrincipal(
+                    id=str(uuid.uuid4()), tenant_id=app.tenant_id, client_id=app.client_id, roles=[])
+            return app
+
     def tenants(self) -> set[str]:
         with self.lock:
             return {m.tenant_id for m in self.mailboxes.values()} | {
@@ -404,9 +479,18 @@ class Store:
     def count(self, mailbox: str | None, kind: str, endpoint: str) -> None:
         with self.lock:
             key = mailbox or "-"
-            per = self.counters.setdefault(key, {"requests": Counter(), "batch_inner": Counter(), "throttled": Counter()})
+            per = self._per(key)
             per[kind][endpoint] += 1
             self.totals[kind] += 1
+
+    def _per(self, key: str) -> dict[str, Counter]:
+        return self.counters.setdefault(key, {"requests": Counter(), "batch_inner": Counter(), "throttled": Counter(),
+                                              "auth": Counter({"app": 0, "delegated": 0})})
+
+    def count_auth(self, mailbox: str, app_only: bool) -> None:
+        """Requests that reached a mailbox, by the kind of token: app-only (roles, no user) or delegated."""
+        with self.lock:
+            self._per(mailbox)["auth"]["app" if app_only else "delegated"] += 1
 
     def record_delivery(self, entry: dict) -> None:
         with self.lock:

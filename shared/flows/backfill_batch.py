@@ -23,6 +23,7 @@ from typing import Any
 from urllib.parse import quote, urlencode
 
 from shared.outlook.graph import BATCH_LIMIT, GraphResponse, NotFoundError, error_for
+from shared.outlook.mailbox_client import mailbox_token
 from shared.outlook.throttle import (
     MAX_IN_FLIGHT,
     BatchLease,
@@ -35,7 +36,7 @@ from shared.rules.backfill_plan import (
     CREATING,
     OUT_OF_WINDOW,
 )
-from shared.rules.calendars import event_path, graph_path
+from shared.rules.calendars import ME, event_path, graph_path
 from shared.rules.errors import (
     AuthError,
     ConflictError,
@@ -46,8 +47,8 @@ from shared.rules.errors import (
 from shared.rules.event_render import PROPERTY_ID
 from shared.rules.event_time import graph_to_utc
 from shared.rules.sync_plan import Create, Decision, Delete, Link, Nothing, Update, after, join_url_of
-from shared.store import backfill_jobs, links, tables
-from shared.store.connections import iso
+from shared.store import backfill_jobs, connections, links, tables
+from shared.store.connections import Connection, iso
 
 log = logging.getLogger(__name__)
 
@@ -140,10 +141,10 @@ def failed_extra(previous: dict[str, Any] | None, error: SyncError, version: int
     return extra
 
 
-def lookup_url(value: str, calendar_id: str | None) -> str:
+def lookup_url(value: str, calendar_id: str | None, mailbox: str = ME) -> str:
     query = f"singleValueExtendedProperties/Any(ep: ep/id eq '{PROPERTY_ID}' and ep/value eq '{value}')"
     params = urlencode({"$filter": query, "$select": LOOKUP_SELECT}, quote_via=quote)
-    return f"{graph_path(calendar_id, 'events', absolute=True)}?{params}"
+    return f"{graph_path(calendar_id, 'events', absolute=True, mailbox=mailbox)}?{params}"
 
 
 # --- a run's items -------------------------------------------------------------------------------
@@ -183,6 +184,7 @@ class ChunkWrites:
     job_id: str
     token: str
     calendar_id: str | None  # the user's calendar (None: the default one)
+    connection: Connection | None  # the user's connection, once read (mode and mailbox path)
     gate: MailboxGate
     mailbox: str
     _graph_token: str | None
@@ -193,6 +195,16 @@ class ChunkWrites:
 
     def fail(self, index: int, activity_id: str | None, error: SyncError) -> None:
         raise NotImplementedError
+
+    @property
+    def mailbox_path(self) -> str:
+        """``me``, or ``users/{id}`` for an app-only user (issue 19)."""
+        return self._connection().mailbox_path
+
+    def _connection(self) -> Connection:
+        if self.connection is None:
+            self.connection = connections.get(self.storage, self.tenant, self.user)
+        return self.connection
 
     def _apply(self, plans: dict[int, Pending]) -> None:
         saves: list[tuple[Pending, Link, dict[str, Any], str | None]] = []  # (item, link, extra, created id)
@@ -233,7 +245,7 @@ class ChunkWrites:
                 {
                     "id": str(pending.index),
                     "method": "POST",
-                    "url": graph_path(self.calendar_id, "events", absolute=True),
+                    "url": graph_path(self.calendar_id, "events", absolute=True, mailbox=self.mailbox_path),
                     "headers": {"Content-Type": "application/json", "Prefer": PREFER},
                     "body": action.event,
                 }
@@ -245,7 +257,7 @@ class ChunkWrites:
                     {
                         "id": str(pending.index),
                         "method": "PATCH",
-                        "url": event_path(action.event_id, absolute=True),
+                        "url": event_path(action.event_id, absolute=True, mailbox=self.mailbox_path),
                         "headers": {"Content-Type": "application/json", "Prefer": PREFER},
                         "body": action.patch,
                     }
@@ -255,12 +267,12 @@ class ChunkWrites:
                     {
                         "id": str(pending.index),
                         "method": "DELETE",
-                        "url": event_path(action.event_id, absolute=True),
+                        "url": event_path(action.event_id, absolute=True, mailbox=self.mailbox_path),
                     }
                 )
         for n, event_id in enumerate(self._duplicates):
             requests.append(
-                {"id": f"dup{n}", "method": "DELETE", "url": event_path(event_id, absolute=True)}
+                {"id": f"dup{n}", "method": "DELETE", "url": event_path(event_id, absolute=True, mailbox=self.mailbox_path)}
             )
         answers: dict[str, GraphResponse] = {}
         if requests:
@@ -436,7 +448,7 @@ class ChunkWrites:
             try:
                 self.send_batch(
                     [
-                        {"id": str(n), "method": "DELETE", "url": event_path(e, absolute=True)}
+                        {"id": str(n), "method": "DELETE", "url": event_path(e, absolute=True, mailbox=self.mailbox_path)}
                         for n, e in enumerate(orphans)
                     ]
                 )
@@ -449,16 +461,14 @@ class ChunkWrites:
         """One $batch for this mailbox, behind the shared gate and the in-flight slots."""
         self.gate.check()
         if self._graph_token is None:
-            self._graph_token = self.services.identity.access_token(self.tenant, self.user)
+            self._graph_token = mailbox_token(self.services, self._connection())
         with batch_slots(self.mailbox), BatchLease(self.storage, self.tenant, self.user).held():
             self.gate.check_local()
             try:
                 try:
                     return self.services.graph.batch(self._graph_token, requests)
                 except AuthError:  # the access token may have been revoked early: one refresh
-                    self._graph_token = self.services.identity.access_token(
-                        self.tenant, self.user, force_refresh=True
-                    )
+                    self._graph_token = mailbox_token(self.services, self._connection(), force_refresh=True)
                     return self.services.graph.batch(self._graph_token, requests)
             except ThrottledError as throttled:
                 pause = throttle_pause(throttled.retry_after)

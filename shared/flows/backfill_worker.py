@@ -75,7 +75,7 @@ from shared.rules.errors import (
 from shared.rules.model import Activity, ActivityType
 from shared.rules.sync_plan import Create, UserContext, adopt
 from shared.store import backfill_jobs, connections, kept_activities, tables
-from shared.store.connections import CONNECTED
+from shared.store.connections import CONNECTED, Connection
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +98,7 @@ class ChunkRun(ChunkWrites):
         self.job_id, self.chunk = msg["job"], msg["chunk"]
         self.token = uuid.uuid4().hex  # owner of the intents this run writes
         self.calendar_id: str | None = None  # the user's calendar, read with the connection in run()
+        self.connection: Connection | None = None  # read in run(): the mailbox's path and token kind
         self.gate = MailboxGate(self.storage, self.tenant, self.user)
         self.mailbox = tables.key(self.tenant, self.user)
         self._graph_token: str | None = None
@@ -131,6 +132,7 @@ class ChunkRun(ChunkWrites):
             error = PermanentError(f"the user is {state.replace('_', ' ')}", code="not_connected")
             return self.give_up(self.todo, error)
         self.calendar_id = connection.calendar_id
+        self.connection = connection
         context = UserContext(
             self.tenant,
             self.user,
@@ -213,7 +215,7 @@ class ChunkRun(ChunkWrites):
                 {
                     "id": str(i),
                     "method": "GET",
-                    "url": lookup_url(create.lookup_value, self.calendar_id),
+                    "url": lookup_url(create.lookup_value, self.calendar_id, self.mailbox_path),
                     "headers": {"Prefer": PREFER},
                 }
             )

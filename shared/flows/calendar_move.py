@@ -30,6 +30,7 @@ from datetime import datetime
 from typing import Any
 
 from shared.flows import calendars, callbacks
+from shared.outlook.mailbox_client import mailbox_token
 from shared.outlook.throttle import MailboxGated
 from shared.ports import MailboxGraph, Services
 from shared.rules import queues
@@ -74,11 +75,11 @@ def list_calendars(services: Services, tenant: str, user: str) -> dict[str, Any]
     connection = connections.get(services.storage, tenant, user)
     if connection.state != CONNECTED:
         raise NotConnected()
-    token = services.identity.access_token(tenant, user)
+    token = mailbox_token(services, connection)
     answer = services.graph.call(
         token,
         "GET",
-        graph_path(None, "calendars"),
+        graph_path(None, "calendars", mailbox=connection.mailbox_path),
         params={"$select": "id,name,color,hexColor,isDefaultCalendar,canEdit,owner", "$top": "250"},
     )
     items = []
@@ -109,7 +110,7 @@ def switch(services: Services, tenant: str, user: str, choice: CalendarChoice, n
     connection = connections.get(services.storage, tenant, user)
     if connection.state != CONNECTED:
         raise NotConnected()
-    token = services.identity.access_token(tenant, user)
+    token = mailbox_token(services, connection)
     target = calendars.resolve(services, token, connection, choice)  # CalendarUnavailable: a 409 at the edge
     if target.calendar_id == connection.calendar_id and target.calendar == connection.calendar:
         return {"calendar": calendars.describe(connection), "move": _move(connection)}
@@ -174,7 +175,7 @@ def process(services: Services, raw: bytes, now: datetime) -> str:
     if connection.state != CONNECTED or move is None or move["id"] != message["move"] or move["state"] != "moving":
         return "skipped"  # superseded by a later switch, or the user removed sync
     target = connection.calendar_id
-    client = MailboxClient(services, tenant, user, target)
+    client = MailboxClient(services, tenant, user, target, connection=connection)
     after = message.get("after")
     page = sorted(
         (s for s in links.for_user(services.storage, tenant, user) if _ours(s.link)),
@@ -263,11 +264,11 @@ def _move_one(
                 _delete_quietly(client, extra["id"])
         else:
             try:
-                old = client.call("GET", event_path(old_id), params={"$select": COPIED}).body or {}
+                old = client.call("GET", event_path(old_id, mailbox=client.mailbox_path), params={"$select": COPIED}).body or {}
             except NotFoundError:
                 return 0  # the user deleted it: the reconcile reports it, nothing to move
             body = _copy_of(old, tenant, activity_id, move_id)
-            copy = client.call("POST", graph_path(target, "events"), json=body).body or {}
+            copy = client.call("POST", graph_path(target, "events", mailbox=client.mailbox_path), json=body).body or {}
         link = replace(stored.link, outlook_event_id=copy["id"], change_key=copy.get("changeKey"))
         meeting = bool(stored.link.online_meeting_url)
         if meeting:
@@ -308,7 +309,7 @@ def _copy_of(old: dict[str, Any], tenant: str, activity_id: str, move_id: str) -
 def _lookup(client: MailboxGraph, value: str) -> list[dict[str, Any]]:
     query = f"singleValueExtendedProperties/Any(ep: ep/id eq '{PROPERTY_ID}' and ep/value eq '{value}')"
     answer = client.call(
-        "GET", graph_path(client.calendar_id, "events"), params={"$filter": query, "$select": LOOKUP_SELECT}
+        "GET", graph_path(client.calendar_id, "events", mailbox=client.mailbox_path), params={"$filter": query, "$select": LOOKUP_SELECT}
     )
     return [e for e in (answer.body or {}).get("value") or [] if isinstance(e, dict) and e.get("id")]
 
@@ -317,7 +318,7 @@ def _delete_quietly(client: MailboxGraph, event_id: str) -> None:
     from shared.outlook.graph import NotFoundError
 
     try:
-        client.call("DELETE", event_path(event_id))
+        client.call("DELETE", event_path(event_id, mailbox=client.mailbox_path))
     except NotFoundError:
         pass
 

@@ -29,6 +29,7 @@ from shared.rules.calendars import (
     CHOSEN,
     DEDICATED,
     DEFAULT,
+    ME,
     CalendarChoice,
     calendar_path,
     choice_json,
@@ -60,14 +61,17 @@ def resolve(services: Services, token: str, connection: Connection, choice: Cale
     if choice.kind == DEFAULT:
         return replace(connection, calendar=DEFAULT, calendar_id=None)
     if choice.kind == DEDICATED:
-        calendar_id, _ = ensure_dedicated(services, token, connection.tenant, connection.user, connection.locale)
+        calendar_id, _ = ensure_dedicated(
+            services, token, connection.tenant, connection.user, connection.locale, mailbox=connection.mailbox_path
+        )
         return replace(connection, calendar=DEDICATED, calendar_id=calendar_id)
     from shared.outlook.graph import NotFoundError
 
     assert choice.calendar_id is not None
     try:
         found = services.graph.call(
-            token, "GET", calendar_path(choice.calendar_id), params={"$select": "id,canEdit,isDefaultCalendar"}
+            token, "GET", calendar_path(choice.calendar_id, mailbox=connection.mailbox_path),
+            params={"$select": "id,canEdit,isDefaultCalendar"},
         ).body or {}
     except NotFoundError:
         raise CalendarUnavailable("calendar_not_found") from None
@@ -78,25 +82,32 @@ def resolve(services: Services, token: str, connection: Connection, choice: Cale
     return replace(connection, calendar=CHOSEN, calendar_id=str(found.get("id") or choice.calendar_id))
 
 
-def find_dedicated(services: Services, token: str, tenant: str) -> str | None:
+def find_dedicated(services: Services, token: str, tenant: str, *, mailbox: str = ME) -> str | None:
     """Our dedicated calendar's id, found by its mark (never by name); None when there is none."""
     answer = services.graph.call(
-        token, "GET", graph_path(None, "calendars"), params={"$filter": dedicated_filter(tenant), "$select": "id"}
+        token,
+        "GET",
+        graph_path(None, "calendars", mailbox=mailbox),
+        params={"$filter": dedicated_filter(tenant), "$select": "id"},
     )
     found = [c for c in (answer.body or {}).get("value") or [] if isinstance(c, dict) and c.get("id")]
     return str(found[0]["id"]) if found else None
 
 
-def ensure_dedicated(services: Services, token: str, tenant: str, user: str, locale: str) -> tuple[str, bool]:
+def ensure_dedicated(
+    services: Services, token: str, tenant: str, user: str, locale: str, *, mailbox: str = ME
+) -> tuple[str, bool]:
     """The dedicated calendar's id, created when the user has none: ``(id, created)``."""
-    existing = find_dedicated(services, token, tenant)
+    existing = find_dedicated(services, token, tenant, mailbox=mailbox)
     if existing:
         return existing, False
     setting = tenant_settings.get(services.storage, tenant).dedicated_calendar_name
     for attempt in range(MAX_NAME_ATTEMPTS):
         body = new_dedicated_calendar(tenant, dedicated_name(locale, setting, attempt))
         try:
-            created = services.graph.call(token, "POST", graph_path(None, "calendars"), json=body).body or {}
+            created = services.graph.call(
+                token, "POST", graph_path(None, "calendars", mailbox=mailbox), json=body
+            ).body or {}
         except PermanentError as error:
             if error.status == 409:  # the user has a calendar of that name: try the next one
                 continue
@@ -113,7 +124,7 @@ def delete_dedicated(services: Services, token: str, connection: Connection) -> 
 
     assert connection.calendar == DEDICATED and connection.calendar_id
     try:
-        services.graph.call(token, "DELETE", calendar_path(connection.calendar_id))
+        services.graph.call(token, "DELETE", calendar_path(connection.calendar_id, mailbox=connection.mailbox_path))
     except NotFoundError:
         pass  # the user deleted it already
     return forget_events(services, connection.tenant, connection.user)
@@ -160,19 +171,21 @@ def before_reconcile(services: Services, raw: bytes, now: datetime) -> bool:
 def _recreate_if_gone(services: Services, connection: Connection, now: datetime) -> bool:
     from shared.flows import push, subscriptions
     from shared.outlook.graph import NotFoundError
-    from shared.outlook.mailbox_client import MailboxClient
+    from shared.outlook.mailbox_client import MailboxClient, mailbox_token
 
-    client = MailboxClient(services, connection.tenant, connection.user, connection.calendar_id)
+    client = MailboxClient(services, connection.tenant, connection.user, connection.calendar_id, connection=connection)
     assert connection.calendar_id
     try:
-        client.call("GET", calendar_path(connection.calendar_id), params={"$select": "id"})
+        client.call("GET", calendar_path(connection.calendar_id, mailbox=client.mailbox_path), params={"$select": "id"})
         return False
     except NotFoundError:
         pass
-    token = services.identity.access_token(connection.tenant, connection.user)
+    token = mailbox_token(services, connection)
     state = mailbox_sync.claim(services.storage, connection.tenant, connection.user, now)
     try:
-        calendar_id, _ = ensure_dedicated(services, token, connection.tenant, connection.user, connection.locale)
+        calendar_id, _ = ensure_dedicated(
+            services, token, connection.tenant, connection.user, connection.locale, mailbox=connection.mailbox_path
+        )
         lost = forget_events(services, connection.tenant, connection.user)
     except BaseException:
         mailbox_sync.release_quietly(services.storage, state)

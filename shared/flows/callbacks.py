@@ -38,7 +38,7 @@ from shared.store import work_queues
 log = logging.getLogger(__name__)
 
 def enqueue(
-    storage: Storage, kind: str, tenant: str, user: str, data: dict[str, Any], *, delay_seconds: int = 0
+    storage: Storage, kind: str, tenant: str, user: str | None, data: dict[str, Any], *, delay_seconds: int = 0
 ) -> dict[str, Any]:
     message = envelope(kind, tenant, user, data)
     work_queues.send(storage, queues.CRM_CALLBACKS, tenant, json.dumps(message), delay_seconds=delay_seconds)

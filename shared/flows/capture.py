@@ -24,6 +24,7 @@ from typing import Any
 
 from shared.flows import callbacks
 from shared.ports import MailboxGraph, Services
+from shared.rules.calendars import event_path
 from shared.rules.capture_plan import (
     CaptureScope,
     Remember,
@@ -103,7 +104,7 @@ def read_event(client: MailboxGraph, event_id: str) -> dict[str, Any] | None:
     from shared.outlook.graph import NotFoundError
 
     try:
-        return client.call("GET", f"me/events/{event_id}").body or {}
+        return client.call("GET", event_path(event_id, mailbox=client.mailbox_path)).body or {}
     except NotFoundError:
         return None
 
@@ -114,7 +115,7 @@ def _is_ours(client: MailboxGraph, event_id: str) -> bool:
 
     params = {"$select": "id", "$expand": f"singleValueExtendedProperties($filter=id eq '{PROPERTY_ID}')"}
     try:
-        body = client.call("GET", f"me/events/{event_id}", params=params).body or {}
+        body = client.call("GET", event_path(event_id, mailbox=client.mailbox_path), params=params).body or {}
     except NotFoundError:
         return False
     return bool(body.get("singleValueExtendedProperties"))

@@ -34,8 +34,17 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from shared.flows import calendars, callbacks
 from shared.flows.calendars import CalendarUnavailable
+from shared.outlook.mailbox_client import mailbox_token
 from shared.ports import Services
-from shared.rules.calendars import CHOSEN, DEDICATED, DEFAULT, CalendarChoice, graph_path, parse_choice
+from shared.rules.calendars import (
+    CHOSEN,
+    DEDICATED,
+    DEFAULT,
+    DELEGATED,
+    CalendarChoice,
+    graph_path,
+    parse_choice,
+)
 from shared.rules.contract import ValidationError
 from shared.rules.errors import AuthError, ConflictError, SyncError
 from shared.rules.event_time import is_iana_zone
@@ -480,6 +489,7 @@ def _finish_connect(
     connection = replace(
         current,
         state=CONNECTED,
+        mode=DELEGATED,  # a user the organisation had enabled now signs in themselves (issue 19)
         locale=pending["locale"],
         crm_time_zone=pending["time_zone"],
         mailbox_time_zone=(mailbox or {}).get("timeZone"),
@@ -547,7 +557,7 @@ def subscribe(services: Services, token: str, connection: Connection, now: datet
         "changeType": SUBSCRIBED_CHANGES,
         "notificationUrl": f"{base}/api/graph/notifications",
         "lifecycleNotificationUrl": f"{base}/api/graph/lifecycle",
-        "resource": graph_path(connection.calendar_id, "events"),
+        "resource": graph_path(connection.calendar_id, "events", mailbox=connection.mailbox_path),
         "expirationDateTime": iso(expires),
         "clientState": client_state,
     }
@@ -658,7 +668,7 @@ def disconnect(services: Services, tenant: str, user: str, remove_events: str, n
         services.identity.forget(tenant, user)  # a cache left by an unfinished sign-in goes too
         return {"status": current.state, "message": text("disconnected", current.locale), "removal": None}
     try:
-        token = services.identity.access_token(tenant, user)
+        token = mailbox_token(services, current)
     except (AuthError, UndecryptableError):
         token = None  # the grant is gone: we can still forget everything on our side
     if current.subscription_id:
@@ -712,6 +722,7 @@ def status(services: Services, tenant: str, user: str) -> dict[str, Any]:
         "tenant_id": tenant,
         "user_id": user,
         "state": current.state,
+        "mode": current.mode,  # delegated (signed in) or organization (enabled by the CRM, app-only)
         "account": current.account_username,
         "locale": current.locale,
         "crm_time_zone": current.crm_time_zone,

@@ -88,7 +88,7 @@ def sync(
 ) -> None:
     """Bring one activity's event in line with what ``plan`` decides from its current link."""
     tenant, user = connection.tenant, connection.user
-    client = MailboxClient(services, tenant, user, connection.calendar_id)
+    client = MailboxClient(services, tenant, user, connection.calendar_id, connection=connection)
     with _one_at_a_time(tenant, user, activity_id):
         gone: Link | None = None  # our event turned out deleted in Outlook: plan as if unlinked
         created: str | None = None  # an event we created whose link another worker wrote over
@@ -163,7 +163,7 @@ def _delete_quietly(client: MailboxGraph, event_id: str) -> None:
     from shared.outlook.graph import NotFoundError
 
     try:
-        client.call("DELETE", event_path(event_id))
+        client.call("DELETE", event_path(event_id, mailbox=client.mailbox_path))
     except NotFoundError:
         pass
 
@@ -256,7 +256,7 @@ def apply(client: MailboxGraph, decision: Decision, *, lookup_first: bool = True
         found = lookup(client, action.lookup_value) if lookup_first else []
         if not found:
             try:
-                answer = client.call("POST", graph_path(client.calendar_id, "events"), json=action.event)
+                answer = client.call("POST", graph_path(client.calendar_id, "events", mailbox=client.mailbox_path), json=action.event)
             except PermanentError as error:
                 if error.code != "ErrorDuplicateTransactionId":
                     raise
@@ -278,16 +278,16 @@ def apply(client: MailboxGraph, decision: Decision, *, lookup_first: bool = True
         known = decision.link.change_key if decision.link else None
         try:
             if known:
-                answer = client.call("PATCH", event_path(action.event_id), json=action.patch, if_match=known)
+                answer = client.call("PATCH", event_path(action.event_id, mailbox=client.mailbox_path), json=action.patch, if_match=known)
             else:
-                answer = client.call("PATCH", event_path(action.event_id), json=action.patch)
+                answer = client.call("PATCH", event_path(action.event_id, mailbox=client.mailbox_path), json=action.patch)
         except NotFoundError:
             raise EventGone() from None
         except PermanentError as error:
             if error.status != 412:
                 raise
             try:
-                event = client.call("GET", event_path(action.event_id), params={"$select": EDIT_SELECT})
+                event = client.call("GET", event_path(action.event_id, mailbox=client.mailbox_path), params={"$select": EDIT_SELECT})
             except NotFoundError:
                 raise EventGone() from None
             raise OutlookChanged(event.body or {}) from None
@@ -306,7 +306,9 @@ def _adopt(client: MailboxGraph, decision: Decision, action: Adopt) -> Applied:
     from shared.rules.field_diff import shown_of
 
     try:
-        answer = client.call("GET", f"me/events/{action.event_id}", params={"$select": EDIT_SELECT + ",webLink"})
+        answer = client.call(
+            "GET", event_path(action.event_id, mailbox=client.mailbox_path), params={"$select": EDIT_SELECT + ",webLink"}
+        )
     except NotFoundError:
         answer = None
     except PermanentError as error:
@@ -336,7 +338,7 @@ def lookup(client: MailboxGraph, value: str) -> list[dict[str, Any]]:
     """Our events carrying this property value (normally none or one)."""
     query = f"singleValueExtendedProperties/Any(ep: ep/id eq '{PROPERTY_ID}' and ep/value eq '{value}')"
     answer = client.call(
-        "GET", graph_path(client.calendar_id, "events"), params={"$filter": query, "$select": LOOKUP_SELECT}
+        "GET", graph_path(client.calendar_id, "events", mailbox=client.mailbox_path), params={"$filter": query, "$select": LOOKUP_SELECT}
     )
     return list((answer.body or {}).get("value", []))
 

@@ -12,6 +12,8 @@ from datetime import UTC, datetime
 
 from shared.flows import callbacks
 from shared.ports import Services
+from shared.rules.calendars import ORGANIZATION
+from shared.rules.errors import OrganizationConsentRequired
 from shared.store import connections
 from shared.store.connections import CONNECTED, REAUTH_REQUIRED
 
@@ -34,6 +36,16 @@ def require_reauth(services: Services, tenant: str, user: str, reason: str) -> b
     current = connections.get(services.storage, tenant, user)
     if current.state != CONNECTED:
         return False
+    if (current.mode == ORGANIZATION) != (reason == OrganizationConsentRequired.CODE):
+        # A failure of the other kind of grant than the user has now: a worker that started before the
+        # user moved between sign-in and organisation mode (issue 19). The user's current grant is fine.
+        log.info("A %s failure for a user now in %s mode is stale; ignored", reason, current.mode)
+        return False
+    if current.mode == ORGANIZATION:
+        # App-only tokens are the organisation's: when they fail, they fail for all its users.
+        from shared.flows.organization import consent_lost
+
+        return consent_lost(services, tenant, reason) > 0
     connections.update(services.storage, tenant, user, change)
     if moved:
         log.warning("connection.reauth_required: a user's Microsoft grant stopped working (%s)", reason)

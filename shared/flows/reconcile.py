@@ -249,7 +249,7 @@ def _run(services: Services, message: dict[str, Any], now: datetime, message_id:
                 set(message.get("subscription_ids") or []),
                 now,
             )
-        client = lease.keeping(MailboxClient(services, tenant, user))
+        client = lease.keeping(MailboxClient(services, tenant, user, connection=connection))
         result = delta_pass(
             services, client, connection, state, now, confirm=bool(message.get("confirm_deletions"))
         )
@@ -374,7 +374,7 @@ def read_delta(
         url, params = delta_link, None
     else:
         url, params = (
-            graph_path(client.calendar_id, "calendarView/delta"),
+            graph_path(client.calendar_id, "calendarView/delta", mailbox=client.mailbox_path),
             {"startDateTime": iso(window[0]), "endDateTime": iso(window[1])},
         )
     seen: dict[str, Seen] = {}
@@ -412,7 +412,7 @@ def read_event(client: MailboxGraph, event_id: str) -> dict[str, Any] | None:
     from shared.outlook.graph import NotFoundError
 
     try:
-        return client.call("GET", event_path(event_id), params={"$select": EVENT_SELECT}).body or {}
+        return client.call("GET", event_path(event_id, mailbox=client.mailbox_path), params={"$select": EVENT_SELECT}).body or {}
     except NotFoundError:
         return None
 

@@ -37,13 +37,15 @@ from typing import Any
 
 from shared.flows.backfill_batch import batch_slots, throttle_pause
 from shared.outlook.graph import BATCH_LIMIT
+from shared.outlook.mailbox_client import mailbox_token
 from shared.outlook.throttle import BatchLease, MailboxBusy, MailboxGate, MailboxGated, next_step
 from shared.ports import Services, Storage
 from shared.rules import callback_messages, queues
-from shared.rules.calendars import calendar_path, event_path
+from shared.rules.calendars import ME, calendar_path, event_path
 from shared.rules.errors import AuthError, ConflictError, ThrottledError, TransientError
 from shared.rules.removal_plan import FAILED, GONE, REMOVED, RETRY, Target, is_target, outcome
-from shared.store import links, removals, tables, work_queues
+from shared.store import connections, links, removals, tables, work_queues
+from shared.store.connections import Connection
 from shared.store.removals import COMPLETED, Removal
 from shared.store.token_crypto import UndecryptableError
 
@@ -161,6 +163,7 @@ class RemovalRun:
         self.gate = MailboxGate(self.storage, self.tenant, self.user)
         self.mailbox = tables.key(self.tenant, self.user)
         self.token: str | None = None
+        self.connection: Connection | None = None  # read by ``run``: which token, which mailbox path
 
     def run(self, now: datetime) -> str:
         removal = removals.get(self.storage, self.tenant, self.user)
@@ -173,7 +176,8 @@ class RemovalRun:
         if not removal.content_forgotten:
             removal = self.forget_content(removal)
         try:
-            self.token = self.services.identity.access_token(self.tenant, self.user)
+            self.connection = connections.get(self.storage, self.tenant, self.user)
+            self.token = mailbox_token(self.services, self.connection)
         except (AuthError, UndecryptableError):
             log.warning("The grant no longer works: the rest of the user's events stay in Outlook")
             return self.complete(removal, now)
@@ -210,6 +214,11 @@ class RemovalRun:
             if time.monotonic() > deadline:
                 break
         return self.requeue(removal, 0)
+
+    @property
+    def mailbox_path(self) -> str:
+        """``me``, or ``users/{id}`` for a user of organisation mode (issue 19)."""
+        return self.connection.mailbox_path if self.connection is not None else ME
 
     # --- steps ---------------------------------------------------------------------------------
 
@@ -248,7 +257,7 @@ class RemovalRun:
         assert removal.calendar_id and self.token is not None
         self.gate.check()
         try:
-            self.services.graph.call(self.token, "DELETE", calendar_path(removal.calendar_id))
+            self.services.graph.call(self.token, "DELETE", calendar_path(removal.calendar_id, mailbox=self.mailbox_path))
         except NotFoundError:
             pass  # the user deleted it already
         return removals.save(self.storage, replace(removal, calendar_deleted=True))
@@ -265,7 +274,7 @@ class RemovalRun:
             {
                 "id": str(i),
                 "method": "DELETE",
-                "url": event_path(stored.link.outlook_event_id or "", absolute=True),
+                "url": event_path(stored.link.outlook_event_id or "", absolute=True, mailbox=self.mailbox_path),
                 "headers": IMMUTABLE_IDS,
             }
             for i, stored in enumerate(marked)
@@ -363,7 +372,8 @@ class RemovalRun:
                 try:
                     return self.services.graph.batch(self.token, requests_)
                 except AuthError:  # the access token may have been revoked early: one refresh
-                    self.token = self.services.identity.access_token(self.tenant, self.user, force_refresh=True)
+                    assert self.connection is not None
+                    self.token = mailbox_token(self.services, self.connection, force_refresh=True)
                     return self.services.graph.batch(self.token, requests_)
             except ThrottledError as throttled:
                 pause = throttle_pause(throttled.retry_after)

@@ -40,7 +40,9 @@ def maintain(
     from shared.outlook.graph import NotFoundError
 
     # A fresh token: these calls are rare, and reauthorizationRequired means the old one is ending.
-    token = services.identity.access_token(connection.tenant, connection.user, force_refresh=True)
+    from shared.outlook.mailbox_client import mailbox_token
+
+    token = mailbox_token(services, connection, force_refresh=True)
     if recreate or not connection.subscription_id:
         return _recreate(services, token, connection, now)
     subscription_id = connection.subscription_id

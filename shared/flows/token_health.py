@@ -12,6 +12,7 @@ import logging
 from datetime import UTC, datetime, timedelta
 
 from shared.ports import Services
+from shared.rules.calendars import ORGANIZATION
 from shared.store import connections, paging, tables
 
 log = logging.getLogger(__name__)
@@ -44,8 +45,9 @@ def refresh_user(services: Services, tenant: str, user: str, now: datetime) -> s
     """Worker: refresh one user's grant if they are connected and it is still idle. Raises an
     ``AuthError`` / ``UndecryptableError`` when the grant is gone (the caller moves the user to
     ``reauth_required``) and transient errors for a retry through the queue."""
-    if connections.get(services.storage, tenant, user).state != connections.CONNECTED:
-        return "skipped"
+    connection = connections.get(services.storage, tenant, user)
+    if connection.state != connections.CONNECTED or connection.mode == ORGANIZATION:
+        return "skipped"  # an app-only user has no grant of its own to keep alive
     refreshed_at = services.identity.refreshed_at(tenant, user)
     if refreshed_at is not None and now - tables.aware(refreshed_at) < IDLE_LIMIT:
         return "fresh"

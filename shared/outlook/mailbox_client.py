@@ -12,6 +12,7 @@ from shared.outlook.throttle import InFlight, MailboxGate, MailboxGated
 from shared.ports import GraphResponse, Services
 from shared.rules.errors import AuthError, ThrottledError
 from shared.store import tables
+from shared.store.connections import Connection
 
 PREFER = {"Prefer": 'IdType="ImmutableId"'}
 
@@ -22,9 +23,16 @@ class MailboxClient:
     throttle answer closing the gate for everyone."""
 
     def __init__(
-        self, services: Services, tenant: str, user: str, calendar_id: str | None | EllipsisType = ...
+        self,
+        services: Services,
+        tenant: str,
+        user: str,
+        calendar_id: str | None | EllipsisType = ...,
+        *,
+        connection: Connection | None = None,
     ) -> None:
         self.services = services
+        self._connection = connection
         self.tenant, self.user = tenant, user
         self.gate = MailboxGate(services.storage, tenant, user)
         self.mailbox = tables.key(tenant, user)
@@ -38,10 +46,22 @@ class MailboxClient:
         """The calendar the user's events live in (``None``: the default one), from the connection
         unless the caller gave it; read once per client."""
         if isinstance(self._calendar_id, EllipsisType):
+            self._calendar_id = self.connection.calendar_id
+        return self._calendar_id
+
+    @property
+    def connection(self) -> Connection:
+        """The user's connection as the caller gave it, else read once per client."""
+        if self._connection is None:
             from shared.store import connections
 
-            self._calendar_id = connections.get(self.services.storage, self.tenant, self.user).calendar_id
-        return self._calendar_id
+            self._connection = connections.get(self.services.storage, self.tenant, self.user)
+        return self._connection
+
+    @property
+    def mailbox_path(self) -> str:
+        """The mailbox's path segment (``me``, or ``users/{id}`` for an app-only user)."""
+        return self.connection.mailbox_path
 
     def call(
         self,
@@ -62,12 +82,12 @@ class MailboxClient:
         else:
             self.gate.check_local()
         if self._token is None:
-            self._token = self.services.identity.access_token(self.tenant, self.user)
+            self._token = mailbox_token(self.services, self.connection)
         try:
             answer = self._send(method, path, json, params, prefer, if_match)
         except AuthError:
             # The access token may have been revoked early: one refresh, then the verdict stands.
-            self._token = self.services.identity.access_token(self.tenant, self.user, force_refresh=True)
+            self._token = mailbox_token(self.services, self.connection, force_refresh=True)
             answer = self._send(method, path, json, params, prefer, if_match)
         if method != "GET":
             self.wrote = True
@@ -95,3 +115,15 @@ class MailboxClient:
             except ThrottledError as throttled:
                 self.gate.close(throttled.retry_after)
                 raise
+
+
+def mailbox_token(services: Services, connection: Connection, *, force_refresh: bool = False) -> str:
+    """A Graph token for the connection's mailbox: the user's own (delegated, from their token cache)
+    or the app's for the user's Microsoft tenant (organisation mode, issue 19)."""
+    from shared.rules.calendars import ORGANIZATION
+
+    if connection.mode == ORGANIZATION:
+        if not connection.account_tid:
+            raise AuthError("no Microsoft tenant recorded for this app-only user", code="no_tenant")
+        return services.identity.app_token(connection.account_tid, force_refresh=force_refresh)
+    return services.identity.access_token(connection.tenant, connection.user, force_refresh=force_refresh)

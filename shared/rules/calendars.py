@@ -5,7 +5,10 @@ id it resolved to; ``None`` is the user's default calendar. Every Graph path to 
 here (``graph_path``), so push, backfill, reconcile, subscriptions and removal cannot disagree:
 
 - the default calendar keeps the paths Graph documents for it (``me/events``, ``me/calendarView/delta``);
-- any other calendar is ``me/calendars/{id}/...`` (events, calendarView/delta, subscription resource).
+- any other calendar is ``me/calendars/{id}/...`` (events, calendarView/delta, subscription resource);
+- the mailbox itself is ``me`` for a signed-in (delegated) user and ``users/{object id}`` for a user the
+  organisation enabled (app-only, issue 19: an app-only token has no ``me``); ``mailbox_base`` says which,
+  and every helper takes it as ``mailbox`` (default ``me``, so delegated paths are unchanged).
 
 An event addressed by id (``event_path``) needs no calendar: event ids are unique in the mailbox, Graph
 answers ``me/events/{id}`` whatever calendar holds the event, and our immutable ids survive a move
@@ -33,24 +36,40 @@ class CalendarChoice:
     calendar_id: str | None = None
 
 
-def graph_path(calendar_id: str | None, rest: str, *, absolute: bool = False) -> str:
+ME = "me"
+DELEGATED: Literal["delegated"] = "delegated"
+ORGANIZATION: Literal["organization"] = "organization"
+MODES = (DELEGATED, ORGANIZATION)
+
+
+def mailbox_base(mode: str, object_id: str | None) -> str:
+    """The mailbox's path segment: ``me`` for a delegated user, ``users/{object id}`` for an app-only one
+    (``ValueError`` for an app-only user without its mailbox's object id: never silently ``me``)."""
+    if mode != ORGANIZATION:
+        return ME
+    if not object_id:
+        raise ValueError("an organisation-mode connection needs its mailbox's object id")
+    return f"users/{quote(object_id, safe='')}"
+
+
+def graph_path(calendar_id: str | None, rest: str, *, absolute: bool = False, mailbox: str = ME) -> str:
     """``rest`` (``events``, ``calendarView/delta``, ``events?$filter=...``) in the calendar ``calendar_id``
-    (``None``: the default calendar), relative to the Graph v1.0 base; ``absolute`` adds the leading
-    slash ``$batch`` URLs and subscription resources carry."""
+    (``None``: the default calendar) of ``mailbox`` (``mailbox_base``), relative to the Graph v1.0 base;
+    ``absolute`` adds the leading slash ``$batch`` URLs and subscription resources carry."""
     rest = rest.lstrip("/")
-    base = "me" if calendar_id is None else f"me/calendars/{quote(calendar_id, safe='')}"
+    base = mailbox if calendar_id is None else f"{mailbox}/calendars/{quote(calendar_id, safe='')}"
     path = f"{base}/{rest}" if rest else base
     return f"/{path}" if absolute else path
 
 
-def event_path(event_id: str, *, absolute: bool = False) -> str:
+def event_path(event_id: str, *, absolute: bool = False, mailbox: str = ME) -> str:
     """One event by id, whatever calendar holds it (see the module note)."""
-    return graph_path(None, f"events/{quote(event_id, safe='')}", absolute=absolute)
+    return graph_path(None, f"events/{quote(event_id, safe='')}", absolute=absolute, mailbox=mailbox)
 
 
-def calendar_path(calendar_id: str) -> str:
+def calendar_path(calendar_id: str, *, mailbox: str = ME) -> str:
     """The calendar itself (GET, PATCH, DELETE)."""
-    return graph_path(calendar_id, "")
+    return graph_path(calendar_id, "", mailbox=mailbox)
 
 
 def parse_choice(value: object) -> CalendarChoice | None:

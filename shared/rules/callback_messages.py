@@ -20,10 +20,12 @@ DELETED_IN_OUTLOOK = "activity.deleted_in_outlook"
 BACKFILL_COMPLETED = "backfill.completed"
 CALENDAR_RECREATED = "calendar.recreated"
 CALENDAR_CHANGED = "calendar.changed"
+ORGANIZATION_CONNECTED = "organization.connected"  # issue 19: about the CRM tenant, user_id null
+ORGANIZATION_CONNECT_FAILED = "organization.connect_failed"
 
 
 def envelope(
-    kind: str, tenant: str, user: str, data: dict[str, Any], now: datetime | None = None
+    kind: str, tenant: str, user: str | None, data: dict[str, Any], now: datetime | None = None
 ) -> dict[str, Any]:
     return {
         "id": str(uuid.uuid4()),

@@ -8,6 +8,7 @@ these at its edge, so the core and the triggers decide with a single ``except`` 
     │   └── ThrottledError  retry no earlier than ``retry_after`` seconds (429, 503 with Retry-After)
     ├── PermanentError      record it, show it in status, tell the CRM, and stop (Graph 400, bad data)
     ├── AuthError           the user must sign in again (invalid_grant, revoked consent)
+    │   └── OrganizationConsentRequired  app-only: the organisation's admin consent is missing or revoked
     └── ConflictError       someone else wrote first (ETag mismatch): re-read and decide again
 
 Input from the CRM that fails validation is not a SyncError: it never gets that far
@@ -47,6 +48,17 @@ class PermanentError(SyncError):
 
 class AuthError(SyncError):
     """The user's grant no longer works; they must reconnect (``reauth_required``)."""
+
+
+class OrganizationConsentRequired(AuthError):
+    """An app-only token was refused for the Microsoft tenant: the app has no service principal there
+    (never consented, consent revoked, enterprise app deleted). Every app-only user of the CRM tenant
+    waits for a new organisation connect (issue 19)."""
+
+    CODE = "organization_consent_required"
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message, code=self.CODE, status=status)
 
 
 class ConflictError(SyncError):

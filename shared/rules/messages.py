@@ -86,6 +86,20 @@ TEXT: dict[str, dict[str, str]] = {
         "es": "Microsoft no completó el inicio de sesión. Inténtalo de nuevo en unos minutos.",
         "en": "Microsoft did not complete the sign-in. Please try again in a few minutes.",
     },
+    "organization_connected": {
+        "es": "Tu organización quedó conectada: el CRM ya puede activar la sincronización de sus usuarios. "
+        "Ya puedes cerrar esta ventana.",
+        "en": "Your organisation is connected: the CRM can now turn on the sync for its users. "
+        "You can close this window.",
+    },
+    "error_consent_not_granted": {
+        "es": "Microsoft no confirmó el consentimiento del administrador para esta organización, así que no se conectó.",
+        "en": "Microsoft did not confirm the administrator's consent for this organisation, so it was not connected.",
+    },
+    "error_tenant_in_use": {
+        "es": "Esta organización de Microsoft ya está conectada a otra cuenta del CRM.",
+        "en": "This Microsoft organisation is already connected to another CRM account.",
+    },
 }
 
 

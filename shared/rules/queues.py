@@ -25,6 +25,7 @@ ACTIVITY_BACKFILL = (
 MAILBOX_MAINTENANCE = "mailbox-maintenance"
 CALENDAR_MOVE = "calendar-move"  # a calendar switch's move of our events, a page per message
 MAILBOX_REMOVAL = "mailbox-removal"  # "Remove sync" as a job, $batches of 20 DELETEs (shared/flows/removal.py)
+USER_ENABLE = "user-enable"  # organisation mode: enable (or stop) one app-only user (shared/flows/organization.py)
 QUEUE_NAMES = (
     ACTIVITY_SYNC,
     MAILBOX_RECONCILE,
@@ -33,6 +34,7 @@ QUEUE_NAMES = (
     MAILBOX_MAINTENANCE,
     CALENDAR_MOVE,
     MAILBOX_REMOVAL,
+    USER_ENABLE,
 )
 MAX_SHARDS = 64
 

@@ -44,6 +44,7 @@ SETTING_NAMES: tuple[str, ...] = (
     "WORK_QUEUE_SHARDS",
     "FANOUT_BATCH_SIZE",
     "FANOUT_SPREAD_SECONDS",
+    "MS_CLIENT_CERTIFICATE",
 )
 MIN_SECRET_CHARS = 32
 MIN_SECRET_BITS = 80  # estimated from the characters' frequencies; secrets.token_hex(32) gives ~240
@@ -91,6 +92,10 @@ class Settings:
     work_queue_shards: int = DEFAULT_WORK_QUEUE_SHARDS
     fanout_batch_size: int = DEFAULT_FANOUT_BATCH_SIZE
     fanout_spread_seconds: int = DEFAULT_FANOUT_SPREAD_SECONDS
+    # The app's certificate for app-only tokens (issue 19): PEM text with the private key and the
+    # certificate (in Azure a Key Vault reference to the certificate's secret), or a path to such a
+    # PEM file (locally); empty = app-only tokens use MS_CLIENT_SECRET.
+    ms_client_certificate: str = ""
 
     @property
     def authority(self) -> str:
@@ -145,6 +150,7 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         fanout_spread_seconds=read.integer(
             "FANOUT_SPREAD_SECONDS", DEFAULT_FANOUT_SPREAD_SECONDS, lowest=0, highest=6 * 3600
         ),
+        ms_client_certificate=read.certificate("MS_CLIENT_CERTIFICATE"),
     )
 
 
@@ -219,6 +225,18 @@ class _Reader:
             raise SettingsError(f"Setting {name} is malformed: {raw!r} is not a whole number.") from None
         if not lowest <= value <= highest:
             raise SettingsError(f"Setting {name} is malformed: {value} is outside {lowest}..{highest}.")
+        return value
+
+    def certificate(self, name: str) -> str:
+        """PEM text holding a private key and a certificate, or a path to a file (read later); the
+        message never quotes the value (it is a private key)."""
+        value = _value(self.env, name)
+        if value.startswith("-----BEGIN") and not (
+            "PRIVATE KEY-----" in value and "-----BEGIN CERTIFICATE-----" in value
+        ):
+            raise SettingsError(
+                f"Setting {name} is malformed: the PEM must hold both the private key and the certificate."
+            )
         return value
 
     def choice(self, name: str, default: str, choices: tuple[str, ...]) -> str:

@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from shared.ports import Storage
+from shared.rules.calendars import DELEGATED, mailbox_base
 from shared.rules.errors import ConflictError
 from shared.rules.event_time import iso
 from shared.store import tables
@@ -48,8 +49,17 @@ class Connection:
     calendar_id: str | None = None  # the calendar events live in; None = the default calendar
     calendar_move: str | None = None  # JSON: the last switch's progress (shared/flows/calendar_move.py)
     online_providers: str | None = None  # JSON: the calendar's allowed online meeting providers (issue 18)
+    # issue 19: ``delegated`` (the user signed in; token cache per user) or ``organization`` (the CRM
+    # enabled the user under its organisation's admin consent: app-only tokens for ``account_tid``,
+    # the mailbox addressed as ``users/{account_oid}``).
+    mode: str = DELEGATED
     recent_errors: tuple[dict[str, str], ...] = field(default=())
     etag: str | None = None
+
+    @property
+    def mailbox_path(self) -> str:
+        """The mailbox's Graph path segment (``me`` or ``users/{id}``; shared.rules.calendars)."""
+        return mailbox_base(self.mode, self.account_oid)
 
     def with_error(self, kind: str, message: str, now: datetime | None = None) -> Connection:
         """Remember a failure the user should see in status (newest first, a few kept)."""
@@ -159,3 +169,13 @@ def connected_pages(storage: Storage, *, page_size: int | None = None) -> Iterat
             )
             for row in page.rows
         ]
+
+
+def in_tenant(storage: Storage, tenant: str, *, mode: str) -> Iterator[Connection]:
+    """The tenant's users of one mode (any state), read page by page from its own partition."""
+    with tables.storage_errors("listing the tenant's users"):
+        rows = storage.table(tables.CONNECTIONS).query_entities(
+            "PartitionKey eq @pk and mode eq @m", parameters={"pk": tables.key(tenant), "m": mode}
+        )
+        for row in rows:
+            yield _from_row(row)

@@ -38,6 +38,7 @@ MAILBOX_SYNC, RECONCILE_PENDING = (
 REQUEST_IDS = "RequestIds"  # replay protection of signed calls (shared/store/request_ids.py)
 TENANT_SETTINGS = "TenantSettings"  # one row per tenant: the settings document (shared/store/tenant_settings.py)
 CAPTURED_EVENTS = "CapturedEvents"  # what was reported per captured Outlook meeting (shared/store/captured_events.py)
+ORGANIZATIONS = "Organizations"  # CRM tenant <-> Microsoft tenant of organisation mode (shared/store/organizations.py)
 TABLE_NAMES = (
     CONNECTIONS,
     TOKENS,
@@ -54,6 +55,7 @@ TABLE_NAMES = (
     REQUEST_IDS,
     TENANT_SETTINGS,
     CAPTURED_EVENTS,
+    ORGANIZATIONS,
 )
 
 _FORBIDDEN = re.compile(r"[%/\\#?\x00-\x1f\x7f-\x9f]")

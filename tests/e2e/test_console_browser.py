@@ -119,8 +119,9 @@ def console_stack(start_host, emulator, test_secrets: dict[str, str]) -> Iterato
     emulator.control.add_app(
         client_id=test_secrets["MS_CLIENT_ID"],
         client_secret=test_secrets["MS_CLIENT_SECRET"],
-        redirect_uris=[f"http://127.0.0.1:{port}/api/auth/callback"],
+        redirect_uris=[f"http://127.0.0.1:{port}/api/auth/callback", f"http://127.0.0.1:{port}/api/auth/admin-callback"],
         display_name="crm-outlook-sync (tests)",
+        application_permissions=["Calendars.ReadWrite", "MailboxSettings.Read", "User.ReadBasic.All"],
     )
     tenant, user = f"tenant-{uuid.uuid4().hex[:8]}", f"ana-{uuid.uuid4().hex[:8]}"
     console = Service(
@@ -417,6 +418,38 @@ def test_the_help_centre_flow_in_a_browser(page: Page, console_stack: ConsoleSta
     expect(page.get_by_test_id("status-state")).to_have_text("Disconnected")
     expect(page.get_by_role("heading", name="Outlook meetings")).to_be_visible()
     shot(page, "10-english")
+
+
+def test_the_organization_panel_connects_the_organisation_and_enables_the_user(
+    page: Page, console_stack: ConsoleStack
+) -> None:
+    """Issue 19: "Conectar organización" -> Microsoft's administrator sign-in and consent page ->
+    "Aceptar" -> back on the console, connected -> "Activar usuario" with the demo mailbox -> the user
+    is connected "Por la organización", without signing in."""
+    stack = console_stack
+    page.goto(stack.url)
+    panel = page.get_by_test_id("organization-panel")
+    expect(panel.get_by_role("heading", name="Organización")).to_be_visible()
+    expect(page.get_by_test_id("organization-state")).to_have_text("Sin conectar")
+
+    panel.get_by_role("button", name="Conectar organización").click()
+    expect(page).to_have_url(re.compile(rf"^{re.escape(stack.emulator.authority_host)}/organizations/v2.0/adminconsent"))
+    page.get_by_label("Cuenta").fill(UPN)
+    page.get_by_role("button", name="Siguiente").click()
+    expect(page.get_by_role("heading", name="Permisos solicitados")).to_be_visible()
+    shot(page, "10-admin-consent-page")
+    page.get_by_role("button", name="Aceptar", exact=True).click()
+
+    expect(page).to_have_url(stack.url)  # ?organization_sync=connected read and cleaned away
+    expect(page.get_by_test_id("organization-message")).to_contain_text("Organización conectada")
+    expect(page.get_by_test_id("organization-state")).to_have_text("Conectada")
+
+    expect(page.get_by_test_id("organization-mailbox")).to_have_value(UPN)
+    panel.get_by_role("button", name="Activar usuario").click()
+    expect(page.get_by_test_id("status-state")).to_have_text("Conectado")
+    expect(page.get_by_test_id("organization-user-mode")).to_have_text("Por la organización")
+    expect(page.get_by_test_id("status-account")).to_have_text(UPN)
+    shot(page, "11-enabled-by-the-organization")
 
 
 def test_the_outlook_view_places_events_in_the_mailbox_zone() -> None:

@@ -13,6 +13,7 @@ kept and sent over http there (``http.cookiejar`` alone sends ``Secure`` cookies
 from __future__ import annotations
 
 import http.cookiejar
+import re
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from urllib.parse import urljoin, urlsplit
@@ -165,3 +166,31 @@ def approve_device_code(
             data={"otc": user_code, "login": login, "consent": "accept" if accept else "refuse"},
             timeout=30,
         )
+
+
+def admin_consent(
+    url: str, ca_path: str, upn: str, *, accept: bool | None = None
+) -> requests.Response:
+    """What a Microsoft 365 administrator's browser does with an admin-consent URL: open it, sign in as
+    ``upn`` and press a button on the consent page (the emulator shows it in ``interactive`` consent mode;
+    in ``auto`` mode the user's registered ``consent`` decides at once). ``accept=None`` presses the button
+    the registered user would (``consent="accept"|"refuse"``). Returns the identity platform's final
+    answer: the 302 back to ``redirect_uri`` (or an error page when there is no redirect)."""
+    with requests.Session() as browser:
+        browser.verify = ca_path
+        page = browser.get(url, allow_redirects=False, timeout=30)
+        for _ in range(3):
+            if page.status_code != 200:
+                return page
+            form = Form.first(page.text)
+            if not form.action:
+                return page
+            fields = dict(form.fields)
+            if "login" in fields and 'name="consent"' not in page.text:  # the sign-in page
+                fields["login"] = upn
+            else:  # the consent page: Accept or Cancel
+                registered = re.search(r'data-person-consent="([a-z]+)"', page.text)
+                wants = accept if accept is not None else (registered is None or registered.group(1) != "refuse")
+                fields["consent"] = "accept" if wants else "refuse"
+            page = browser.request(form.method, form.action, data=fields, allow_redirects=False, timeout=30)
+        return page

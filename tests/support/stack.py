@@ -84,8 +84,10 @@ def launch_stack(azurite: Azurite, emulator: Any, secrets: dict[str, str], **env
     emulator.control.add_app(
         client_id=secrets["MS_CLIENT_ID"],
         client_secret=secrets["MS_CLIENT_SECRET"],
-        redirect_uris=[f"http://127.0.0.1:{port}/api/auth/callback"],
+        redirect_uris=[f"http://127.0.0.1:{port}/api/auth/callback", f"http://127.0.0.1:{port}/api/auth/admin-callback"],
         display_name="crm-outlook-sync (tests)",
+        # Organisation mode (issue 19, infra/README.md): what an admin consent grants the app.
+        application_permissions=["Calendars.ReadWrite", "MailboxSettings.Read", "User.ReadBasic.All"],
     )
     receiver = CallbackReceiver(secrets["CRM_CALLBACK_SECRET"])
     settings = service_environment(

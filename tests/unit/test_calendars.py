@@ -9,6 +9,7 @@ from shared.rules.calendars import (
     calendar_path,
     event_path,
     graph_path,
+    mailbox_base,
     parse_choice,
 )
 
@@ -29,6 +30,19 @@ def test_another_calendar_is_addressed_by_its_id_quoted() -> None:
 def test_an_event_by_id_needs_no_calendar() -> None:
     assert event_path("AAMk=1/2") == "me/events/AAMk%3D1%2F2"
     assert event_path("ev-1", absolute=True) == "/me/events/ev-1"
+
+
+def test_an_app_only_mailbox_is_users_object_id_and_a_delegated_one_stays_me() -> None:
+    assert mailbox_base("delegated", "oid-1") == "me"
+    assert mailbox_base("organization", "3f2a/b") == "users/3f2a%2Fb"
+    users = mailbox_base("organization", "oid-1")
+    assert graph_path(None, "events", mailbox=users) == "users/oid-1/events"
+    assert graph_path("c1", "calendarView/delta", mailbox=users) == "users/oid-1/calendars/c1/calendarView/delta"
+    assert graph_path(None, "events", absolute=True, mailbox=users) == "/users/oid-1/events"
+    assert event_path("AAMk=1", absolute=True, mailbox=users) == "/users/oid-1/events/AAMk%3D1"
+    assert calendar_path("c1", mailbox=users) == "users/oid-1/calendars/c1"
+    with pytest.raises(ValueError):
+        mailbox_base("organization", None)  # never silently the app's own "me"
 
 
 @pytest.mark.parametrize(

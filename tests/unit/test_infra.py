@@ -51,6 +51,7 @@ WORK_QUEUES = {
     "mailbox-maintenance",
     "calendar-move",
     "mailbox-removal",
+    "user-enable",
 }
 # The name of queue i in infra/app/storage.bicep's 'queues' loop, and the same rule in Python.
 QUEUE_NAME_TEMPLATE = (

@@ -24,8 +24,9 @@ USER = UserContext(
 class FakeGraph:
     """Events by id, each remembering its extended property value; records every call."""
 
-    def __init__(self, calendar_id: str | None = None) -> None:
+    def __init__(self, calendar_id: str | None = None, mailbox_path: str = "me") -> None:
         self.calendar_id = calendar_id
+        self.mailbox_path = mailbox_path
         self.events: dict[str, dict[str, Any]] = {}
         self.calls: list[tuple[str, str]] = []
         self.fail: list[Exception] = []  # raised by the next calls, in order
@@ -246,8 +247,8 @@ def test_an_event_we_created_is_removed_when_another_worker_linked_a_different_o
     monkeypatch.setattr(
         push_apply,
         "MailboxClient",
-        lambda services, tenant, user, calendar_id: SimpleNamespace(
-            call=graph.call, wrote=False, calendar_id=calendar_id
+        lambda services, tenant, user, calendar_id, connection: SimpleNamespace(
+            call=graph.call, wrote=False, calendar_id=calendar_id, mailbox_path="me"
         ),
     )
     monkeypatch.setattr(push_apply, "_report", lambda *args, **kwargs: None)
@@ -266,3 +267,16 @@ def test_a_user_with_their_own_calendar_gets_events_there_and_lookups_there() ->
     assert graph.calls == [("GET", "me/calendars/AAMk%3Dcal%2F1/events"), ("POST", "me/calendars/AAMk%3Dcal%2F1/events")]
     push_apply.apply(graph, plan_upsert(activity(version=2, subject="Moved"), created, USER))
     assert graph.calls[-1] == ("PATCH", "me/events/ev-1")  # by id: whatever calendar holds it
+
+
+def test_an_app_only_user_gets_every_request_under_users_id_never_me() -> None:
+    graph = FakeGraph(mailbox_path="users/oid-7")
+    created = push_apply.apply(graph, plan_upsert(activity(), None, USER)).link
+    push_apply.apply(graph, plan_upsert(activity(version=2, subject="Moved"), created, USER))
+    push_apply.apply(graph, plan_deletion(ActivityDeleted("act-1", "user-1", 3), created, USER))
+    assert graph.calls == [
+        ("GET", "users/oid-7/events"),
+        ("POST", "users/oid-7/events"),
+        ("PATCH", "users/oid-7/events/ev-1"),
+        ("DELETE", "users/oid-7/events/ev-1"),
+    ]

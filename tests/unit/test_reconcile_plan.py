@@ -178,6 +178,7 @@ class FakeGraph:
     """Pages of a delta round, by URL; raises what it is told to."""
 
     calendar_id: str | None = None
+    mailbox_path: str = "me"
 
     def __init__(self, pages: dict[str, Any]) -> None:
         self.pages = pages

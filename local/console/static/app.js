@@ -72,6 +72,16 @@ const TEXT = {
     mt_recorded: "Registrada como actividad", mt_recording: "Registrando…", mt_cancelled: "Cancelada en Outlook",
     mt_gone: "Borrada en Outlook", mt_organizer: "organiza", mt_adopted: "Reunión registrada como actividad {id}.",
     mt_error: "No se registró: {message}",
+    org_title: "Organización",
+    org_intro: "Un administrador de Microsoft 365 da su consentimiento una vez y el CRM activa a cada usuario por su buzón, sin que inicie sesión.",
+    org_state: "Estado de la organización", org_mode: "Modo del usuario", btn_org_connect: "Conectar organización",
+    org_mailbox: "Buzón del usuario (correo o id)", btn_enable: "Activar usuario",
+    org_never_connected: "Sin conectar", org_connected: "Conectada", org_consent_required: "Falta el consentimiento",
+    org_disconnected: "Desconectada", mode_delegated: "Con su propio inicio de sesión", mode_organization: "Por la organización",
+    org_opening: "Abriendo el consentimiento de administrador de Microsoft…", org_enabling: "Activando el usuario…",
+    org_back_connected: "Organización conectada. Ya puedes activar usuarios.", org_back_error: "La organización no se conectó ({reason}).",
+    state_access_denied: "Fuera del alcance permitido por el administrador", state_mailbox_not_found: "El buzón no existe",
+    state_organization_consent_required: "Falta el consentimiento de la organización",
   },
   en: {
     brand: "Demo CRM", crumb_calendars: "Calendars", crumb_list: "Activity list",
@@ -143,6 +153,16 @@ const TEXT = {
     mt_recorded: "Recorded as activity", mt_recording: "Recording…", mt_cancelled: "Cancelled in Outlook",
     mt_gone: "Deleted in Outlook", mt_organizer: "organizer", mt_adopted: "Meeting recorded as activity {id}.",
     mt_error: "Not recorded: {message}",
+    org_title: "Organization",
+    org_intro: "A Microsoft 365 administrator consents once and the CRM turns the sync on for each user by mailbox, without their sign-in.",
+    org_state: "Organization state", org_mode: "User's mode", btn_org_connect: "Connect organization",
+    org_mailbox: "User's mailbox (address or id)", btn_enable: "Enable user",
+    org_never_connected: "Not connected", org_connected: "Connected", org_consent_required: "Consent missing",
+    org_disconnected: "Disconnected", mode_delegated: "Own sign-in", mode_organization: "By the organization",
+    org_opening: "Opening Microsoft's administrator consent…", org_enabling: "Enabling the user…",
+    org_back_connected: "Organization connected. You can enable users now.", org_back_error: "The organization was not connected ({reason}).",
+    state_access_denied: "Outside what the administrator allowed", state_mailbox_not_found: "The mailbox does not exist",
+    state_organization_consent_required: "The organization's consent is missing",
   },
 };
 const TYPE_NAMES = {
@@ -403,6 +423,14 @@ async function switchCalendar() {
 
 function showReturn() {
   const params = new URLSearchParams(window.location.search);
+  const organization = params.get("organization_sync");
+  if (organization) {  // back from Microsoft's administrator consent (issue 19)
+    const reason = params.get("reason") || "error";
+    orgSay(() => (organization === "connected" ? t("org_back_connected") : t("org_back_error", { reason })),
+      organization === "connected" ? "ok" : "error");
+    history.replaceState(null, "", "/");
+    return;
+  }
   const outcome = params.get("calendar_sync");
   if (!outcome) return;
   const banner = $("banner");
@@ -428,6 +456,49 @@ function render() {
   renderCallbacks();
   renderOutlook();
   renderCalendars();
+  renderOrganization();
+}
+
+// --- organisation mode (issue 19) ------------------------------------------------------------------------
+
+function orgSay(make, kind) {
+  ui.orgMessage = { make, kind };
+  $("org-message").className = `message ${kind || ""}`;
+  $("org-message").textContent = make();
+}
+
+function renderOrganization() {
+  const org = ui.organization && ui.organization.status === 200 ? ui.organization.body : null;
+  $("org-state").textContent = org ? t(`org_${org.state}`) : "—";
+  const body = ui.status && ui.status.status === 200 ? ui.status.body : null;
+  $("org-user-mode").textContent = body && body.state !== "never_connected" && body.mode ? t(`mode_${body.mode}`) : "—";
+  $("btn-enable").disabled = !(org && org.state === "connected");
+  if (ui.orgEnabling && body && body.mode === "organization" && body.state !== "never_connected") {
+    ui.orgEnabling = false;  // the worker answered: the status panel shows how
+    ui.orgMessage = null;
+    $("org-message").textContent = "";
+  }
+  if (ui.orgMessage) orgSay(ui.orgMessage.make, ui.orgMessage.kind);
+}
+
+async function connectOrganization() {
+  orgSay(() => t("org_opening"), "");
+  const answer = await api("/crm/api/organization/connect", { locale: ui.lang });
+  if (answer.status === 200 && answer.body.consent_url) {
+    window.location.assign(answer.body.consent_url);
+  } else {
+    orgSay(() => serviceMessage(answer), "error");
+  }
+}
+
+async function enableUser() {
+  const mailbox = $("org-mailbox").value.trim();
+  if (!mailbox) return;
+  orgSay(() => t("org_enabling"), "");
+  ui.orgEnabling = true;
+  const answer = await api("/crm/api/enable", { mailbox, locale: ui.lang });
+  if (answer.status !== 202) orgSay(() => serviceMessage(answer), "error");
+  refresh();
 }
 
 function outlookCell(record) {
@@ -771,9 +842,11 @@ async function refresh() {
   try {
     const days = ui.view === "week" ? 7 : 1;
     const asked = `${ui.date}/${ui.view}`;
-    const [crm, status, outlook] = await Promise.all([
+    const [crm, status, outlook, organization] = await Promise.all([
       api("/crm/api/state"), api("/crm/api/status"), api(`/crm/api/outlook?date=${ui.date}&days=${days}`),
+      api("/crm/api/organization"),
     ]);
+    ui.organization = organization;
     const first = !ui.crm;
     ui.crm = crm;
     ui.status = status;
@@ -792,6 +865,7 @@ async function refresh() {
       $("who-name").textContent = crm.user_name;
       $("who-zone").textContent = crm.crm_time_zone;
       if (!$("login-hint").value) $("login-hint").value = crm.upn;
+      if (!$("org-mailbox").value) $("org-mailbox").value = crm.upn;
       fillTypes();
       fillZones();
     }
@@ -836,6 +910,8 @@ function init() {
   $("btn-sync").addEventListener("click", sync);
   $("btn-disconnect").addEventListener("click", disconnect);
   $("btn-calendar").addEventListener("click", switchCalendar);
+  $("btn-org-connect").addEventListener("click", connectOrganization);
+  $("btn-enable").addEventListener("click", enableUser);
   $("view-day").addEventListener("click", () => setView("day"));
   $("view-week").addEventListener("click", () => setView("week"));
   $("ol-prev").addEventListener("click", () => moveDate(ui.view === "week" ? -7 : -1));

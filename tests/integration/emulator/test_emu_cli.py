@@ -17,7 +17,8 @@ ROOT = Path(__file__).resolve().parents[3]
 def test_module_prints_ready_line_and_serves():
     proc = subprocess.Popen([sys.executable, "-m", "local.emulator", "--port", "0", "--client-id", "cli-app",
                              "--client-secret", "x", "--redirect-uri", "http://localhost/cb",
-                             "--user", "cli@contoso.example", "--time-zone", "Europe/Madrid"],
+                             "--user", "cli@contoso.example", "--time-zone", "Europe/Madrid",
+                             "--admin", "it@contoso.example"],
                             cwd=ROOT, stdout=subprocess.PIPE, text=True)
     try:
         info = json.loads(proc.stdout.readline())
@@ -29,6 +30,8 @@ def test_module_prints_ready_line_and_serves():
         assert cfg.status_code == 200
         users = requests.get(info["control_url"] + "/users", verify=info["ca_path"], timeout=10).json()["value"]
         assert users[0]["time_zone"] == "Romance Standard Time"  # mailboxSettings speak Windows names
+        assert [(u["upn"], u["is_admin"]) for u in users] == [("cli@contoso.example", False),
+                                                               ("it@contoso.example", True)]
         with pytest.raises(requests.exceptions.SSLError):
             requests.get(info["graph_base"] + "/me", verify=True, timeout=10)  # untrusted without its CA
     finally:

@@ -68,6 +68,7 @@ def transitions(zone_name: str) -> tuple[datetime, ...]:
 
 class Mailbox:
     calendar_id = None  # the default calendar
+    mailbox_path = "me"  # a signed-in user (issue 19: app-only users are users/{id})
 
     def __init__(self, emulator, graph: GraphClient, token: str, oid: str) -> None:
         self.emulator, self.graph, self.token, self.oid = emulator, graph, token, oid
