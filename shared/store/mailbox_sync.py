@@ -151,6 +151,10 @@ class _Keeping:
     def calendar_id(self) -> str | None:
         return self._client.calendar_id
 
+    @property
+    def mailbox_path(self) -> str:
+        return self._client.mailbox_path
+
     def call(self, method: str, path: str, **kwargs: Any) -> GraphResponse:
         self._lease.keep()
         return self._client.call(method, path, **kwargs)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from shared.outlook.mailbox_client import MailboxClient
 from shared.ports import MailboxGraph, Services
 from shared.services import AppServices
+from shared.store.mailbox_sync import Lease
 from tests.unit.test_push_apply import FakeGraph as CreatingMailbox
 from tests.unit.test_reconcile_plan import FakeGraph as DeltaPages
 
@@ -19,6 +20,12 @@ def as_services(real: AppServices) -> Services:
 
 def as_mailbox(real: MailboxClient) -> MailboxGraph:
     return real  # mypy: the real mailbox client is a MailboxGraph
+
+
+def test_the_lease_renewing_wrapper_answers_everything_a_mailbox_graph_has() -> None:
+    wrapper = Lease.__new__(Lease).keeping(DeltaPages({}))  # the reconcile's client (no storage touched)
+    assert isinstance(wrapper, MailboxGraph)
+    assert wrapper.mailbox_path == DeltaPages({}).mailbox_path  # a flow reads it: found in e2e
 
 
 def test_the_unit_tests_fake_mailboxes_are_mailbox_graphs() -> None:
