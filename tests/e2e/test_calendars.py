@@ -221,12 +221,15 @@ def test_remove_sync_all_deletes_the_dedicated_calendar_in_one_request_and_none_
         for endpoint, n in counted.get(kind, {}).items()
         if endpoint.startswith(("DELETE /events", "DELETE /calendars"))  # the subscription goes too
     }
+    [done] = callbacks(stack, who, "connection.disconnected")
     if choice == "all":
-        assert answer.json()["events_removed"] == 3
+        assert answer.json()["removal"]["total"] == 3  # a removal job (Remove sync answers at once)
+        assert done["data"] == {"events_removed": 3}
         assert dedicated(stack, who) == [] and ours(stack, who) == []
         assert deletes == {"DELETE /calendars/{id}": 1}
+        assert status(stack, who)["removal"]["state"] == "completed"
     else:
-        assert answer.json()["events_removed"] == 0
+        assert answer.json()["removal"] is None and done["data"] == {"events_removed": 0}
         assert [c["id"] for c in dedicated(stack, who)] == [calendar_id]
         assert len(ours(stack, who)) == 3 and deletes == {}
 

@@ -409,7 +409,7 @@ class LiveCheck:
         if self.status()["state"] != "disconnected":
             raise CheckFailed("status does not say disconnected")
         self.graph.call("DELETE", f"/me/events/{own['id']}")
-        return (f"removed {answer.json()['events_removed']} event(s) of the service; the user's own event and "
+        return (f"removed {(answer.json()['removal'] or {}).get('total', 0)} event(s) of the service; the user's own event and "
                 f"{len(self.foreign_ids)} other event(s) untouched")
 
     # --- the whole run -------------------------------------------------------------------------------
@@ -479,7 +479,7 @@ class LiveCheck:
         if self.crm is not None:
             answer = self.crm.call("POST", self.path("disconnect"), {"remove_events": "all"})
             if answer.status_code == 200:
-                removed = int(answer.json().get("events_removed") or 0)
+                removed = int((answer.json().get("removal") or {}).get("total") or 0)
                 self.out(f"CLEAN        remove sync for {self.c.crm_user}: {removed} event(s) removed by the service")
             else:
                 self.out(f"CLEAN        remove sync answered {answer.status_code}: {answer.text[:200]}")
