@@ -103,8 +103,8 @@ def _stale_markers(storage: Storage, now: datetime) -> int:
 
 def _expired_request_ids(storage: Storage, now: datetime) -> int:
     table = storage.table(tables.REQUEST_IDS)
-    rows = _query(table, "expires_at lt @now", {"now": now}, ["PartitionKey", "RowKey"])
-    return _delete(table, rows)
+    pages = _query(table, "expires_at lt @now", {"now": now}, ["PartitionKey", "RowKey"])
+    return sum(_delete(table, rows) for rows in pages)
 
 
 def _finished_backfill_pages(storage: Storage, now: datetime) -> int:

@@ -16,7 +16,7 @@ from shared.flows import notifications, reconcile
 from shared.outlook.throttle import MAX_THROTTLED
 from shared.rules import queues
 from shared.rules.settings import storage_settings
-from shared.store import connections, mailbox_sync
+from shared.store import connections, mailbox_sync, work_queues
 from shared.store.connections import CONNECTED, Connection
 from shared.store.storage import Storage
 
@@ -50,7 +50,7 @@ def test_a_reconcile_waiting_for_a_busy_lease_stays_the_pending_run_and_never_gi
 
     assert outcome == reconcile.REQUEUED
     [(queue, again, delay)] = storage.sent
-    assert queue == queues.MAILBOX_RECONCILE and 1 <= delay <= 6
+    assert queue == work_queues.name(queues.MAILBOX_RECONCILE, tenant) and 1 <= delay <= 6  # the tenant's shard
     assert again["throttled"] == MAX_THROTTLED and again["attempt"] == 3  # no budget spent
     assert connections.get(storage, tenant, user).recent_errors == ()  # nothing to show the user
     # Still the pending run: another change in Outlook meanwhile queues nothing more (asked as
