@@ -285,11 +285,21 @@ def bad_envelopes_named(draw: st.DrawFn) -> tuple[bytes, frozenset[str]]:
             only_order = True
     raw = json.dumps(body, ensure_ascii=draw(st.booleans())).encode("utf-8", "surrogatepass")
     broken = {".".join(path) for path, _ in bad if reachable(body, path)}
-    if only_order and broken & {"data.start", "data.time_zone", "data.all_day"}:
+    if only_order and broken & {"data.start", "data.time_zone", "data.all_day"} and not _year_out_of_range(data):
         broken.discard("data.end")  # start and end are compared only once both can be read
     if "type" in broken:  # an unknown event type: its data cannot be checked against a type's schema
         broken = {field for field in broken if not field.startswith("data.")}
     return raw, frozenset(broken)
+
+
+def _year_out_of_range(data: dict[str, Any]) -> bool:
+    """The end made one second before a start of year 2200 (a broken start) is itself broken."""
+    from shared.rules.json_fields import YEARS
+
+    try:
+        return not YEARS[0] <= datetime.fromisoformat(data["end"]).year <= YEARS[1]
+    except (KeyError, TypeError, ValueError):
+        return False
 
 
 def reachable(body: dict[str, Any], path: tuple[str, ...]) -> bool:
