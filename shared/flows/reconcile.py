@@ -3,7 +3,8 @@
 and writes.
 
 A run: take the user's lease (``shared.store.mailbox_sync``), clear the user's pending marker
-(``shared.flows.notifications``: a notification from now on queues a new run), act on lifecycle events (``shared.flows.subscriptions``), then one delta pass:
+(``shared.flows.notifications``: a notification from now on queues a new run), act on lifecycle
+events (``shared.flows.subscriptions``), then one delta pass:
 
 1. ``me/calendarView/delta`` over the sync window from the stored delta link (or a new round when
    there is none, the window slid, the account changed, or Graph answered 410 /
@@ -38,7 +39,8 @@ A run: take the user's lease (``shared.store.mailbox_sync``), clear the user's p
 
 Retries: throttling (the push's mailbox gate), a busy lease and transient errors re-queue the
 message with a delay, never sleeping; waiting for a busy lease (a calendar move of thousands of
-events holds it page after page) spends none of the message's retry budget; an AuthError moves the user to ``reauth_required``.
+events holds it page after page) spends none of the message's retry budget (``next_step("wait")``);
+an AuthError moves the user to ``reauth_required``.
 """
 
 from __future__ import annotations
@@ -136,8 +138,8 @@ def process(services: Services, raw: bytes, now: datetime | None = None, *, mess
     try:
         return _run(services, message, now or datetime.now(UTC), message_id)
     except (mailbox_sync.Busy, MailboxBusy) as busy:  # waiting for another run: no budget spent
-        step = next_step("throttled", 0, 0, busy.retry_after)
-        return _requeue(services, message, step.delay, message.get("attempt", 0), message.get("throttled", 0))
+        step = next_step("wait", message.get("attempt", 0), message.get("throttled", 0), busy.retry_after)
+        return _requeue(services, message, step.delay, step.attempt, step.throttled)
     except ThrottledError as throttled:  # the mailbox gate or Graph's 429
         step = next_step(
             "throttled", message.get("attempt", 0), message.get("throttled", 0), throttled.retry_after

@@ -108,14 +108,18 @@ class Step:
 
 
 def next_step(
-    kind: Literal["transient", "throttled"],
+    kind: Literal["transient", "throttled", "wait"],
     attempt: int,
     throttled: int,
     retry_after: float = 0.0,
     rng: random.Random | None = None,
 ) -> Step:
     """The retry decision for a message that has failed ``attempt`` times and been throttled
-    ``throttled`` times before this failure."""
+    ``throttled`` times before this failure. ``wait``: the message only waits for another run of
+    the same mailbox (a busy lease); it comes back after ``retry_after`` and spends no budget."""
+    if kind == "wait":
+        jitter = (rng or random).uniform(0.0, 1.0)  # noqa: S311 - spread a herd of waiting messages
+        return Step(True, max(1, math.ceil(min(max(retry_after, 0.0), MAX_DELAY) + jitter)), attempt, throttled)
     if kind == "throttled":
         if throttled + 1 > MAX_THROTTLED:
             return Step(False, attempt=attempt, throttled=throttled + 1)

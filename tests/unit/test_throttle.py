@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 from datetime import UTC, datetime, timedelta
 
@@ -88,3 +89,11 @@ def test_at_most_four_requests_in_flight_per_mailbox_per_process() -> None:
     for t in threads:
         t.join(5)
     assert peak == 4
+
+
+def test_waiting_for_another_run_always_comes_back_and_spends_no_budget() -> None:
+    rng = random.Random(7)
+    for retry_after in (0, 1.0, 4.2):
+        step = next_step("wait", 3, throttle.MAX_THROTTLED, retry_after=retry_after, rng=rng)
+        assert step.retry and (step.attempt, step.throttled) == (3, throttle.MAX_THROTTLED)
+        assert max(1, math.ceil(retry_after)) <= step.delay <= math.ceil(retry_after) + 1
