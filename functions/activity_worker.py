@@ -21,7 +21,9 @@ def sync_activity(msg: func.QueueMessage) -> None:
     from shared import services
     from shared.flows import push
 
-    outcome = push.process(services.get(), msg.get_body())
+    # Handed out again: whoever held it died mid-way (push.process sweeps what it may have left).
+    redelivered = (msg.dequeue_count or 1) > 1
+    outcome = push.process(services.get(), msg.get_body(), redelivered=redelivered)
     log.info("activity-sync message %s: %s", msg.id, outcome)
 
 

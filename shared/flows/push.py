@@ -65,8 +65,13 @@ DONE = "done"
 REQUEUED = "requeued"
 
 
-def process(services: Services, raw: bytes, now: datetime | None = None) -> str:
+def process(services: Services, raw: bytes, now: datetime | None = None, *, redelivered: bool = False) -> str:
     """Handle one ``activity-sync`` message; re-queues it itself when it must be tried later.
+
+    ``redelivered``: the queue hands this message out again because whoever held it died (or
+    crashed) before finishing. Its create may have reached Outlook after a newer version was
+    already applied by another worker; once the message is done, ``push_apply.sweep_lost_creates``
+    removes such an event (the write-ahead mark covers every other way a create's answer is lost).
 
     Raises only for a message that cannot be read (so the host moves it to the poison queue) or
     for an error this code does not know (a bug: retried by the host, then poisoned)."""
@@ -74,8 +79,15 @@ def process(services: Services, raw: bytes, now: datetime | None = None) -> str:
     if not isinstance(message, dict) or message.get("v") != MESSAGE_VERSION:
         raise ValueError("not an activity-sync message of this version")
     tenant, user = message["tenant"], message.get("user")
+    if redelivered:
+        message["redelivered"] = True  # kept when re-queued, so a retry still sweeps
     try:
-        return _dispatch(services, message, now or datetime.now(UTC))
+        outcome = _dispatch(services, message, now or datetime.now(UTC))
+        if outcome == DONE and message.get("redelivered") and user is not None:
+            subject = _subject_of(services, message)
+            if subject is not None:
+                push_apply.sweep_lost_creates(services, tenant, user, subject[0])
+        return outcome
     except MailboxGated as gated:
         return _retry_later(services, message, "throttled", gated.retry_after)
     except ThrottledError as throttled:

@@ -151,6 +151,39 @@ def sync(
     raise ConflictError("the link kept changing while being synced")
 
 
+def sweep_lost_creates(services: Services, tenant: str, user: str, activity_id: str) -> int:
+    """After a message whose holder died: delete our events for this activity that its link does
+    not name (a create that reached Outlook after a newer version was applied elsewhere).
+
+    Never while a create may be in flight (the write-ahead mark is set, or the link changes while
+    we look), never for an activity without a link (events kept by "Remove sync" are the user's
+    now). Returns how many events went."""
+    from shared.rules.event_render import property_value
+
+    connection = connections.get(services.storage, tenant, user)
+    if connection.state != connections.CONNECTED:
+        return 0
+    with _one_at_a_time(tenant, user, activity_id):
+        stored = links.get(services.storage, tenant, user, activity_id)
+        if stored is None or stored.extra.get(CREATING):
+            return 0
+        client = MailboxClient(services, tenant, user, connection.calendar_id, connection=connection)
+        strays = [
+            e["id"]
+            for e in lookup(client, property_value(tenant, activity_id))
+            if e.get("id") != stored.link.outlook_event_id
+        ]
+        if not strays:
+            return 0
+        again = links.get(services.storage, tenant, user, activity_id)
+        if again is None or again.etag != stored.etag:
+            return 0  # someone is working on this activity: its own write decides
+        for event_id in strays:
+            _delete_quietly(client, event_id)
+        log.info("Removed %d event(s) a worker that died had created", len(strays))
+        return len(strays)
+
+
 def _remove_lost_creates(client: MailboxGraph, tenant: str, activity_id: str) -> None:
     from shared.rules.event_render import property_value
 

@@ -78,3 +78,47 @@ def test_a_create_that_reached_outlook_as_the_host_died_is_removed_by_a_later_ca
         assert ours(stack, ana) == []
     finally:
         stack.host.stop()
+
+
+def test_a_create_stored_after_a_newer_version_was_applied_is_removed_when_its_message_returns(
+    stack: Stack,
+) -> None:
+    """Found by the two-host chaos run: the host dies while its create is still inside Graph; another
+    worker applies the cancel (its lookup finds nothing yet); only then does Graph store the create.
+    The dead host's message comes back from the queue and removes that event."""
+    slow = {"LOCAL_HOST_QUEUE_HOLD_SECONDS": "45"}  # v1 stays with the dead host long after v2 is applied
+    restart_host(stack, kill=False, **slow)
+    try:
+        ana = connect_user(stack)
+        rule = stack.control.add_fault("hold", count=1, method="POST", path_contains="/events", mailbox=ana.oid)
+        upsert(stack, ana)
+        wait_until(
+            lambda: any(f["id"] == rule["id"] and f["hits"] == 1 for f in stack.control.faults()),
+            what="the create held in Graph",
+        )
+        restart_host(stack, kill=True, **slow)  # kill -9 while the create is inside Graph
+        upsert(stack, ana, version=2, status="cancelled")
+
+        def cancel_applied() -> bool:
+            stored = links.get(stack.storage, ana.tenant, ana.user, "act-1")
+            return bool(stored and stored.link.version == 2 and not stored.link.outlook_event_id)
+
+        wait_until(cancel_applied, timeout=30, what="v2 applied while v1's create is still held")
+        assert ours(stack, ana) == []  # the held create is not stored yet: nothing to remove so far
+        deletes_before = _deletes(stack, ana.oid)
+        stack.control.release_holds()  # now Graph stores v1's event, with no worker alive to see it
+
+        def settled() -> bool:
+            return stack.depth(queues.ACTIVITY_SYNC) == 0 and _deletes(stack, ana.oid) > deletes_before
+
+        wait_until(settled, timeout=90, what="v1 back from the dead host, done, and its event deleted")
+        assert ours(stack, ana) == []
+        assert links.get(stack.storage, ana.tenant, ana.user, "act-1").link.version == 2
+    finally:
+        stack.host.stop()
+
+
+def _deletes(stack: Stack, oid: str) -> int:
+    """Event deletions the emulator answered for this mailbox."""
+    per = stack.control.counters().get("mailboxes", {}).get(oid, {})
+    return sum(n for endpoint, n in per.get("requests", {}).items() if endpoint.startswith("DELETE /events"))

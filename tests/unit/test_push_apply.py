@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -280,3 +281,60 @@ def test_an_app_only_user_gets_every_request_under_users_id_never_me() -> None:
         ("PATCH", "users/oid-7/events/ev-1"),
         ("DELETE", "users/oid-7/events/ev-1"),
     ]
+
+
+def _sweep_world(monkeypatch, stored_links: list[Any]) -> FakeGraph:
+    """A connected user whose link reads, in turn, as ``stored_links`` (the last one repeats)."""
+    from types import SimpleNamespace
+
+    from shared.store import connections, links
+
+    graph = FakeGraph()
+    reads = list(stored_links)
+    monkeypatch.setattr(links, "get", lambda *a: reads.pop(0) if len(reads) > 1 else reads[0])
+    monkeypatch.setattr(
+        connections,
+        "get",
+        lambda *a: SimpleNamespace(state=connections.CONNECTED, calendar_id=None),
+    )
+    monkeypatch.setattr(
+        push_apply,
+        "MailboxClient",
+        lambda services, tenant, user, calendar_id, connection: SimpleNamespace(
+            call=graph.call, wrote=False, calendar_id=calendar_id, mailbox_path="me"
+        ),
+    )
+    for event_id in ("ev-kept", "ev-stray"):
+        graph.events[event_id] = {"property": property_value("tenant-1", "act-1"), "changeKey": "ck"}
+    return graph
+
+
+def test_a_redelivered_message_sweeps_the_events_its_link_does_not_name(monkeypatch) -> None:
+    from shared.store.links import StoredLink
+
+    linked = StoredLink(Link("act-1", 2, outlook_event_id="ev-kept"), "etag-1", {})
+    graph = _sweep_world(monkeypatch, [linked])
+    assert push_apply.sweep_lost_creates(SimpleNamespace(storage=None), "tenant-1", "user-1", "act-1") == 1
+    assert list(graph.events) == ["ev-kept"]
+
+
+@pytest.mark.parametrize(
+    "reads",
+    [
+        "a create in flight",  # the write-ahead mark is set: its worker (or its retry) decides
+        "no link",  # events kept by "Remove sync" belong to the user now
+        "link changed while looking",  # another worker wrote meanwhile: its write decides
+    ],
+)
+def test_the_sweep_leaves_events_alone_when_it_cannot_be_sure_they_are_strays(monkeypatch, reads) -> None:
+    from shared.store.links import StoredLink
+
+    base = Link("act-1", 2, outlook_event_id="ev-kept")
+    stored = {
+        "a create in flight": [StoredLink(base, "etag-1", {push_apply.CREATING: True})],
+        "no link": [None],
+        "link changed while looking": [StoredLink(base, "etag-1", {}), StoredLink(base, "etag-2", {})],
+    }[reads]
+    graph = _sweep_world(monkeypatch, stored)
+    assert push_apply.sweep_lost_creates(SimpleNamespace(storage=None), "tenant-1", "user-1", "act-1") == 0
+    assert sorted(graph.events) == ["ev-kept", "ev-stray"]
