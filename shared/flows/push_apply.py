@@ -1,9 +1,10 @@
 """Plan, apply, store: one activity's change carried into one mailbox, exactly once (design §4).
 
 ``sync`` loads the link, asks a planner (``shared.rules.sync_plan``) what to do, and applies it:
-Create (write-ahead: the link is marked "creating" before the POST; a retry that finds the mark
-first looks the event up by our extended property and adopts it, so a create whose answer was lost
-never makes a duplicate; else POST with the deterministic ``transactionId``), Update (PATCH only
+Create (write-ahead: the link is marked "creating", with the version, before the POST; a retry that
+finds the mark first looks the event up by our extended property and adopts it, so a create whose
+answer was lost never makes a duplicate; else POST with the deterministic ``transactionId``; an
+older version that finds a newer version's mark stops there, since that worker writes the link), Update (PATCH only
 when the content hash changed), Delete (404 = already gone). The link is stored ETag-guarded; a
 concurrent write makes it plan again. An Update that finds the event deleted in Outlook creates it
 again (a new CRM change is the newest intent; the reconcile has already told the CRM about the
@@ -100,6 +101,11 @@ def sync(
             decision = plan(gone or (stored.link if stored else None))
             if decision is None:
                 return
+            if decision.link is not None and decision.link.version < _creating_version(stored):
+                # Another worker is creating a newer version's event (or died doing so, and that
+                # message comes back): this older version has nothing to add, and must not take
+                # that event for a lost create of its own.
+                return
             if (
                 stored
                 and stored.extra.get(CREATING)
@@ -116,7 +122,7 @@ def sync(
             lookup_first = True
             if isinstance(decision.action, Create) and not (stored and stored.extra.get(CREATING)):
                 try:
-                    stored = _record_intent(services, tenant, user, activity_id, stored)
+                    stored = _record_intent(services, tenant, user, activity_id, stored, decision.link)
                 except ConflictError:
                     continue
                 lookup_first = False  # never sent before: no event of ours can exist yet
@@ -262,18 +268,32 @@ class Applied:
 
 
 def _record_intent(
-    services: Services, tenant: str, user: str, activity_id: str, stored: links.StoredLink | None
+    services: Services,
+    tenant: str,
+    user: str,
+    activity_id: str,
+    stored: links.StoredLink | None,
+    creating: Link | None,
 ) -> links.StoredLink:
-    """Write-ahead: mark the link "creating" before the POST. A retry that finds the mark looks
-    the event up by our property first (the answer may have been lost); a link without it was
-    never sent, so its create needs no lookup and costs one Graph request. The link itself is
-    kept as it was (version -1 when new), so the retry plans the very same create."""
+    """Write-ahead: mark the link "creating" ("v<version>" being created) before the POST. A
+    retry that finds the mark looks the event up by our property first (the answer may have been
+    lost); a link without it was never sent, so its create needs no lookup and costs one Graph
+    request. The link itself is kept as it was (version -1 when new), so the retry plans the very
+    same create; the version in the mark tells an older message that a newer one is in flight."""
     intent = links.StoredLink(
         stored.link if stored else Link(activity_id, -1),
         stored.etag if stored else None,
-        {**(stored.extra if stored else {}), CREATING: True},
+        {**(stored.extra if stored else {}), CREATING: f"v{creating.version}" if creating else True},
     )
     return links.save(services.storage, tenant, user, intent)
+
+
+def _creating_version(stored: links.StoredLink | None) -> int:
+    """The version a push create in flight is writing (-1: none, or a mark that does not say)."""
+    mark = stored.extra.get(CREATING) if stored else None
+    if isinstance(mark, str) and mark.startswith("v") and mark[1:].isdigit():
+        return int(mark[1:])
+    return -1  # True (marks written before versions were) and backfill tokens (hex) say nothing
 
 
 def apply(client: MailboxGraph, decision: Decision, *, lookup_first: bool = True) -> Applied:

@@ -338,3 +338,48 @@ def test_the_sweep_leaves_events_alone_when_it_cannot_be_sure_they_are_strays(mo
     graph = _sweep_world(monkeypatch, stored)
     assert push_apply.sweep_lost_creates(SimpleNamespace(storage=None), "tenant-1", "user-1", "act-1") == 0
     assert sorted(graph.events) == ["ev-kept", "ev-stray"]
+
+
+@pytest.mark.parametrize("older", ["cancelled", "planned"])
+def test_an_older_version_leaves_a_newer_versions_create_in_flight_alone(monkeypatch, older) -> None:
+    """Found by the two-host chaos run: B's create of v3 is in Graph, its answer not yet stored;
+    A's v2 must neither take that event for a lost create (and delete it) nor write its link."""
+    from shared.store import links
+    from shared.store.links import StoredLink
+
+    graph = FakeGraph()
+    in_flight = graph.call("POST", "me/events", json=plan_upsert(activity(version=3), None, USER).action.event)
+    marked = StoredLink(Link("act-1", -1), "etag-1", {push_apply.CREATING: "v3"})
+    saves: list[Any] = []
+    monkeypatch.setattr(links, "get", lambda *a: marked)
+    monkeypatch.setattr(links, "save", lambda storage, tenant, user, stored: saves.append(stored) or stored)
+    monkeypatch.setattr(
+        push_apply,
+        "MailboxClient",
+        lambda services, tenant, user, calendar_id, connection: SimpleNamespace(
+            call=graph.call, wrote=False, calendar_id=calendar_id, mailbox_path="me"
+        ),
+    )
+    connection = SimpleNamespace(tenant="tenant-1", user="user-1", calendar_id=None)
+
+    push_apply.sync(
+        SimpleNamespace(storage=None),
+        connection,
+        "act-1",
+        None,
+        lambda link: plan_upsert(activity(version=2, status=older), link, USER),
+    )
+
+    assert list(graph.events) == [in_flight.body["id"]] and saves == []
+    assert graph.calls == [("POST", "me/events")]  # not even a lookup
+
+
+def test_the_create_intent_names_the_version_it_creates(monkeypatch) -> None:
+    from shared.store import links
+
+    saves: list[Any] = []
+    monkeypatch.setattr(links, "save", lambda storage, tenant, user, stored: saves.append(stored) or stored)
+    push_apply._record_intent(SimpleNamespace(storage=None), "tenant-1", "user-1", "act-1", None, Link("act-1", 7))
+    assert saves[0].extra[push_apply.CREATING] == "v7" and saves[0].link.version == -1
+    assert push_apply._creating_version(saves[0]) == 7
+    assert push_apply._creating_version(replace(saves[0], extra={push_apply.CREATING: True})) == -1
