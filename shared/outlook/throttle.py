@@ -45,7 +45,10 @@ log = logging.getLogger(__name__)
 
 MAX_IN_FLIGHT = 4
 MAX_ATTEMPTS = 8  # transient failures of one message (about 2 minutes of backoff in total)
-MAX_THROTTLED = 60  # throttled rounds of one message
+# Throttled rounds of one message. A throttle is Graph asking us to wait, not a failure: the budget
+# is sized by how long an outage may last (an hour of the 5 s Retry-After Graph sends with a 503),
+# not by how often we ask. 60 rounds gave up after 5 minutes of a Graph outage.
+MAX_THROTTLED = 720
 BACKOFF_BASE = 1.0
 BACKOFF_CAP = 300.0
 MAX_DELAY = (
