@@ -20,7 +20,7 @@ from urllib.parse import urlencode, urlsplit, urlunsplit
 import jwt
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from .state import AccessToken, AuthCode, DeviceCode, RefreshToken, ServicePrincipal, Store
+from .state import AccessToken, App, AuthCode, DeviceCode, RefreshToken, ServicePrincipal, Store
 from .timezones import format_utc_z
 from .web import Request, Response
 
@@ -143,7 +143,9 @@ class Identity:
         return {"keys": [jwk]}
 
     # --- authorize -----------------------------------------------------------------------------------
-    def authorize(self, req: Request, tenant: str) -> Response:
+    def _client_and_redirect(self, req: Request) -> tuple[dict[str, str], App, str] | Response:
+        """The request's parameters (query, and form for a POST), the app and its redirect URI, once the app is
+        known and the URI registered; else the error page Entra shows (no redirect to an unknown URI)."""
         params = dict(req.query)
         if req.method == "POST":
             params.update(req.form())
@@ -157,6 +159,14 @@ class Identity:
             return _error_page(
                 f"AADSTS50011: The redirect URI '{redirect_uri}' specified in the request does not match the "
                 f"redirect URIs configured for the application '{client_id}'.")
+        return params, app, redirect_uri
+
+    def authorize(self, req: Request, tenant: str) -> Response:
+        checked = self._client_and_redirect(req)
+        if isinstance(checked, Response):
+            return checked
+        params, app, redirect_uri = checked
+        client_id = app.client_id
         state = params.get("state")
         mode = params.get("response_mode") or "query"
 
@@ -258,19 +268,11 @@ class Identity:
         tenant signs in and grants the app's application permissions tenant-wide (a service principal with
         app role assignments). Sign-in page (field `login`), then, in `interactive` consent mode, a consent
         page (`consent=accept|refuse`); in `auto` mode the signed-in user's registered `consent` decides."""
-        params = dict(req.query)
-        if req.method == "POST":
-            params.update(req.form())
-        client_id = params.get("client_id", "")
-        app = self.store.apps.get(client_id)
-        if app is None:
-            return _error_page(
-                f"AADSTS700016: Application with identifier '{client_id}' was not found in the directory.")
-        redirect_uri = params.get("redirect_uri", "")
-        if redirect_uri not in app.redirect_uris:
-            return _error_page(
-                f"AADSTS50011: The redirect URI '{redirect_uri}' specified in the request does not match the "
-                f"redirect URIs configured for the application '{client_id}'.")
+        checked = self._client_and_redirect(req)
+        if isinstance(checked, Response):
+            return checked
+        params, app, redirect_uri = checked
+        client_id = app.client_id
         state = params.get("state")
 
         def fail(error: str, description: str, code: int | None = None) -> Response:
