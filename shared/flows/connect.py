@@ -27,6 +27,7 @@ import hmac
 import json
 import logging
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -265,13 +266,7 @@ def complete_connect(
     locale, return_url = pending["locale"], pending["return_url"] or None
     done = cookie_name(state)
 
-    def fail(reason: str, key: str) -> CallbackOutcome:
-        log.info("Sign-in for a CRM user ended with %s", reason)
-        if return_url:
-            return CallbackOutcome(
-                with_query(return_url, calendar_sync="error", reason=reason), key, locale, clear_cookie=done
-            )
-        return CallbackOutcome(None, key, locale, status=400, clear_cookie=done)
+    fail = _failing_back("Sign-in", return_url, locale, done)
 
     if pending["expires_at"] < now:
         return fail("expired", "error_expired")
@@ -296,6 +291,23 @@ def complete_connect(
         log.warning("Sign-in could not be completed: %s", error.message)
         return fail("temporarily_unavailable", "error_sign_in_failed")
     return _connected_or_failed(outcome, return_url, locale, done, fail)
+
+
+def _failing_back(
+    step: str, return_url: str | None, locale: str, done: str
+) -> Callable[[str, str], CallbackOutcome]:
+    """How a sign-in step ends in failure: back to the CRM's return URL with the reason, or else our
+    page (``page_key``) in the user's language; the flow's cookie is cleared either way."""
+
+    def fail(reason: str, page_key: str) -> CallbackOutcome:
+        log.info("%s for a CRM user ended with %s", step, reason)
+        if return_url:
+            return CallbackOutcome(
+                with_query(return_url, calendar_sync="error", reason=reason), page_key, locale, clear_cookie=done
+            )
+        return CallbackOutcome(None, page_key, locale, status=400, clear_cookie=done)
+
+    return fail
 
 
 def _connected_or_failed(outcome: str | None, return_url: str | None, locale: str, done: str, fail: Any) -> CallbackOutcome:
@@ -394,13 +406,7 @@ def confirm_account(
         "return_url": row["return_url"],
     }
 
-    def fail(reason: str, page_key: str) -> CallbackOutcome:
-        log.info("Account confirmation for a CRM user ended with %s", reason)
-        if return_url:
-            return CallbackOutcome(
-                with_query(return_url, calendar_sync="error", reason=reason), page_key, locale, clear_cookie=done
-            )
-        return CallbackOutcome(None, page_key, locale, status=400, clear_cookie=done)
+    fail = _failing_back("Account confirmation", return_url, locale, done)
 
     if tables.aware(row["expires_at"]) < now:
         return fail("expired", "error_expired")
