@@ -14,7 +14,8 @@ app's own (application-permission) tokens, as ``users/{object id}/...``.
   the user connected in ``organization`` mode (``connection.connected`` with ``mode``). A user already
   connected with the same mailbox by sign-in keeps its links (one event per activity). Outside the
   admin's scope (403) → ``access_denied``; no such mailbox (404) → ``mailbox_not_found``; each with
-  one ``connection.reauth_required {reason, mode}``.
+  one ``connection.reauth_required {reason, mode}``. A user connected by their own sign-in stays
+  connected that way, and gets one ``connection.enable_failed {reason}`` instead.
 - **Consent lost** (token requests refused: consent revoked, enterprise app deleted): every app-only
   user of the CRM tenant → ``organization_consent_required`` (one callback each), nothing deleted; a
   new organisation connect queues each of them to be enabled again.
@@ -45,6 +46,7 @@ from shared.rules import queues
 from shared.rules.calendars import ORGANIZATION
 from shared.rules.callback_messages import (
     CONNECTED,
+    ENABLE_FAILED,
     ORGANIZATION_CONNECT_FAILED,
     ORGANIZATION_CONNECTED,
     REAUTH_REQUIRED,
@@ -374,17 +376,26 @@ def _save(services: Services, connection: Connection) -> None:
 
 
 def _stop_user(services: Services, current: Connection, state: str, message: str, now: datetime) -> bool:
-    """Move one app-only user (or one being enabled) to ``state``, with one callback; True if it moved."""
-    moved = False
+    """Move one app-only user (or one being enabled) to ``state``, with one callback; True if it moved.
+    A user connected by their own sign-in stays so: the enable failed, and the CRM is told that."""
+    moved = signed_in = False
 
     def change(latest: Connection) -> Connection:
-        nonlocal moved
-        moved = latest.state != state and (latest.mode == ORGANIZATION or latest.state != connections.CONNECTED)
+        nonlocal moved, signed_in
+        signed_in = latest.mode != ORGANIZATION and latest.state == connections.CONNECTED
+        moved = latest.state != state and not signed_in
+        if signed_in:
+            return latest.with_error("permanent", f"enabling by the organisation failed: {message}", now)
         if not moved:
             return latest
         return replace(latest, state=state, mode=ORGANIZATION).with_error("auth", message, now)
 
     connections.update(services.storage, current.tenant, current.user, change)
+    if signed_in:
+        log.warning("Enabling a signed-in user by the organisation failed (%s); they stay signed in", state)
+        callbacks.enqueue(
+            services.storage, ENABLE_FAILED, current.tenant, current.user, {"reason": state, "at": iso(now)}
+        )
     if moved:
         log.warning("An app-only user is now %s", state)
         callbacks.enqueue(

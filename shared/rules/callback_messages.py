@@ -13,6 +13,7 @@ from shared.rules.event_time import iso
 CONNECTED = "connection.connected"
 DISCONNECTED = "connection.disconnected"
 REAUTH_REQUIRED = "connection.reauth_required"
+ENABLE_FAILED = "connection.enable_failed"  # issue 19: a signed-in user the organisation could not take over
 ACTIVITY_SYNCED = "activity.synced"
 ACTIVITY_SYNC_FAILED = "activity.sync_failed"
 CHANGED_IN_OUTLOOK = "activity.changed_in_outlook"

@@ -232,6 +232,38 @@ def test_revoked_consent_stops_every_app_only_user_of_that_tenant_only_and_a_new
     assert len(ours(stack, ana)) == 1
 
 
+def test_a_signed_in_user_the_organisation_cannot_take_over_stays_signed_in_and_the_crm_is_told(
+    stack: Stack,
+) -> None:
+    tid, admin = new_organization(stack)
+    tenant = f"tenant-{uuid.uuid4().hex[:8]}"
+    allowed, mailbox = add_mailbox(stack, tid), add_mailbox(stack, tid)
+    user = f"user/{uuid.uuid4().hex[:8]}"
+    body = {"return_url": RETURN_URL, "time_zone": "America/Bogota", "locale": "es", "login_hint": mailbox["upn"]}
+    started = stack.crm.post(user_path(tenant, user, "connect"), body).json()
+    assert "calendar_sync=connected" in sign_in(started["start_url"], stack.emulator.ca_path).headers["Location"]
+    ana = CrmUser(tenant, user, mailbox["id"], mailbox["upn"])
+    connect_organization(stack, tenant, tid, admin)
+    stack.control.set_app_scope(tid, stack.secrets["MS_CLIENT_ID"], [allowed["upn"]])  # not ana's mailbox
+
+    enable(stack, tenant, mailbox["upn"], user=user)
+    refused = wait_until(
+        lambda: [c for c in stack.callbacks.of_type("connection.enable_failed") if c["user_id"] == user] or None,
+        30,
+        "connection.enable_failed",
+    )
+    check_callback(refused[0])
+    assert refused[0]["data"]["reason"] == "access_denied"
+    stack.wait_until_idle()
+    assert failures(stack, tenant, user) == []  # nothing to reconnect: the user's own sign-in still works
+    shown = status(stack, ana)
+    assert (shown["state"], shown["mode"]) == ("connected", "delegated")
+    assert "enabling by the organisation failed" in shown["recent_errors"][0]["message"]
+    upsert(stack, ana)
+    synced(stack, ana, "act-1", 1)  # still synced, with the user's own token
+    assert len(ours(stack, ana)) == 1
+
+
 def test_a_signed_in_user_moved_to_organisation_mode_keeps_one_event_per_activity(stack: Stack) -> None:
     tid, admin = new_organization(stack)
     tenant = f"tenant-{uuid.uuid4().hex[:8]}"
