@@ -19,7 +19,9 @@ version changes one of the same fields to something else), the link takes the ev
 and view, and the CRM's version is written over it: **the CRM's change, applied after the user's
 edit, wins in Outlook; the user's text still reaches the CRM**, which decides (its own version is
 newer than the callback's ``version``). A 412 with nothing to report (Exchange bumps changeKeys
-by itself) just retries the write with the new changeKey.
+by itself) just retries the write with the new changeKey. Neither does a 412 caused by our own
+write whose link is not stored yet (another worker's, or this message's, whose answer was lost):
+the event's ``crmVersion`` property (``shared.rules.event_render``) is newer than the link's.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from shared.outlook.mailbox_client import MailboxClient
 from shared.ports import MailboxGraph, Services
 from shared.rules.calendars import event_path, graph_path
 from shared.rules.errors import ConflictError, PermanentError, SyncError
-from shared.rules.event_render import ONLINE_UNAVAILABLE, PROPERTY_ID
+from shared.rules.event_render import ONLINE_UNAVAILABLE, PROPERTY_ID, VERSION_EXPAND, written_version
 from shared.rules.event_time import graph_to_utc, iso
 from shared.rules.sync_plan import (
     ADOPTED,
@@ -250,6 +252,8 @@ def _absorb_outlook_edit(
     directions = tenant_settings.get(services.storage, tenant).field_directions
     crm_next = parse_shown(decision.link.shown) if decision.link else None
     edit = edit_before_write(tracked_of(stored), seen, crm_next, directions)
+    if (written_version(event) or -1) > stored.link.version:
+        edit = None  # another worker's newer write, whose link is not stored yet: no user edit
     if edit is not None:
         callbacks.enqueue(services.storage, callbacks.CHANGED_IN_OUTLOOK, tenant, user, callback_data(edit, now))
     assert seen.view is not None
@@ -340,7 +344,11 @@ def apply(client: MailboxGraph, decision: Decision, *, lookup_first: bool = True
             if error.status != 412:
                 raise
             try:
-                event = client.call("GET", event_path(action.event_id, mailbox=client.mailbox_path), params={"$select": EDIT_SELECT})
+                event = client.call(
+                    "GET",
+                    event_path(action.event_id, mailbox=client.mailbox_path),
+                    params={"$select": EDIT_SELECT, "$expand": VERSION_EXPAND},
+                )
             except NotFoundError:
                 raise EventGone() from None
             raise OutlookChanged(event.body or {}) from None

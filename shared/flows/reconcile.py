@@ -30,7 +30,8 @@ events (``shared.flows.subscriptions``), then one delta pass:
    echo of an accepted edit is recognised by the push), a deletion detaches the link (``outlook_event_id`` None;
    the next CRM upsert with a higher version creates the event again). Nothing is written to
    Outlook. If the push wrote the event after what delta showed us, the item is skipped: the next
-   pass sees the newer state.
+   pass sees the newer state. So is a change whose event carries a newer ``crmVersion`` than its
+   link (read by id, changes only): the push's own write, its link not stored yet.
 5. Meeting capture (issue 17, ``shared.flows.capture``): when the tenant captures meetings and the
    user did not opt out, the items no link names are kept while reading (instead of dropped) and
    reported as ``outlook_event.*`` once per real change. The capture the delta position was read
@@ -65,6 +66,7 @@ from shared.rules.errors import (
     ThrottledError,
     TransientError,
 )
+from shared.rules.event_render import VERSION_EXPAND, written_version
 from shared.rules.reconcile_plan import (
     DEFAULT_DIRECTIONS,
     Changed,
@@ -340,6 +342,7 @@ def delta_pass(
         after_read(d.tracked, read_event(client, d.tracked.event_id), directions) if isinstance(d, Verify) else d
         for d in decisions
     ]
+    resolved = [d for d in resolved if not _written_by_us_meanwhile(client, d)]
     gone = sum(isinstance(d, Gone) for d in resolved)
     hold = held(gone, len(tracked), confirmed=confirm)
     if hold:
@@ -408,6 +411,26 @@ def read_delta(
             return seen, body["@odata.deltaLink"]
         raise TransientError("delta answered a page with neither a nextLink nor a deltaLink")
     raise TransientError("delta kept answering more pages")
+
+
+def _written_by_us_meanwhile(client: MailboxGraph, decision: Decision) -> bool:
+    """A change whose event carries a newer ``crmVersion`` than its link: the push wrote it and
+    has not stored its link yet (or lost Graph's answer and will try again). Not the user's edit;
+    the push's link will hold what the event shows. One read, only for changes."""
+    from shared.outlook.graph import NotFoundError
+
+    if not isinstance(decision, Changed):
+        return False
+    path = event_path(decision.tracked.event_id, mailbox=client.mailbox_path)
+    try:
+        event = client.call("GET", path, params={"$select": "id", "$expand": VERSION_EXPAND}).body or {}
+    except NotFoundError:
+        return False  # gone since: the next pass reports the deletion
+    written = written_version(event)
+    if written is None or written <= decision.tracked.link.version:
+        return False
+    log.info("A change to one of our events is the push's own write in flight; not reported")
+    return True
 
 
 def read_event(client: MailboxGraph, event_id: str) -> dict[str, Any] | None:

@@ -9,6 +9,10 @@ percent-encoded, keeping only ``a-z 0-9 . _ ~ -`` literal (UTF-8, upper-case hex
 ever separates the parts, the value needs no quoting inside an OData string literal, and because
 Graph compares the value case-insensitively, no two different (tenant, activity) pairs can match
 each other (no literal upper-case letters exist in the encoding).
+
+A second property, ``crmVersion``, holds the activity version our last write carried (on every
+create and every PATCH). A worker that finds the event changed under it (412, or a reconcile that
+reads it before the push stored its link) can tell another worker's newer write from a user's edit.
 """
 
 from __future__ import annotations
@@ -29,6 +33,9 @@ from shared.rules.model import Activity, Party
 
 PROPERTY_GUID = "835ac582-803a-4cbe-8e1f-6eb316b033d1"
 PROPERTY_ID = f"String {{{PROPERTY_GUID}}} Name crmActivity"
+VERSION_PROPERTY_ID = f"String {{{PROPERTY_GUID}}} Name crmVersion"
+# ``$expand`` that returns the version property with an event read (GET by id; delta takes none).
+VERSION_EXPAND = f"singleValueExtendedProperties($filter=id eq '{VERSION_PROPERTY_ID}')"
 # Namespace of our transactionIds; fixed forever, or retries after a deploy would duplicate events.
 TRANSACTION_NAMESPACE = uuid.UUID("684205ab-e7a1-43c3-9ed5-fe78f76117bd")
 CREATE_ONLY_FIELDS = ("transactionId", "singleValueExtendedProperties")
@@ -97,7 +104,23 @@ def content_hash(event: dict[str, Any]) -> str:
 
 
 def patch_body(event: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in event.items() if k not in CREATE_ONLY_FIELDS}
+    """The PATCH for a rendered event: what the user sees, and the version property (our mark and
+    the transactionId are set once, at the create)."""
+    patch = {k: v for k, v in event.items() if k not in CREATE_ONLY_FIELDS}
+    version = [p for p in event.get("singleValueExtendedProperties") or [] if p.get("id") == VERSION_PROPERTY_ID]
+    if version:
+        patch["singleValueExtendedProperties"] = version
+    return patch
+
+
+def written_version(event: dict[str, Any]) -> int | None:
+    """The activity version our last write put on ``event`` (read with ``VERSION_EXPAND``); None
+    when it carries none (an event written before the property existed, or the user's own)."""
+    for prop in event.get("singleValueExtendedProperties") or []:
+        if isinstance(prop, dict) and str(prop.get("id", "")).lower() == VERSION_PROPERTY_ID.lower():
+            value = str(prop.get("value") or "")
+            return int(value) if value.isdigit() else None
+    return None
 
 
 def _esc(text: str) -> str:
@@ -209,6 +232,7 @@ def render_event(activity: Activity, *, tenant_id: str, user_id: str, generation
         event["onlineMeetingProvider"] = online_provider
     event["transactionId"] = transaction_id(tenant_id, user_id, activity.id, generation)
     event["singleValueExtendedProperties"] = [
-        {"id": PROPERTY_ID, "value": property_value(tenant_id, activity.id)}
+        {"id": PROPERTY_ID, "value": property_value(tenant_id, activity.id)},
+        {"id": VERSION_PROPERTY_ID, "value": str(activity.version)},
     ]
     return RenderedEvent(event, content_hash(event), times.adjusted)

@@ -175,6 +175,39 @@ def test_a_deletion_in_outlook_is_reported_and_a_newer_crm_version_creates_it_ag
     assert again[0]["subject"] == "Reprogramada desde el CRM"
 
 
+@pytest.mark.parametrize("first_reader", ["reconcile", "push retry"])
+def test_a_crm_reschedule_whose_answer_was_lost_is_never_reported_as_the_users_move(
+    stack: Stack, ana: CrmUser, first_reader: str
+) -> None:
+    """Found by the wider chaos run. Graph applied our PATCH of v2 but its answer was lost, so the
+    link still holds v1 when the event is read again: by the reconcile its notification wakes, or
+    by the push's retry, whose If-Match gets a 412. Each must take the change for our own write
+    (the event's crmVersion, 2, is newer than the link's), not for the user's move."""
+    event = pushed(stack, ana)
+    reconciled = status(stack, ana)["last_reconcile_at"]
+    stack.control.add_fault("lost_response", count=1, method="PATCH", path_contains=event["id"], mailbox=ana.oid)
+    if first_reader == "reconcile":  # the retries fail until the reconcile has read the event
+        stack.control.add_fault("503", count=10_000, method="PATCH", path_contains=event["id"], mailbox=ana.oid)
+    else:  # the retry reads the event first; the reconcile reads it after
+        stack.control.set_notifications(paused=True)
+
+    upsert(stack, ana, version=2, start=f"{day(1)}T08:00:00", end=f"{day(1)}T09:00:00")
+    if first_reader == "reconcile":
+        reconciled_after(stack, ana, reconciled)
+        assert links.get(stack.storage, ana.tenant, ana.user, "act-1").link.version == 1  # not stored yet
+        stack.control.clear_faults()
+    synced(stack, ana, "act-1", 2, timeout=60)
+    stack.control.set_notifications(paused=False)
+    stack.wait_until_idle()
+
+    assert of(stack, ana, CHANGED) == [] and of(stack, ana, DELETED) == []
+    shown = next(e for e in ours(stack, ana) if e["id"] == event["id"])
+    stored = links.get(stack.storage, ana.tenant, ana.user, "act-1")
+    assert (stored.link.version, stored.link.change_key) == (2, shown["changeKey"])
+    assert shown["startUtc"].startswith(f"{day(1)}T13:00:00")  # 08:00 in Bogotá: the CRM's time
+    assert len(ours(stack, ana)) == 1
+
+
 def move_unnoticed(stack: Stack, who: CrmUser, event: dict[str, Any], day: str) -> None:
     """The user moves the event to 09:00 UTC on ``day`` and Graph's notification of it is lost."""
     stack.control.set_notifications(drop_probability=1.0)

@@ -9,8 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from shared.rules.event_render import (
-    CREATE_ONLY_FIELDS,
     PROPERTY_ID,
+    VERSION_PROPERTY_ID,
     content_hash,
     language,
     parse_property_value,
@@ -43,7 +43,10 @@ def test_full_event() -> None:
     assert event["categories"] == ["Llamada"]
     assert event["showAs"] == "busy"
     assert event["transactionId"] == transaction_id("tenant-1", "user-1", "act-1", 1)
-    assert event["singleValueExtendedProperties"] == [{"id": PROPERTY_ID, "value": "tenant-1|act-1"}]
+    assert event["singleValueExtendedProperties"] == [
+        {"id": PROPERTY_ID, "value": "tenant-1|act-1"},
+        {"id": VERSION_PROPERTY_ID, "value": "1"},
+    ]
     body = event["body"]
     assert body["contentType"] == "html"
     assert "<p>Bring the new price list.</p>" in body["content"]
@@ -183,7 +186,9 @@ def test_hash_ignores_key_order_and_create_only_fields() -> None:
     assert content_hash({**event, "transactionId": "other",
                          "singleValueExtendedProperties": []}) == content_hash(event)
     assert content_hash(patch_body(event)) == content_hash(event)
-    assert all(f not in patch_body(event) for f in CREATE_ONLY_FIELDS)
+    assert "transactionId" not in patch_body(event)
+    # A PATCH carries the version it writes, never our mark (set once, at the create).
+    assert patch_body(event)["singleValueExtendedProperties"] == [{"id": VERSION_PROPERTY_ID, "value": "1"}]
     assert render(generation=5).content_hash == render(generation=1).content_hash
 
 

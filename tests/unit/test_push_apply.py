@@ -383,3 +383,51 @@ def test_the_create_intent_names_the_version_it_creates(monkeypatch) -> None:
     assert saves[0].extra[push_apply.CREATING] == "v7" and saves[0].link.version == -1
     assert push_apply._creating_version(saves[0]) == 7
     assert push_apply._creating_version(replace(saves[0], extra={push_apply.CREATING: True})) == -1
+
+
+@pytest.mark.parametrize(("written", "reported"), [(3, False), (2, True)])
+def test_a_412_caused_by_our_own_newer_write_is_not_reported_as_the_users_edit(monkeypatch, written, reported) -> None:
+    """Found by the wider chaos run: two workers PATCH one event with If-Match; the loser's 412
+    reads the winner's write before the winner stored its link. The event's crmVersion (3, newer
+    than the link's 2) says it is ours: nothing is reported, and the write still lands. The same
+    change under the link's own version (2) is the user's edit, and is reported."""
+    from shared.flows import callbacks
+    from shared.rules.event_render import VERSION_PROPERTY_ID
+    from shared.store import links, tenant_settings
+    from shared.store.links import StoredLink
+    from shared.store.tenant_settings import TenantSettings
+
+    graph = FakeGraph()
+    v2 = push_apply.apply(graph, plan_upsert(activity(version=2), None, USER)).link
+    store = {"link": StoredLink(v2, "etag-1", {})}
+    v3 = activity(version=3, start="2025-03-10T10:00:00+01:00", end="2025-03-10T10:30:00+01:00")  # moved
+    moved = plan_upsert(v3, v2, USER)
+    # The other worker's PATCH of v3 went through (or our own, whose answer was lost); no link yet.
+    graph.events[v2.outlook_event_id].update(moved.action.patch, changeKey="ck-other")
+    graph.events[v2.outlook_event_id]["singleValueExtendedProperties"] = [
+        {"id": VERSION_PROPERTY_ID, "value": str(written)}]
+    sent: list[str] = []
+
+    def save(storage, tenant, user, stored):
+        store["link"] = replace(stored, etag=f"etag-{len(sent) + 2}")
+        sent.append("save")
+        return store["link"]
+
+    monkeypatch.setattr(links, "get", lambda *a: store["link"])
+    monkeypatch.setattr(links, "save", save)
+    monkeypatch.setattr(tenant_settings, "get", lambda *a: TenantSettings())
+    monkeypatch.setattr(callbacks, "enqueue", lambda storage, kind, *a: sent.append(kind))
+    monkeypatch.setattr(push_apply, "_report", lambda *a, **k: None)
+    monkeypatch.setattr(
+        push_apply,
+        "MailboxClient",
+        lambda services, tenant, user, calendar_id, connection: SimpleNamespace(
+            call=graph.call, wrote=False, calendar_id=calendar_id, mailbox_path="me"
+        ),
+    )
+    connection = SimpleNamespace(tenant="tenant-1", user="user-1", calendar_id=None)
+    push_apply.sync(SimpleNamespace(storage=None), connection, "act-1", None,
+                    lambda link: plan_upsert(v3, link, USER))
+
+    assert (callbacks.CHANGED_IN_OUTLOOK in sent) is reported
+    assert store["link"].link.version == 3 and store["link"].link.change_key == graph.events[v2.outlook_event_id]["changeKey"]

@@ -6,7 +6,7 @@ from dataclasses import replace
 import pytest
 
 from shared.rules.errors import PermanentError
-from shared.rules.event_render import property_value, transaction_id
+from shared.rules.event_render import VERSION_PROPERTY_ID, property_value, transaction_id
 from shared.rules.model import ActivityDeleted, ActivityType, ActivityTypeUpdated
 from shared.rules.sync_plan import (
     ACTIVITY_HIDDEN,
@@ -111,7 +111,9 @@ def test_transition_table(status: str, shown: bool, type_shown: bool, state: str
     elif kind is Update:
         assert d.action.event_id == "evt-1" and d.link.outlook_event_id == "evt-1"
         assert d.link.content_hash == d.action.content_hash != "old-hash"
-        assert "transactionId" not in d.action.patch and "singleValueExtendedProperties" not in d.action.patch
+        assert "transactionId" not in d.action.patch
+        assert d.action.patch["singleValueExtendedProperties"] == [
+            {"id": VERSION_PROPERTY_ID, "value": str(version)}]
     elif kind is Delete:
         assert d.action.event_id == "evt-1"
         assert (d.link.outlook_event_id, d.link.content_hash, d.link.change_key) == (None, None, None)
