@@ -31,7 +31,7 @@ from typing import Any
 
 from shared.flows import calendars, callbacks
 from shared.outlook.mailbox_client import mailbox_token
-from shared.outlook.throttle import MailboxGated
+from shared.outlook.throttle import MailboxGated, next_step
 from shared.ports import MailboxGraph, Services
 from shared.rules import queues
 from shared.rules.calendars import CalendarChoice, choice_json, event_path, graph_path
@@ -187,7 +187,8 @@ def process(services: Services, raw: bytes, now: datetime) -> str:
     try:
         lease = mailbox_sync.claim(services.storage, tenant, user, now, owner=f"calendar-move-{move['id']}")
     except mailbox_sync.Busy as busy:
-        work_queues.send(services.storage, queues.CALENDAR_MOVE, tenant, json.dumps(message), delay_seconds=int(busy.retry_after) + 1)
+        wait = next_step("wait", 0, 0, busy.retry_after)
+        work_queues.send(services.storage, queues.CALENDAR_MOVE, tenant, json.dumps(message), delay_seconds=wait.delay)
         return "busy"
     moved = 0
     try:

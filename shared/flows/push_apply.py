@@ -118,7 +118,7 @@ def sync(
             ):
                 # A create of an older version may have reached Outlook while its answer (or the
                 # process) was lost; this newer version wants no event, so that one must go.
-                _remove_lost_creates(client, tenant, activity_id)
+                _delete_ours(client, tenant, activity_id)
             if isinstance(decision.action, Nothing) and decision.link == (stored.link if stored else None):
                 return  # nothing to write anywhere
             lookup_first = True
@@ -166,8 +166,6 @@ def sweep_lost_creates(services: Services, tenant: str, user: str, activity_id: 
     Never while a create may be in flight (the write-ahead mark is set, or the link changes while
     we look), never for an activity without a link (events kept by "Remove sync" are the user's
     now). Returns how many events went."""
-    from shared.rules.event_render import property_value
-
     connection = connections.get(services.storage, tenant, user)
     if connection.state != connections.CONNECTED:
         return 0
@@ -176,27 +174,36 @@ def sweep_lost_creates(services: Services, tenant: str, user: str, activity_id: 
         if stored is None or stored.extra.get(CREATING):
             return 0
         client = MailboxClient(services, tenant, user, connection.calendar_id, connection=connection)
-        strays = [
-            e["id"]
-            for e in lookup(client, property_value(tenant, activity_id))
-            if e.get("id") != stored.link.outlook_event_id
-        ]
-        if not strays:
-            return 0
-        again = links.get(services.storage, tenant, user, activity_id)
-        if again is None or again.etag != stored.etag:
-            return 0  # someone is working on this activity: its own write decides
-        for event_id in strays:
-            _delete_quietly(client, event_id)
-        log.info("Removed %d event(s) a worker that died had created", len(strays))
-        return len(strays)
+
+        etag = stored.etag
+
+        def link_unchanged() -> bool:
+            again = links.get(services.storage, tenant, user, activity_id)
+            return again is not None and again.etag == etag  # else its own write decides
+
+        removed = _delete_ours(client, tenant, activity_id, keep=stored.link.outlook_event_id, if_still=link_unchanged)
+        if removed:
+            log.info("Removed %d event(s) a worker that died had created", removed)
+        return removed
 
 
-def _remove_lost_creates(client: MailboxGraph, tenant: str, activity_id: str) -> None:
+def _delete_ours(
+    client: MailboxGraph,
+    tenant: str,
+    activity_id: str,
+    keep: str | None = None,
+    if_still: Callable[[], bool] = lambda: True,
+) -> int:
+    """Delete this activity's events (found by our property) but ``keep``, if ``if_still()``
+    allows it once they are found. Returns how many went."""
     from shared.rules.event_render import property_value
 
-    for event in lookup(client, property_value(tenant, activity_id)):
-        _delete_quietly(client, event["id"])
+    doomed = [e["id"] for e in lookup(client, property_value(tenant, activity_id)) if e.get("id") != keep]
+    if not doomed or not if_still():
+        return 0
+    for event_id in doomed:
+        _delete_quietly(client, event_id)
+    return len(doomed)
 
 
 def _delete_quietly(client: MailboxGraph, event_id: str) -> None:

@@ -110,6 +110,13 @@ class Step:
     throttled: int = 0
 
 
+def _waited(retry_after: float, rng: random.Random | None) -> int:
+    """Whole seconds to wait for ``retry_after`` (capped), plus up to a second of jitter that spreads
+    a herd of messages told the same time."""
+    jitter = (rng or random).uniform(0.0, 1.0)  # noqa: S311 - spreading retries, not security
+    return max(1, math.ceil(min(max(retry_after, 0.0), MAX_DELAY) + jitter))
+
+
 def next_step(
     kind: Literal["transient", "throttled", "wait"],
     attempt: int,
@@ -121,14 +128,11 @@ def next_step(
     ``throttled`` times before this failure. ``wait``: the message only waits for another run of
     the same mailbox (a busy lease); it comes back after ``retry_after`` and spends no budget."""
     if kind == "wait":
-        jitter = (rng or random).uniform(0.0, 1.0)  # noqa: S311 - spread a herd of waiting messages
-        return Step(True, max(1, math.ceil(min(max(retry_after, 0.0), MAX_DELAY) + jitter)), attempt, throttled)
+        return Step(True, _waited(retry_after, rng), attempt, throttled)
     if kind == "throttled":
         if throttled + 1 > MAX_THROTTLED:
             return Step(False, attempt=attempt, throttled=throttled + 1)
-        jitter = (rng or random).uniform(0.0, 1.0)  # noqa: S311 - spread a herd of waiting messages
-        delay = math.ceil(min(max(retry_after, 0.0), MAX_DELAY) + jitter)
-        return Step(True, max(1, delay), attempt, throttled + 1)
+        return Step(True, _waited(retry_after, rng), attempt, throttled + 1)
     if attempt + 1 >= MAX_ATTEMPTS:
         return Step(False, attempt=attempt + 1, throttled=throttled)
     return Step(True, max(1, math.ceil(backoff_seconds(attempt + 1, rng))), attempt + 1, throttled)
