@@ -37,6 +37,10 @@ def main() -> None:
             report = run_chaos(
                 stack, config, storage=azurite, log=print if verbose else (lambda _: None)
             )
+            if not report["ok"]:  # every host's log (the killed one's and the peer's too), to find why
+                hosts = [*stack.__dict__.get("previous_hosts", []), stack.host]
+                OUT.parent.mkdir(parents=True, exist_ok=True)
+                (OUT.parent / "chaos-hosts.log").write_text("".join(line for h in hosts for line in h.output))
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(json.dumps(report, indent=2, default=str) + "\n")
     print(summary(report))
