@@ -56,7 +56,7 @@ PREFER = 'IdType="ImmutableId"'
 LOOKUP_SELECT = "id,changeKey,webLink,end"
 MAX_FILTER_IDS = 14  # Table Storage allows 15 comparisons per filter; one is the PartitionKey
 _LINK_FIELDS = tuple(f.name for f in fields(Link))
-_NOT_CARRIED = ("last_error", "failed_version", CREATING)
+_NOT_CARRIED = ("last_error", "failed_version", CREATING, links.DELETING)
 # After a throttle the mailbox rests at least this long, even when Retry-After is shorter. Outlook's
 # sliding window frees slots about as fast as they were used, so a 1 s rest buys only a small
 # burst: one partial $batch plus one more for its remnant, every second. A longer rest gives the

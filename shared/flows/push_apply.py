@@ -5,7 +5,9 @@ Create (write-ahead: the link is marked "creating", with the version, before the
 finds the mark first looks the event up by our extended property and adopts it, so a create whose
 answer was lost never makes a duplicate; else POST with the deterministic ``transactionId``; an
 older version that finds a newer version's mark stops there, since that worker writes the link), Update (PATCH only
-when the content hash changed), Delete (404 = already gone). The link is stored ETag-guarded; a
+when the content hash changed), Delete (write-ahead too: the link is marked "deleting" before the DELETE, so a reconcile that reads
+the event gone before the link is stored does not report our own deletion as the user's; 404 =
+already gone). The link is stored ETag-guarded; a
 concurrent write makes it plan again. An Update that finds the event deleted in Outlook creates it
 again (a new CRM change is the newest intent; the reconcile has already told the CRM about the
 deletion). Then ``activity.synced`` tells the CRM what Outlook now shows.
@@ -121,6 +123,11 @@ def sync(
                 _delete_ours(client, tenant, activity_id)
             if isinstance(decision.action, Nothing) and decision.link == (stored.link if stored else None):
                 return  # nothing to write anywhere
+            if isinstance(decision.action, Delete) and stored is not None:
+                try:  # write-ahead, like a create: the reconcile must not report our own deletion
+                    stored = _mark(services, tenant, user, stored, links.DELETING, decision.link)
+                except ConflictError:
+                    continue
             lookup_first = True
             if isinstance(decision.action, Create) and not (stored and stored.extra.get(CREATING)):
                 try:
@@ -299,6 +306,14 @@ def _record_intent(
     return links.save(services.storage, tenant, user, intent)
 
 
+def _mark(
+    services: Services, tenant: str, user: str, stored: links.StoredLink, name: str, link: Link | None
+) -> links.StoredLink:
+    """Write-ahead mark ``name`` ("v<version>" of ``link``) on the stored link, kept as it was."""
+    value = f"v{link.version}" if link else True
+    return links.save(services.storage, tenant, user, links.StoredLink(stored.link, stored.etag, {**stored.extra, name: value}))
+
+
 def _creating_version(stored: links.StoredLink | None) -> int:
     """The version a push create in flight is writing (-1: none, or a mark that does not say)."""
     mark = stored.extra.get(CREATING) if stored else None
@@ -415,7 +430,7 @@ def _extra(stored: links.StoredLink | None, applied: Applied) -> dict[str, Any]:
     extra = {
         k: v
         for k, v in (stored.extra if stored else {}).items()
-        if k not in ("last_error", "failed_version", CREATING)
+        if k not in ("last_error", "failed_version", CREATING, links.DELETING)
     }
     extra["state"] = links.SYNCED
     link = applied.link

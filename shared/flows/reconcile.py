@@ -31,7 +31,8 @@ events (``shared.flows.subscriptions``), then one delta pass:
    the next CRM upsert with a higher version creates the event again). Nothing is written to
    Outlook. If the push wrote the event after what delta showed us, the item is skipped: the next
    pass sees the newer state. So is a change whose event carries a newer ``crmVersion`` than its
-   link (read by id, changes only): the push's own write, its link not stored yet.
+   link (read by id, changes only): the push's own write, its link not stored yet; and a deletion
+   whose link is marked ``deleting``: the push's own DELETE.
 5. Meeting capture (issue 17, ``shared.flows.capture``): when the tenant captures meetings and the
    user did not opt out, the items no link names are kept while reading (instead of dropped) and
    reported as ``outlook_event.*`` once per real change. The capture the delta position was read
@@ -497,6 +498,8 @@ def apply(
         if stored is None or stored.link.tombstone or stored.link.outlook_event_id != snapshot.event_id:
             return reported  # the push replaced or removed the event meanwhile
         fresh = tracked_of(stored)
+        if isinstance(decision, Gone) and stored.extra.get(links.DELETING):
+            return reported  # the push's own DELETE, its link not stored yet: not the user's deletion
         if isinstance(decision, Gone):
             current: Decision = Gone(fresh)
         else:

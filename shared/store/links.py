@@ -15,6 +15,9 @@ from shared.rules.sync_plan import Link
 from shared.store import tables
 
 SYNCED = "synced"
+# Extra: the push's DELETE of the linked event was (maybe) sent and the link not stored yet ("v<version>").
+# The reconcile does not take that event's disappearance for the user's deletion.
+DELETING = "deleting"
 FAILED = "failed"
 _LINK_FIELDS = tuple(f.name for f in fields(Link))
 

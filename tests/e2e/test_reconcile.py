@@ -208,6 +208,38 @@ def test_a_crm_reschedule_whose_answer_was_lost_is_never_reported_as_the_users_m
     assert len(ours(stack, ana)) == 1
 
 
+def test_a_crm_cancel_whose_delete_answer_was_lost_is_never_reported_as_the_users_deletion(
+    stack: Stack, ana: CrmUser
+) -> None:
+    """Found by the full chaos run (a cancel, or a CRM deletion, reported back as "deleted in
+    Outlook"). Graph deleted our event but the answer was lost, and the reconcile its notification
+    woke reads the event gone while the link still names it. The link's write-ahead "deleting"
+    mark says it is ours."""
+    event = pushed(stack, ana)
+    reconciled = status(stack, ana)["last_reconcile_at"]
+    stack.control.add_fault("lost_response", count=1, method="DELETE", path_contains=event["id"], mailbox=ana.oid)
+    # The retries fail until the reconcile has read the deletion.
+    stack.control.add_fault("503", count=10_000, method="DELETE", path_contains=event["id"], mailbox=ana.oid)
+
+    upsert(stack, ana, version=2, status="cancelled")
+    reconciled_after(stack, ana, reconciled)
+    assert links.get(stack.storage, ana.tenant, ana.user, "act-1").link.version == 1  # not stored yet
+    stack.control.clear_faults()
+    wait_until(
+        lambda: links.get(stack.storage, ana.tenant, ana.user, "act-1").link.version == 2,
+        what="the cancel to be applied",
+        timeout=60,
+    )
+    stack.wait_until_idle()
+
+    assert of(stack, ana, DELETED) == [] and of(stack, ana, CHANGED) == []
+    synced(stack, ana, "act-1", 2)  # the CRM hears the cancel is shown (no event)
+    assert ours(stack, ana) == []
+    stored = links.get(stack.storage, ana.tenant, ana.user, "act-1")
+    assert (stored.link.version, stored.link.outlook_event_id) == (2, None)
+    assert links.DELETING not in stored.extra and "deleted_in_outlook_at" not in stored.extra
+
+
 def move_unnoticed(stack: Stack, who: CrmUser, event: dict[str, Any], day: str) -> None:
     """The user moves the event to 09:00 UTC on ``day`` and Graph's notification of it is lost."""
     stack.control.set_notifications(drop_probability=1.0)

@@ -431,3 +431,43 @@ def test_a_412_caused_by_our_own_newer_write_is_not_reported_as_the_users_edit(m
 
     assert (callbacks.CHANGED_IN_OUTLOOK in sent) is reported
     assert store["link"].link.version == 3 and store["link"].link.change_key == graph.events[v2.outlook_event_id]["changeKey"]
+
+
+def test_a_delete_is_marked_before_it_is_sent_and_the_stored_link_drops_the_mark(monkeypatch) -> None:
+    """Write-ahead for deletions: a reconcile that reads the event gone before the link is stored
+    sees "deleting" and does not report the push's own deletion as the user's."""
+    from shared.store import links
+    from shared.store.links import StoredLink
+
+    graph = FakeGraph()
+    v1 = push_apply.apply(graph, plan_upsert(activity(), None, USER)).link
+    store = {"link": StoredLink(v1, "etag-1", {})}
+    seen_at_delete: list[Any] = []
+    original = graph.call
+
+    def call(method, path, **kwargs):
+        if method == "DELETE":
+            seen_at_delete.append(dict(store["link"].extra))
+        return original(method, path, **kwargs)
+
+    def save(storage, tenant, user, stored):
+        store["link"] = replace(stored, etag=f"etag-{len(seen_at_delete) + 2}-{len(stored.extra)}")
+        return store["link"]
+
+    graph.call = call  # type: ignore[method-assign]
+    monkeypatch.setattr(links, "get", lambda *a: store["link"])
+    monkeypatch.setattr(links, "save", save)
+    monkeypatch.setattr(push_apply, "_report", lambda *a, **k: None)
+    monkeypatch.setattr(
+        push_apply,
+        "MailboxClient",
+        lambda services, tenant, user, calendar_id, connection: SimpleNamespace(
+            call=graph.call, wrote=False, calendar_id=calendar_id, mailbox_path="me"
+        ),
+    )
+    connection = SimpleNamespace(tenant="tenant-1", user="user-1", calendar_id=None)
+    push_apply.sync(SimpleNamespace(storage=None), connection, "act-1", None,
+                    lambda link: plan_upsert(activity(version=2, status="cancelled"), link, USER))
+
+    assert seen_at_delete == [{links.DELETING: "v2"}] and graph.events == {}
+    assert store["link"].link.outlook_event_id is None and links.DELETING not in store["link"].extra
