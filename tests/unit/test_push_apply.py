@@ -219,6 +219,17 @@ def test_extras_follow_the_event() -> None:
     assert gone == {"state": "synced"}
 
 
+def _use_graph(monkeypatch, graph: FakeGraph) -> None:
+    """Every MailboxClient the flow builds talks to ``graph``."""
+    monkeypatch.setattr(
+        push_apply,
+        "MailboxClient",
+        lambda services, tenant, user, calendar_id, connection: SimpleNamespace(
+            call=graph.call, wrote=False, calendar_id=calendar_id, mailbox_path="me"
+        ),
+    )
+
+
 def test_an_event_we_created_is_removed_when_another_worker_linked_a_different_one(monkeypatch) -> None:
     """Two workers created at once (a race around the intent); the one whose link write lost
     deletes its own event instead of leaving a duplicate."""
@@ -245,13 +256,7 @@ def test_an_event_we_created_is_removed_when_another_worker_linked_a_different_o
 
     monkeypatch.setattr(links, "save", fake_save)
     monkeypatch.setattr(links, "get", lambda storage, tenant, user, activity_id: saved.get("link"))
-    monkeypatch.setattr(
-        push_apply,
-        "MailboxClient",
-        lambda services, tenant, user, calendar_id, connection: SimpleNamespace(
-            call=graph.call, wrote=False, calendar_id=calendar_id, mailbox_path="me"
-        ),
-    )
+    _use_graph(monkeypatch, graph)
     monkeypatch.setattr(push_apply, "_report", lambda *args, **kwargs: None)
     connection = SimpleNamespace(tenant="tenant-1", user="user-1", calendar_id=None)
     services = SimpleNamespace(storage=None)
@@ -297,13 +302,7 @@ def _sweep_world(monkeypatch, stored_links: list[Any]) -> FakeGraph:
         "get",
         lambda *a: SimpleNamespace(state=connections.CONNECTED, calendar_id=None),
     )
-    monkeypatch.setattr(
-        push_apply,
-        "MailboxClient",
-        lambda services, tenant, user, calendar_id, connection: SimpleNamespace(
-            call=graph.call, wrote=False, calendar_id=calendar_id, mailbox_path="me"
-        ),
-    )
+    _use_graph(monkeypatch, graph)
     for event_id in ("ev-kept", "ev-stray"):
         graph.events[event_id] = {"property": property_value("tenant-1", "act-1"), "changeKey": "ck"}
     return graph
@@ -353,13 +352,7 @@ def test_an_older_version_leaves_a_newer_versions_create_in_flight_alone(monkeyp
     saves: list[Any] = []
     monkeypatch.setattr(links, "get", lambda *a: marked)
     monkeypatch.setattr(links, "save", lambda storage, tenant, user, stored: saves.append(stored) or stored)
-    monkeypatch.setattr(
-        push_apply,
-        "MailboxClient",
-        lambda services, tenant, user, calendar_id, connection: SimpleNamespace(
-            call=graph.call, wrote=False, calendar_id=calendar_id, mailbox_path="me"
-        ),
-    )
+    _use_graph(monkeypatch, graph)
     connection = SimpleNamespace(tenant="tenant-1", user="user-1", calendar_id=None)
 
     push_apply.sync(
@@ -385,6 +378,28 @@ def test_the_create_intent_names_the_version_it_creates(monkeypatch) -> None:
     assert push_apply._creating_version(replace(saves[0], extra={push_apply.CREATING: True})) == -1
 
 
+def _sync_with_one_link(monkeypatch, graph: FakeGraph, first: Any, activity_version: Any) -> dict[str, Any]:
+    """Run ``sync`` for ``activity_version`` against one stored link kept in memory (each save
+    gets a new ETag); returns the store, whose "link" is the last link saved."""
+    from shared.store import links
+
+    store = {"link": first, "saves": 0}
+
+    def save(storage, tenant, user, stored):
+        store["saves"] += 1
+        store["link"] = replace(stored, etag=f"etag-{store['saves'] + 1}")
+        return store["link"]
+
+    monkeypatch.setattr(links, "get", lambda *a: store["link"])
+    monkeypatch.setattr(links, "save", save)
+    monkeypatch.setattr(push_apply, "_report", lambda *a, **k: None)
+    _use_graph(monkeypatch, graph)
+    connection = SimpleNamespace(tenant="tenant-1", user="user-1", calendar_id=None)
+    push_apply.sync(SimpleNamespace(storage=None), connection, "act-1", None,
+                    lambda link: plan_upsert(activity_version, link, USER))
+    return store
+
+
 @pytest.mark.parametrize(("written", "reported"), [(3, False), (2, True)])
 def test_a_412_caused_by_our_own_newer_write_is_not_reported_as_the_users_edit(monkeypatch, written, reported) -> None:
     """Found by the wider chaos run: two workers PATCH one event with If-Match; the loser's 412
@@ -393,41 +408,22 @@ def test_a_412_caused_by_our_own_newer_write_is_not_reported_as_the_users_edit(m
     change under the link's own version (2) is the user's edit, and is reported."""
     from shared.flows import callbacks
     from shared.rules.event_render import VERSION_PROPERTY_ID
-    from shared.store import links, tenant_settings
+    from shared.store import tenant_settings
     from shared.store.links import StoredLink
     from shared.store.tenant_settings import TenantSettings
 
     graph = FakeGraph()
     v2 = push_apply.apply(graph, plan_upsert(activity(version=2), None, USER)).link
-    store = {"link": StoredLink(v2, "etag-1", {})}
     v3 = activity(version=3, start="2025-03-10T10:00:00+01:00", end="2025-03-10T10:30:00+01:00")  # moved
-    moved = plan_upsert(v3, v2, USER)
     # The other worker's PATCH of v3 went through (or our own, whose answer was lost); no link yet.
-    graph.events[v2.outlook_event_id].update(moved.action.patch, changeKey="ck-other")
+    graph.events[v2.outlook_event_id].update(plan_upsert(v3, v2, USER).action.patch, changeKey="ck-other")
     graph.events[v2.outlook_event_id]["singleValueExtendedProperties"] = [
         {"id": VERSION_PROPERTY_ID, "value": str(written)}]
     sent: list[str] = []
-
-    def save(storage, tenant, user, stored):
-        store["link"] = replace(stored, etag=f"etag-{len(sent) + 2}")
-        sent.append("save")
-        return store["link"]
-
-    monkeypatch.setattr(links, "get", lambda *a: store["link"])
-    monkeypatch.setattr(links, "save", save)
     monkeypatch.setattr(tenant_settings, "get", lambda *a: TenantSettings())
     monkeypatch.setattr(callbacks, "enqueue", lambda storage, kind, *a: sent.append(kind))
-    monkeypatch.setattr(push_apply, "_report", lambda *a, **k: None)
-    monkeypatch.setattr(
-        push_apply,
-        "MailboxClient",
-        lambda services, tenant, user, calendar_id, connection: SimpleNamespace(
-            call=graph.call, wrote=False, calendar_id=calendar_id, mailbox_path="me"
-        ),
-    )
-    connection = SimpleNamespace(tenant="tenant-1", user="user-1", calendar_id=None)
-    push_apply.sync(SimpleNamespace(storage=None), connection, "act-1", None,
-                    lambda link: plan_upsert(v3, link, USER))
+
+    store = _sync_with_one_link(monkeypatch, graph, StoredLink(v2, "etag-1", {}), v3)
 
     assert (callbacks.CHANGED_IN_OUTLOOK in sent) is reported
     assert store["link"].link.version == 3 and store["link"].link.change_key == graph.events[v2.outlook_event_id]["changeKey"]
@@ -441,33 +437,17 @@ def test_a_delete_is_marked_before_it_is_sent_and_the_stored_link_drops_the_mark
 
     graph = FakeGraph()
     v1 = push_apply.apply(graph, plan_upsert(activity(), None, USER)).link
-    store = {"link": StoredLink(v1, "etag-1", {})}
+    first = StoredLink(v1, "etag-1", {})
     seen_at_delete: list[Any] = []
     original = graph.call
 
     def call(method, path, **kwargs):
         if method == "DELETE":
-            seen_at_delete.append(dict(store["link"].extra))
+            seen_at_delete.append(dict(links.get().extra))
         return original(method, path, **kwargs)
 
-    def save(storage, tenant, user, stored):
-        store["link"] = replace(stored, etag=f"etag-{len(seen_at_delete) + 2}-{len(stored.extra)}")
-        return store["link"]
-
     graph.call = call  # type: ignore[method-assign]
-    monkeypatch.setattr(links, "get", lambda *a: store["link"])
-    monkeypatch.setattr(links, "save", save)
-    monkeypatch.setattr(push_apply, "_report", lambda *a, **k: None)
-    monkeypatch.setattr(
-        push_apply,
-        "MailboxClient",
-        lambda services, tenant, user, calendar_id, connection: SimpleNamespace(
-            call=graph.call, wrote=False, calendar_id=calendar_id, mailbox_path="me"
-        ),
-    )
-    connection = SimpleNamespace(tenant="tenant-1", user="user-1", calendar_id=None)
-    push_apply.sync(SimpleNamespace(storage=None), connection, "act-1", None,
-                    lambda link: plan_upsert(activity(version=2, status="cancelled"), link, USER))
+    store = _sync_with_one_link(monkeypatch, graph, first, activity(version=2, status="cancelled"))
 
     assert seen_at_delete == [{links.DELETING: "v2"}] and graph.events == {}
     assert store["link"].link.outlook_event_id is None and links.DELETING not in store["link"].extra
