@@ -50,8 +50,8 @@ class Service:
         for line in self.process.stdout:
             self.output.append(line)
             if not self.ready and line.startswith("{"):
-                try:
-                    self.ready = json.loads(line)
+                try:  # the object at the start of the line (another thread's output may follow it)
+                    self.ready, _ = json.JSONDecoder().raw_decode(line)
                 except ValueError:
                     pass
                 else:

@@ -45,7 +45,10 @@ def main() -> None:
         signal.signal(sig, lambda *_: stopped.set())
     host.start()
     # One machine-readable line for whoever started us (tests, make run), then human logs.
-    print(json.dumps({"ready": True, "url": f"http://127.0.0.1:{host.port}"}), flush=True)
+    # One write, newline included: print() writes the text and its newline apart, and a poller's
+    # log line written in between left the ready line unreadable to whoever started the host.
+    sys.stdout.write(json.dumps({"ready": True, "url": f"http://127.0.0.1:{host.port}"}) + "\n")
+    sys.stdout.flush()
     stopped.wait()
     log.info("Stopping")
     host.stop()
