@@ -175,6 +175,15 @@ def test_a_deletion_in_outlook_is_reported_and_a_newer_crm_version_creates_it_ag
     assert again[0]["subject"] == "Reprogramada desde el CRM"
 
 
+def held_in_graph(stack: Stack, rule: dict[str, Any]) -> None:
+    """Wait until a request matched by the ``hold`` fault ``rule`` waits inside the emulator (it
+    waits there until ``release_holds``, 30 s at most)."""
+    wait_until(
+        lambda: any(f["id"] == rule["id"] and f["hits"] == 1 for f in stack.control.faults()),
+        what="the retry held in Graph",
+    )
+
+
 @pytest.mark.parametrize("first_reader", ["reconcile", "push retry"])
 def test_a_crm_reschedule_whose_answer_was_lost_is_never_reported_as_the_users_move(
     stack: Stack, ana: CrmUser, first_reader: str
@@ -186,16 +195,17 @@ def test_a_crm_reschedule_whose_answer_was_lost_is_never_reported_as_the_users_m
     event = pushed(stack, ana)
     reconciled = status(stack, ana)["last_reconcile_at"]
     stack.control.add_fault("lost_response", count=1, method="PATCH", path_contains=event["id"], mailbox=ana.oid)
-    if first_reader == "reconcile":  # the retries fail until the reconcile has read the event
-        stack.control.add_fault("503", count=10_000, method="PATCH", path_contains=event["id"], mailbox=ana.oid)
+    if first_reader == "reconcile":  # the retry waits inside Graph until the reconcile has read the event
+        retry = stack.control.add_fault("hold", count=1, method="PATCH", path_contains=event["id"], mailbox=ana.oid)
     else:  # the retry reads the event first; the reconcile reads it after
         stack.control.set_notifications(paused=True)
 
     upsert(stack, ana, version=2, start=f"{day(1)}T08:00:00", end=f"{day(1)}T09:00:00")
     if first_reader == "reconcile":
+        held_in_graph(stack, retry)
         reconciled_after(stack, ana, reconciled)
         assert links.get(stack.storage, ana.tenant, ana.user, "act-1").link.version == 1  # not stored yet
-        stack.control.clear_faults()
+        stack.control.release_holds()
     synced(stack, ana, "act-1", 2, timeout=60)
     stack.control.set_notifications(paused=False)
     stack.wait_until_idle()
@@ -218,13 +228,14 @@ def test_a_crm_cancel_whose_delete_answer_was_lost_is_never_reported_as_the_user
     event = pushed(stack, ana)
     reconciled = status(stack, ana)["last_reconcile_at"]
     stack.control.add_fault("lost_response", count=1, method="DELETE", path_contains=event["id"], mailbox=ana.oid)
-    # The retries fail until the reconcile has read the deletion.
-    stack.control.add_fault("503", count=10_000, method="DELETE", path_contains=event["id"], mailbox=ana.oid)
+    # The retry waits inside Graph until the reconcile has read the deletion.
+    retry = stack.control.add_fault("hold", count=1, method="DELETE", path_contains=event["id"], mailbox=ana.oid)
 
     upsert(stack, ana, version=2, status="cancelled")
+    held_in_graph(stack, retry)
     reconciled_after(stack, ana, reconciled)
     assert links.get(stack.storage, ana.tenant, ana.user, "act-1").link.version == 1  # not stored yet
-    stack.control.clear_faults()
+    stack.control.release_holds()
     wait_until(
         lambda: links.get(stack.storage, ana.tenant, ana.user, "act-1").link.version == 2,
         what="the cancel to be applied",
