@@ -97,13 +97,6 @@ class Azurite:
         self.stop()
         self.start()
 
-    def outage(self, seconds: float) -> None:
-        """Storage down for ``seconds`` (connections refused), then up again on the same ports with
-        the same data. Blocks for the outage: the chaos run uses it as one of its scenario steps."""
-        self.stop()
-        time.sleep(seconds)  # the outage's length, not a wait for something to happen
-        self.start()
-
     def __enter__(self) -> Azurite:
         return self.start()
 

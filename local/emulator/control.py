@@ -121,14 +121,8 @@ class EmulatorControl:
 
     def add_fault(self, kind: str, **rule) -> dict:
         """kind: '503', '500', '429', 'drop', 'latency', 'lost_response', 'hold'. Options: count, probability,
-        seed, retry_after, latency_ms, method, path_contains, mailbox, area ('graph'|'identity'|'any'), inner,
-        duration_seconds (matches only that long, real time), first (tried before the existing rules)."""
+        seed, retry_after, latency_ms, method, path_contains, mailbox, area ('graph'|'identity'|'any'), inner."""
         return self._call("POST", "/faults", {"kind": kind, **rule})["value"][0]
-
-    def outage(self, seconds: float, kind: str = "503", **rule) -> dict:
-        """Every Graph request (``$batch`` items too) answers ``kind`` for ``seconds`` of real time, before
-        any other fault rule; the rule then stops matching by itself."""
-        return self.add_fault(kind, probability=1.0, duration_seconds=seconds, first=True, **rule)
 
     def faults(self) -> list[dict]:
         return self._call("GET", "/faults")["value"]

@@ -244,16 +244,12 @@ class ControlAPI:
             return Response.plain_json({"value": [r.public() for r in self.store.faults]})
 
     def add_fault(self, req, body):
-        first = bool(body.get("first"))  # tried before the rules already there (an outage wins over dice)
-        rules = body.get("rules") if "rules" in body else [{k: v for k, v in body.items() if k != "first"}]
+        rules = body.get("rules") if "rules" in body else [body]
         made = [faults.parse_rule(r) for r in rules]
         with self.store.lock:
             if body.get("replace"):
                 self.store.faults.clear()
-            if first:
-                self.store.faults[:0] = made
-            else:
-                self.store.faults.extend(made)
+            self.store.faults.extend(made)
         return Response.plain_json({"value": [r.public() for r in made]}, 201)
 
     def clear_faults(self, req, body):

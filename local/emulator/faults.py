@@ -50,9 +50,6 @@ def parse_rule(spec: dict) -> FaultRule:
     unknown = set(spec) - allowed
     if unknown:
         raise ValueError(f"unknown fault fields {sorted(unknown)}")
-    duration = spec.get("duration_seconds")
-    if duration is not None and (isinstance(duration, bool) or not isinstance(duration, int | float) or duration <= 0):
-        raise ValueError("duration_seconds must be a positive number of seconds")
     return FaultRule(**{k: spec[k] for k in spec if k in allowed})
 
 
@@ -71,8 +68,6 @@ def pick(store: Store, req: Request, area: str) -> FaultRule | None:
             if rule.mailbox and rule.mailbox != req.mailbox_id:
                 continue
             if rule.count is not None and rule.count <= 0:
-                continue
-            if rule.expired():
                 continue
             if rule.probability < 1.0 and rule._rng.random() >= rule.probability:
                 continue

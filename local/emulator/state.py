@@ -341,32 +341,16 @@ class FaultRule:
     mailbox: str | None = None
     area: str = "graph"  # "graph", "identity" or "any"
     inner: bool = True  # also applies to $batch items (status faults only)
-    # An outage: the rule matches only for this many real seconds after it was added (monotonic time,
-    # not the emulator clock, so advancing the clock does not end it), then never again.
-    duration_seconds: float | None = None
     id: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
     hits: int = 0
 
     def __post_init__(self) -> None:
         import random
-        import time
 
         self._rng = random.Random(self.seed)  # noqa: S311 - test fault injection
-        self._ends = None if self.duration_seconds is None else time.monotonic() + float(self.duration_seconds)
-
-    def expired(self) -> bool:
-        import time
-
-        return self._ends is not None and time.monotonic() >= self._ends
 
     def public(self) -> dict:
-        shown = {k: v for k, v in self.__dict__.items() if not k.startswith("_")}
-        if self._ends is not None:
-            import time
-
-            shown["active"] = not self.expired()
-            shown["seconds_left"] = round(max(0.0, self._ends - time.monotonic()), 1)
-        return shown
+        return {k: v for k, v in self.__dict__.items() if not k.startswith("_")}
 
 
 class Store:

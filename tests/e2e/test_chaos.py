@@ -1,11 +1,9 @@
 """Issue 10: the reduced chaos run (the full one is ``make bench``: bench/bench_chaos.py).
 
 150 activities of mixed creates, updates, cancels and deletions through the dev host while Graph
-answers 10 % 429, 5 % 503, 2 % dropped connections and 1 % lost-answer creates; meanwhile users
-move, edit and delete some of our events in Outlook (the CRM changes half of those again), Graph is
-down (every request 503) for 45 s, storage is down for 20 s and one of two dev hosts on the same
-queues is killed (-9) once: the calendars end exactly as the CRM's inputs plus the users' edits say,
-each move and deletion reported once. The full run (60 s storage, 300 s Graph) is the benchmark."""
+answers 10 % 429, 5 % 503, 2 % dropped connections and 1 % lost-answer creates, Azurite restarts
+once and one of two dev hosts on the same queues is killed (-9) once: the calendars end exactly as
+the CRM's inputs say."""
 
 from __future__ import annotations
 
@@ -24,21 +22,14 @@ from tests.support.chaos import HOST_ENV, ChaosConfig, restart_host, run_chaos, 
 pytestmark = pytest.mark.e2e
 
 
-# about 3 minutes on an idle machine; the settle deadline (180 s) ends a slow run with its verdict
-# (what is missing, extra, wrong) before the test's own timeout would cut it off without one
-@pytest.mark.timeout(600)
+@pytest.mark.timeout(420)
 def test_chaos_run_ends_in_exactly_the_state_the_crm_asked_for(
     stack: Stack, azurite: Azurite, tmp_path: Path
 ) -> None:
     restart_host(stack, kill=False, **HOST_ENV)  # the same host, holding running messages 20 s, not 10 min
     try:
         report = run_chaos(
-            stack,
-            ChaosConfig(
-                activities=150, users=6, storage_outage_seconds=20, graph_outage_seconds=45, settle_timeout=180
-            ),
-            storage=azurite,
-            log=print,
+            stack, ChaosConfig(activities=150, users=6), restart_storage=azurite.restart, log=print
         )
     finally:
         stack.host.stop()  # the fixture stops the host it started; this one is ours
@@ -49,12 +40,6 @@ def test_chaos_run_ends_in_exactly_the_state_the_crm_asked_for(
     print(json.dumps(report, indent=2, default=str))
     assert report["missing"] == [] and report["extra"] == [], summary(report)
     assert report["duplicated"] == [] and report["wrong"] == [], summary(report)
-    assert report["user_edits_not_made"] == [] and report["reports_wrong"] == [], summary(report)
-    edits = report["user_edits_by_action"]
-    assert edits["move"] >= 2 and edits["edit"] >= 2 and edits["delete"] >= 2
-    assert report["moves_reported"] == edits["move"] and report["deletions_reported"] == edits["delete"]
-    assert report["idle_error"] == ""
-    assert report["graph_outage_503"] > 0 and report["crm_retries"].get("http 503", 0) > 0, summary(report)
     assert report["hosts"] == 2 and report["activity_sync_depth"] == 0
     assert report["poison_deliberate"] == 3 and not any(report["poison_unexpected"].values())
     assert report["unexpected_answers"] == []

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -134,31 +133,3 @@ def test_identity_faults(emu, ctl, app, user):
     with pytest.raises(AssertionError):
         raw_token(emu, app, user)
     assert raw_token(emu, app, user)["access_token"]
-
-
-def test_an_outage_answers_every_graph_request_503_for_its_duration_then_ends_by_itself(graph, ctl, user):
-    ctl.add_fault("429", probability=1.0, retry_after=1, method="POST")  # an older rule: the outage goes first
-    rule = ctl.outage(1.5)
-    assert rule["active"] and rule["duration_seconds"] == 1.5
-    answers = [graph("GET", "/me/events"), graph("POST", "/me/events", json=event_body())]
-    batch = graph("POST", "/$batch", json={"requests": [batch_item(1, "GET", "/me/events")]})
-    assert [a.status_code for a in answers] == [503, 503]
-    assert answers[0].json()["error"]["code"] == "serviceNotAvailable"
-    assert batch.status_code == 503 or batch.json()["responses"][0]["status"] == 503
-    assert ctl.events(user["id"]) == []  # nothing written during the outage
-    ctl.advance_clock(minutes=10)  # the emulator clock does not end it: it lasts real seconds
-    assert graph("GET", "/me/events").status_code == 503
-    deadline = time.monotonic() + 10
-    while next(f for f in ctl.faults() if f["id"] == rule["id"])["active"]:  # polled, not slept through
-        assert time.monotonic() < deadline, "the outage did not end"
-        time.sleep(0.05)
-    assert graph("GET", "/me/events").status_code == 200
-    assert graph("POST", "/me/events", json=event_body()).status_code == 429  # the older rule again
-    hits = next(f for f in ctl.faults() if f["id"] == rule["id"])["hits"]
-    assert hits >= 4
-
-
-def test_an_outage_rejects_a_duration_that_is_not_a_positive_number(ctl):
-    for bad in (0, -1, "60", True):
-        with pytest.raises(Exception, match="duration_seconds"):
-            ctl.add_fault("503", duration_seconds=bad)
