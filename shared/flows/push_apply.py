@@ -96,9 +96,14 @@ def sync(
     client = MailboxClient(services, tenant, user, connection.calendar_id, connection=connection)
     with _one_at_a_time(tenant, user, activity_id):
         gone: Link | None = None  # our event turned out deleted in Outlook: plan as if unlinked
+        gone_etag: str | None = None  # ... while the stored link is still the one read before that
         created: str | None = None  # an event we created whose link another worker wrote over
         for _ in range(5):
             stored = links.get(services.storage, tenant, user, activity_id)
+            if gone is not None and (stored.etag if stored else None) != gone_etag:
+                # Another worker stored the link since (a deletion's tombstone, a newer version):
+                # the deleted event may be its doing, so plan from its link, not from ours.
+                gone = None
             if created and not (stored and stored.link.outlook_event_id == created):
                 _delete_quietly(client, created)  # the link names another event: ours is a duplicate
             created = None
@@ -148,6 +153,7 @@ def sync(
                     change_key=None,
                 )
                 gone = replace(gone, version=(stored.link.version if stored else 0))
+                gone_etag = stored.etag if stored else None
                 continue
             if applied.link is None:
                 return

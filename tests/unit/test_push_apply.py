@@ -378,12 +378,16 @@ def test_the_create_intent_names_the_version_it_creates(monkeypatch) -> None:
     assert push_apply._creating_version(replace(saves[0], extra={push_apply.CREATING: True})) == -1
 
 
-def _sync_with_one_link(monkeypatch, graph: FakeGraph, first: Any, activity_version: Any) -> dict[str, Any]:
+def _sync_with_one_link(
+    monkeypatch, graph: FakeGraph, first: Any, activity_version: Any, store: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """Run ``sync`` for ``activity_version`` against one stored link kept in memory (each save
-    gets a new ETag); returns the store, whose "link" is the last link saved."""
+    gets a new ETag); returns the store, whose "link" is the last link saved (or written there
+    by another worker, in a test that passes its own ``store``)."""
     from shared.store import links
 
-    store = {"link": first, "saves": 0}
+    store = store if store is not None else {}
+    store.update(link=first, saves=0)
 
     def save(storage, tenant, user, stored):
         store["saves"] += 1
@@ -451,3 +455,42 @@ def test_a_delete_is_marked_before_it_is_sent_and_the_stored_link_drops_the_mark
 
     assert seen_at_delete == [{links.DELETING: "v2"}] and graph.events == {}
     assert store["link"].link.outlook_event_id is None and links.DELETING not in store["link"].extra
+
+
+def test_an_update_that_finds_the_event_deleted_by_a_newer_cancel_does_not_bring_it_back(monkeypatch) -> None:
+    """Found by the wider chaos run (race 9): worker A PATCHes v2 while worker B deletes the event
+    for v3 (a cancel) and stores its tombstone. A's 404 must not re-create the event from the link
+    A read before the PATCH: the stored link changed, so A plans from B's tombstone (stale: nothing)."""
+    from shared.store.links import StoredLink
+
+    graph = FakeGraph()
+    v1 = push_apply.apply(graph, plan_upsert(activity(), None, USER)).link
+    tombstone = StoredLink(plan_deletion(ActivityDeleted("act-1", "user-1", 3), v1, USER).link, "etag-B", {})
+    store: dict[str, Any] = {}
+    original = graph.call
+
+    def call(method, path, **kwargs):
+        if method == "PATCH":  # B's cancel lands between A's read of the link and A's PATCH
+            graph.events.clear()
+            store["link"] = tombstone
+        return original(method, path, **kwargs)
+
+    graph.call = call  # type: ignore[method-assign]
+    _sync_with_one_link(monkeypatch, graph, StoredLink(v1, "etag-1", {}), activity(version=2, subject="Renamed"), store)
+
+    assert graph.events == {} and graph.calls.count(("POST", "me/events")) == 1  # v1's only
+    assert store["link"] is tombstone and store["link"].link.tombstone
+
+
+def test_an_update_that_finds_the_event_deleted_in_outlook_creates_it_again(monkeypatch) -> None:
+    """The same 404 with the link unchanged is the user's deletion: the CRM's newer version is
+    the newest intent and is shown again (design §4)."""
+    from shared.store.links import StoredLink
+
+    graph = FakeGraph()
+    v1 = push_apply.apply(graph, plan_upsert(activity(), None, USER)).link
+    graph.events.clear()  # deleted in Outlook, not yet reconciled
+    store = _sync_with_one_link(monkeypatch, graph, StoredLink(v1, "etag-1", {}), activity(version=2, subject="Renamed"))
+
+    assert [e["subject"] for e in graph.events.values()] == ["Renamed"]
+    assert store["link"].link.version == 2 and store["link"].link.outlook_event_id in graph.events
