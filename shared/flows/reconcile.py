@@ -352,7 +352,7 @@ def delta_pass(
     for decision in resolved:
         if isinstance(decision, Gone) and hold:
             continue
-        reported = apply(services, connection.tenant, connection.user, decision, now, directions)
+        reported = apply(services, client, connection.tenant, connection.user, decision, now, directions)
         moved += reported and isinstance(decision, Changed)
         deleted += reported and isinstance(decision, Gone)
     captured = 0
@@ -482,13 +482,19 @@ def _stored_after(stored: links.StoredLink, decision: Decision, now: datetime) -
 
 def apply(
     services: Services,
+    client: MailboxGraph,
     tenant: str,
     user: str,
     decision: Decision,
     now: datetime,
     directions: FieldDirections = DEFAULT_DIRECTIONS,
 ) -> bool:
-    """Report (Changed, Gone) and store what was seen; True when a callback was queued."""
+    """Report (Changed, Gone) and store what was seen; True when a callback was queued.
+
+    The push may have stored this link after the pass read its links: then the stored changeKey
+    is neither the one the pass knew nor the one delta showed, and the item is judged against
+    what Outlook shows now (``_seen_after_push``), since a user's change made after the push's
+    write was listed by this delta round and will not be listed again."""
     snapshot = decision.tracked
     if isinstance(decision, Echo) and _already_observed(snapshot, decision.seen):
         return False
@@ -503,9 +509,12 @@ def apply(
         if isinstance(decision, Gone):
             current: Decision = Gone(fresh)
         else:
+            seen: Seen | None = decision.seen
             if fresh.link.change_key not in (snapshot.link.change_key, decision.seen.change_key):
-                return reported  # the push wrote after what delta showed: the next pass sees it
-            current = decide(fresh, decision.seen, directions)
+                seen = _seen_after_push(client, fresh)
+                if seen is None:
+                    return reported
+            current = decide(fresh, seen, directions)
         if isinstance(current, Changed | Gone) and not reported:
             kind = (
                 callbacks.CHANGED_IN_OUTLOOK if isinstance(current, Changed) else callbacks.DELETED_IN_OUTLOOK
@@ -523,6 +532,28 @@ def apply(
     if isinstance(decision, Echo | Touched):
         return reported  # only a memory of times; the next pass writes it
     raise ConflictError("the link kept changing while being reconciled")
+
+
+def _seen_after_push(client: MailboxGraph, fresh: Tracked) -> Seen | None:
+    """What the event shows now, when the push stored its link after this pass read the links;
+    None when that is the push's own write (the link's changeKey, or a newer ``crmVersion`` whose
+    link is not stored yet) or the event is gone (the next delta lists the removal)."""
+    from shared.outlook.graph import NotFoundError
+
+    path = event_path(fresh.event_id, mailbox=client.mailbox_path)
+    try:
+        event = client.call("GET", path, params={"$select": EVENT_SELECT, "$expand": VERSION_EXPAND}).body or {}
+    except NotFoundError:
+        return None
+    if event.get("changeKey") == fresh.link.change_key:
+        return None
+    written = written_version(event)
+    if written is not None and written > fresh.link.version:
+        return None
+    try:
+        return seen_of(event)
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 def _already_observed(tracked: Tracked, seen: Seen) -> bool:

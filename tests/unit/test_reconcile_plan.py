@@ -5,6 +5,7 @@ mass-deletion guard, full rounds without duplicate reports, and the sweep's spre
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -304,3 +305,71 @@ def test_a_few_overdue_users_are_not_held_back_for_hours() -> None:
     now = datetime(2027, 1, 15, 12, 0, tzinfo=UTC)
     planned = plan_sweep([SweepUser("t", f"u{i}", None) for i in range(30)], now)
     assert max(d for _, d in planned) <= 3
+
+
+# --- a push that stored its link while the pass was reading ------------------------------------------
+
+
+class _OneEvent:
+    """A mailbox holding one event (or none), answering GET by id; records the requests."""
+
+    mailbox_path = "me"
+
+    def __init__(self, event: dict[str, Any] | None) -> None:
+        self.event = event
+        self.calls: list[str] = []
+
+    def call(self, method: str, path: str, **kwargs: Any) -> GraphResponse:
+        from shared.outlook.graph import NotFoundError
+
+        self.calls.append(f"{method} {path}")
+        if self.event is None:
+            raise NotFoundError("gone", code="ErrorItemNotFound", status=404)
+        return GraphResponse(200, {}, self.event)
+
+
+@pytest.mark.parametrize(
+    ("outlook_now", "reported"),
+    [
+        ("the user's move after the push's write", True),
+        ("the push's write", False),
+        ("gone", False),
+    ],
+)
+def test_a_move_made_after_a_push_whose_link_landed_mid_pass_is_reported_once(monkeypatch, outlook_now, reported) -> None:
+    """Found by the wider chaos run (race 10): the pass read the link at v3 (ck-ours); the push then
+    wrote v4 (ck-push) and stored its link; the user moved the event (ck-user) and this delta round
+    lists that move. The stored link's changeKey is neither the pass's nor delta's, and no later
+    round lists the move again: the event is read now, and the move is reported against the push's
+    link. When Outlook still shows the push's write (or nothing), there is nothing to report."""
+    from shared.flows import callbacks, reconcile
+    from shared.store import links
+    from shared.store.links import StoredLink
+
+    pushed = Times("2027-01-15T17:00:00Z", "2027-01-15T18:00:00Z", False)
+    v4 = Link("act-1", 4, outlook_event_id="ev-1", content_hash="h4", change_key="ck-push")
+    stored = StoredLink(v4, "etag-2", {"start_utc": pushed.start, "end_utc": pushed.end})
+    moved = graph_event("2027-01-16T08:30:00.0000000", "2027-01-16T09:30:00.0000000", "ck-user")
+    now_in_outlook = {
+        "the user's move after the push's write": moved,
+        "the push's write": graph_event("2027-01-15T17:00:00.0000000", "2027-01-15T18:00:00.0000000", "ck-push"),
+        "gone": None,
+    }[outlook_now]
+    sent: list[dict[str, Any]] = []
+    saved: list[StoredLink] = []
+    monkeypatch.setattr(links, "get", lambda *a: saved[-1] if saved else stored)
+    monkeypatch.setattr(links, "save", lambda storage, tenant, user, s: saved.append(s) or s)
+    monkeypatch.setattr(callbacks, "enqueue", lambda storage, kind, tenant, user, data: sent.append(data))
+    client = _OneEvent(now_in_outlook)
+
+    decision = decide(tracked(), seen(moved))  # against the link the pass read: v3 at ck-ours
+    reconcile.apply(SimpleNamespace(storage=None), client, "t", "u", decision, datetime(2027, 1, 10, tzinfo=UTC))
+
+    assert client.calls == ["GET me/events/ev-1"]
+    if reported:
+        assert [(d["version"], d["start"], d["changes"]["start"]["from"]) for d in sent] == [
+            (4, "2027-01-16T08:30:00Z", pushed.start)
+        ]
+        assert saved[-1].link.change_key == "ck-user"  # the next round's echo of it says nothing
+    else:
+        assert sent == [] and all(s.link.change_key == "ck-push" for s in saved)
