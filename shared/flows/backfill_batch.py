@@ -237,6 +237,7 @@ class ChunkWrites:
             creates = [p for p in creates if p not in later]
             self.retries.append(Retry(0, [p.index for p in later], "wait", [], {}))
         creates = self._write_intents(creates)
+        writes = self._mark_deletes(writes)
         requests = []
         for pending in creates:
             action = pending.decision.action
@@ -300,20 +301,46 @@ class ChunkWrites:
 
     def _write_intents(self, creates: list[Pending]) -> list[Pending]:
         """Record each create before it is sent; returns the creates whose intent was written."""
-        if not creates:
-            return []
         # The link stays as it was (a new one at version -1), so a retry plans the very same create.
+        written = self._write_marks(
+            [
+                (p, p.stored.link if p.stored else Link(self.activity_ids[p.index], -1), CREATING, self.token)
+                for p in creates
+            ],
+            "recording create intents",
+        )
+        for p in written:
+            self.unsent[p.index] = self.token
+        return written
+
+    def _mark_deletes(self, writes: list[Pending]) -> list[Pending]:
+        """Mark each delete "deleting" before it is sent (as the push does), so a reconcile that
+        reads the event gone before its link is stored does not report our deletion as the
+        user's. Returns the writes to send: the updates, and the deletes whose mark was written."""
+        deletes = [
+            (p, p.stored.link, links.DELETING, f"v{p.decision.link.version if p.decision.link else 0}")
+            for p in writes
+            if isinstance(p.decision.action, Delete) and p.stored is not None
+        ]
+        marked = {p.index for p in self._write_marks(deletes, "recording delete intents")}
+        unmarked = {p.index for p, *_ in deletes} - marked
+        return [p for p in writes if p.index not in unmarked]
+
+    def _write_marks(self, items: list[tuple[Pending, Link, str, str]], what: str) -> list[Pending]:
+        """Write the mark ``name = value`` on each item's link (kept as it is), ETag-guarded;
+        returns the items whose mark was written (the others are planned again)."""
+        if not items:
+            return []
         entities = []
-        for p in creates:
-            base = p.stored.link if p.stored else Link(self.activity_ids[p.index], -1)
-            extra = {**(p.stored.extra if p.stored else {}), CREATING: self.token}
+        for p, base, name, value in items:
+            extra = {**(p.stored.extra if p.stored else {}), name: value}
             entities.append((p, base, extra, _link_entity(self.tenant, self.user, base, extra)))
         try:
             answer = backfill_jobs.transact(
                 self.storage,
                 tables.LINKS,
                 [backfill_jobs.replace_op(entity, p.etag) for p, _, _, entity in entities],
-                "recording create intents",
+                what,
             )
         except ConflictError:
             written = []
@@ -331,8 +358,6 @@ class ChunkWrites:
             for (p, *_), meta in zip(entities, answer, strict=True):
                 p.etag = meta.get("etag")
             written = [p for p, *_ in entities]
-        for p in written:
-            self.unsent[p.index] = self.token
         return written
 
     def _problem(self, answer: GraphResponse | None) -> SyncError | None:
