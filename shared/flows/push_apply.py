@@ -269,11 +269,12 @@ def _absorb_outlook_edit(
     if stored.link.change_key == event.get("changeKey"):
         return  # the reconcile read (and reported) this edit meanwhile
     seen = seen_of(event)
-    directions = tenant_settings.get(services.storage, tenant).field_directions
-    crm_next = parse_shown(decision.link.shown) if decision.link else None
-    edit = edit_before_write(tracked_of(stored), seen, crm_next, directions)
-    if (written_version(event) or -1) > stored.link.version:
-        edit = None  # another worker's newer write, whose link is not stored yet: no user edit
+    written = written_version(event)
+    edit = None
+    if written is None or written <= stored.link.version:  # else another worker's newer write, its link not stored yet
+        directions = tenant_settings.get(services.storage, tenant).field_directions
+        crm_next = parse_shown(decision.link.shown) if decision.link else None
+        edit = edit_before_write(tracked_of(stored), seen, crm_next, directions)
     if edit is not None:
         callbacks.enqueue(services.storage, callbacks.CHANGED_IN_OUTLOOK, tenant, user, callback_data(edit, now))
     assert seen.view is not None
@@ -304,12 +305,7 @@ def _record_intent(
     lost); a link without it was never sent, so its create needs no lookup and costs one Graph
     request. The link itself is kept as it was (version -1 when new), so the retry plans the very
     same create; the version in the mark tells an older message that a newer one is in flight."""
-    intent = links.StoredLink(
-        stored.link if stored else Link(activity_id, -1),
-        stored.etag if stored else None,
-        {**(stored.extra if stored else {}), CREATING: f"v{creating.version}" if creating else True},
-    )
-    return links.save(services.storage, tenant, user, intent)
+    return _mark(services, tenant, user, stored or links.StoredLink(Link(activity_id, -1), None, {}), CREATING, creating)
 
 
 def _mark(

@@ -343,7 +343,13 @@ def delta_pass(
         after_read(d.tracked, read_event(client, d.tracked.event_id), directions) if isinstance(d, Verify) else d
         for d in decisions
     ]
-    resolved = [d for d in resolved if not _written_by_us_meanwhile(client, d)]
+    deleting = {s.link.outlook_event_id for s in all_links if s.extra.get(links.DELETING)}
+    resolved = [
+        d
+        for d in resolved
+        if not (isinstance(d, Gone) and d.tracked.event_id in deleting)  # the push's own DELETE in flight
+        and not _written_by_us_meanwhile(client, d)
+    ]
     gone = sum(isinstance(d, Gone) for d in resolved)
     hold = held(gone, len(tracked), confirmed=confirm)
     if hold:

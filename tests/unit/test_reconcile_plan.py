@@ -373,3 +373,60 @@ def test_a_move_made_after_a_push_whose_link_landed_mid_pass_is_reported_once(mo
         assert saved[-1].link.change_key == "ck-user"  # the next round's echo of it says nothing
     else:
         assert sent == [] and all(s.link.change_key == "ck-push" for s in saved)
+
+
+def test_the_pushs_own_deletions_in_flight_neither_trip_the_mass_deletion_guard_nor_get_reported(monkeypatch) -> None:
+    """A CRM bulk cancel: the push has marked most links "deleting" and sent the DELETEs, and the
+    reconcile reads them gone before the links are stored. They are ours: not counted by the
+    guard (which would hold the user's one real deletion with them), not reported."""
+    from shared.flows import callbacks, reconcile
+    from shared.rules.sync_plan import MASS_DELETE_MIN
+    from shared.store import links, tenant_settings
+    from shared.store.links import StoredLink
+    from shared.store.tenant_settings import TenantSettings
+
+    count = MASS_DELETE_MIN + 5
+    stored = {
+        f"act-{n}": StoredLink(
+            Link(f"act-{n}", 1, outlook_event_id=f"ev-{n}", change_key="ck"),
+            "etag-1",
+            {links.DELETING: "v2"} if n < count - 1 else {},  # the last one: the user's own deletion
+        )
+        for n in range(count)
+    }
+    sent: list[tuple[str, dict[str, Any]]] = []
+    monkeypatch.setattr(links, "for_user", lambda *a: list(stored.values()))
+    monkeypatch.setattr(links, "get", lambda storage, tenant, user, activity_id: stored[activity_id])
+    monkeypatch.setattr(links, "save", lambda storage, tenant, user, s: s)
+    monkeypatch.setattr(tenant_settings, "get", lambda *a: TenantSettings())
+    monkeypatch.setattr(callbacks, "enqueue", lambda storage, kind, tenant, user, data: sent.append((kind, data)))
+
+    class Deleted:
+        """Delta lists every event removed; a GET of any of them is a 404."""
+
+        mailbox_path, calendar_id = "me", None
+
+        def call(self, method: str, path: str, **kwargs: Any) -> GraphResponse:
+            from shared.outlook.graph import NotFoundError
+
+            if "delta" in path:
+                removed = [{"id": f"ev-{n}", "@removed": {"reason": "deleted"}} for n in range(count)]
+                return GraphResponse(200, {}, {"value": removed, "@odata.deltaLink": "next"})
+            raise NotFoundError("gone", code="ErrorItemNotFound", status=404)
+
+    now = datetime(2027, 1, 10, tzinfo=UTC)
+    window = sync_window(now, 30, 365)
+    state = SimpleNamespace(
+        delta_link="me/calendarView/delta?token=then", window=f"{window[0].isoformat().replace('+00:00', 'Z')}/{window[1].isoformat().replace('+00:00', 'Z')}",
+        account_oid="oid", capture="off",
+    )
+    connection = SimpleNamespace(
+        tenant="t", user="u", capture=False, account_username=None, account_mail=None, mailbox_time_zone=None,
+        account_oid="oid",
+    )
+    services = SimpleNamespace(storage=None, settings=SimpleNamespace(sync_window_past_days=30, sync_window_future_days=365))
+
+    result = reconcile.delta_pass(services, Deleted(), connection, state, now)
+
+    assert (result.held_deletions, result.reported_deletions) == (0, 1)
+    assert sent == [(callbacks.DELETED_IN_OUTLOOK, {"activity_id": f"act-{count - 1}"})]
