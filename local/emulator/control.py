@@ -121,8 +121,17 @@ class EmulatorControl:
 
     def add_fault(self, kind: str, **rule) -> dict:
         """kind: '503', '500', '429', 'drop', 'latency', 'lost_response', 'hold'. Options: count, probability,
-        seed, retry_after, latency_ms, method, path_contains, mailbox, area ('graph'|'identity'|'any'), inner."""
+        seed, retry_after, latency_ms, method, path_contains, mailbox, area ('graph'|'identity'|'any'), inner,
+        duration_seconds (the rule ends by itself that long after it is added, on the emulator clock:
+        ``outage``)."""
         return self._call("POST", "/faults", {"kind": kind, **rule})["value"][0]
+
+    def outage(self, seconds: float, retry_after: float = 5) -> dict:
+        """Graph goes down for ``seconds``: every request, ``$batch`` items included, answers 503
+        ``serviceNotAvailable`` with ``Retry-After`` (before any other fault rule is tried); then it
+        is back by itself."""
+        rule = {"kind": "503", "retry_after": retry_after, "duration_seconds": seconds}
+        return self._call("POST", "/faults", {"rules": [rule], "first": True})["value"][0]
 
     def faults(self) -> list[dict]:
         return self._call("GET", "/faults")["value"]

@@ -246,10 +246,16 @@ class ControlAPI:
     def add_fault(self, req, body):
         rules = body.get("rules") if "rules" in body else [body]
         made = [faults.parse_rule(r) for r in rules]
+        now = self.store.clock.now()
+        for rule in made:
+            rule.start(now)
         with self.store.lock:
             if body.get("replace"):
                 self.store.faults.clear()
-            self.store.faults.extend(made)
+            if body.get("first"):  # tried before the rules already there (an outage beats the dice)
+                self.store.faults[:0] = made
+            else:
+                self.store.faults.extend(made)
         return Response.plain_json({"value": [r.public() for r in made]}, 201)
 
     def clear_faults(self, req, body):

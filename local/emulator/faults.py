@@ -46,7 +46,10 @@ def parse_rule(spec: dict) -> FaultRule:
     kind = str(spec.get("kind", ""))
     if kind not in KINDS:
         raise ValueError(f"unknown fault kind {kind!r}; one of {sorted(KINDS)}")
-    allowed = set(FaultRule.__dataclass_fields__) - {"id", "hits"}
+    duration = spec.get("duration_seconds")
+    if duration is not None and (isinstance(duration, bool) or not isinstance(duration, int | float) or duration <= 0):
+        raise ValueError("duration_seconds must be a positive number of seconds")
+    allowed = set(FaultRule.__dataclass_fields__) - {"id", "hits", "ends_at"}
     unknown = set(spec) - allowed
     if unknown:
         raise ValueError(f"unknown fault fields {sorted(unknown)}")
@@ -56,8 +59,9 @@ def parse_rule(spec: dict) -> FaultRule:
 def pick(store: Store, req: Request, area: str) -> FaultRule | None:
     """The first rule matching this request (consuming one of its `count`), or None."""
     with store.lock:
+        now = store.clock.now()
         for rule in list(store.faults):
-            if rule.area not in (area, "any"):
+            if rule.area not in (area, "any") or rule.over(now):
                 continue
             if req.inner and (not rule.inner or rule.kind in CONNECTION_KINDS):
                 continue

@@ -341,8 +341,10 @@ class FaultRule:
     mailbox: str | None = None
     area: str = "graph"  # "graph", "identity" or "any"
     inner: bool = True  # also applies to $batch items (status faults only)
+    duration_seconds: float | None = None  # applies only this long (emulator clock) from when added: an outage
     id: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
     hits: int = 0
+    ends_at: str | None = None  # set when added, from duration_seconds
 
     def __post_init__(self) -> None:
         import random
@@ -351,6 +353,16 @@ class FaultRule:
 
     def public(self) -> dict:
         return {k: v for k, v in self.__dict__.items() if not k.startswith("_")}
+
+    def start(self, now: datetime) -> None:
+        """The rule is in force from ``now``; one with a duration ends by itself."""
+        if self.duration_seconds is not None:
+            self._ends = now + timedelta(seconds=float(self.duration_seconds))
+            self.ends_at = self._ends.isoformat().replace("+00:00", "Z")
+
+    def over(self, now: datetime) -> bool:
+        ends = getattr(self, "_ends", None)
+        return ends is not None and now >= ends
 
 
 class Store:

@@ -133,3 +133,26 @@ def test_identity_faults(emu, ctl, app, user):
     with pytest.raises(AssertionError):
         raw_token(emu, app, user)
     assert raw_token(emu, app, user)["access_token"]
+
+
+def test_an_outage_answers_503_to_everything_until_it_ends_by_itself(graph, ctl, user):
+    ctl.add_fault("lost_response", method="POST")  # tried after the outage: nothing is stored meanwhile
+    rule = ctl.outage(seconds=300, retry_after=5)
+    down = [graph("GET", "/me/events"), graph("POST", "/me/events", json=event_body())]
+    assert [(r.status_code, r.headers["Retry-After"], r.json()["error"]["code"]) for r in down] == [
+        (503, "5", "serviceNotAvailable")
+    ] * 2
+    batch = graph("POST", "/$batch", json={"requests": [{"id": "1", "method": "GET", "url": "/me/events"}]})
+    assert batch.status_code == 503  # the envelope itself meets the outage
+    ctl.advance_clock(seconds=299)
+    assert graph("GET", "/me/events").status_code == 503
+    ctl.advance_clock(seconds=1)
+    listed = graph("GET", "/me/events")
+    assert listed.status_code == 200 and listed.json()["value"] == []  # over by itself; no create got through
+    assert [f["ends_at"] for f in ctl.faults() if f["id"] == rule["id"]] == [rule["ends_at"]]
+
+
+def test_a_fault_duration_must_be_a_positive_number(ctl):
+    for bad in (0, -5, "soon", True):
+        with pytest.raises(Exception, match="duration_seconds"):
+            ctl.add_fault("503", duration_seconds=bad)
