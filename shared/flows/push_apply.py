@@ -354,6 +354,10 @@ def apply(client: MailboxGraph, decision: Decision, *, lookup_first: bool = True
         for duplicate in found[1:]:  # ours too (same property): a create that was retried elsewhere
             _delete_quietly(client, duplicate["id"])
         decision = adopt(decision, found[0]["id"], join_url=join_url_of(found[0]))
+        # If-Match what the lookup saw: a newer version written there since by another worker must
+        # not be overwritten with this one (the 412 path then plans again from that worker's link).
+        assert decision.link is not None
+        decision = replace(decision, link=replace(decision.link, change_key=found[0].get("changeKey")))
         action = decision.action
     if isinstance(action, Update):
         known = decision.link.change_key if decision.link else None

@@ -494,3 +494,40 @@ def test_an_update_that_finds_the_event_deleted_in_outlook_creates_it_again(monk
 
     assert [e["subject"] for e in graph.events.values()] == ["Renamed"]
     assert store["link"].link.version == 2 and store["link"].link.outlook_event_id in graph.events
+
+
+def test_a_retried_create_that_finds_its_event_never_writes_an_older_version_over_a_newer_one(monkeypatch) -> None:
+    """Found by the wider chaos run (the event showed v1 while the link said v2, and the reconcile
+    reported that as the user's move): A's create of v1 reached Graph but its answer was lost; A's
+    retry looks the event up and PATCHes it, while B, planning v2 from the same "creating" link,
+    looks it up too and writes v2 first. A's PATCH is conditional on what its lookup saw, so it
+    gets a 412 and A plans again from B's link: v1 is stale, nothing is written or reported."""
+    from shared.flows import callbacks
+    from shared.store import tenant_settings
+    from shared.store.links import StoredLink
+    from shared.store.tenant_settings import TenantSettings
+
+    graph = FakeGraph()
+    first = plan_upsert(activity(), None, USER)
+    created = graph.call("POST", "me/events", json=first.action.event).body  # A's create; answer lost
+    v2 = plan_upsert(activity(version=2, subject="Moved by the CRM"), Link("act-1", -1), USER)
+    store: dict[str, Any] = {}
+    original = graph.call
+    sent: list[str] = []
+
+    def call(method, path, **kwargs):
+        if method == "PATCH" and not sent:  # B's PATCH of v2 lands between A's lookup and A's PATCH
+            sent.append("B")
+            graph.events[created["id"]].update(v2.action.event, changeKey="ck-B")
+            link = replace(v2.link, outlook_event_id=created["id"], change_key="ck-B")
+            store["link"] = StoredLink(link, "etag-B", {})
+        return original(method, path, **kwargs)
+
+    graph.call = call  # type: ignore[method-assign]
+    monkeypatch.setattr(tenant_settings, "get", lambda *a: TenantSettings())
+    monkeypatch.setattr(callbacks, "enqueue", lambda storage, kind, *a: sent.append(kind))
+    intent = StoredLink(Link("act-1", -1), "etag-1", {push_apply.CREATING: "v1"})
+    _sync_with_one_link(monkeypatch, graph, intent, activity(), store)
+
+    assert graph.events[created["id"]]["subject"] == "Moved by the CRM"
+    assert store["link"].link.version == 2 and sent == ["B"]  # no callback: nothing was the user's
