@@ -72,6 +72,8 @@ def process(services: Services, raw: bytes, now: datetime | None = None, *, rede
     crashed) before finishing. Its create may have reached Outlook after a newer version was
     already applied by another worker; once the message is done, ``push_apply.sweep_lost_creates``
     removes such an event (the write-ahead mark covers every other way a create's answer is lost).
+    A message re-queued after a failure sweeps too: its earlier try may have created an event that
+    lost the race for the link and whose deletion then failed (Graph down, throttled).
 
     Raises only for a message that cannot be read (so the host moves it to the poison queue) or
     for an error this code does not know (a bug: retried by the host, then poisoned)."""
@@ -83,7 +85,8 @@ def process(services: Services, raw: bytes, now: datetime | None = None, *, rede
         message["redelivered"] = True  # kept when re-queued, so a retry still sweeps
     try:
         outcome = _dispatch(services, message, now or datetime.now(UTC))
-        if outcome == DONE and message.get("redelivered") and user is not None:
+        tried_before = message.get("redelivered") or message.get("attempt", 0) or message.get("throttled", 0)
+        if outcome == DONE and tried_before and user is not None:
             subject = _subject_of(services, message)
             if subject is not None:
                 push_apply.sweep_lost_creates(services, tenant, user, subject[0])

@@ -335,6 +335,11 @@ def apply(client: MailboxGraph, decision: Decision, *, lookup_first: bool = True
         return _adopt(client, decision, action)
     if isinstance(action, Create):
         found = lookup(client, action.lookup_value) if lookup_first else []
+        mine = decision.link.version if decision.link else -1
+        if any((written_version(e) or -1) > mine for e in found):
+            # A newer version's event, its link not stored yet (that worker's answer is on its
+            # way): this older version must neither write over it nor delete it.
+            return Applied(None, None, action)
         if not found:
             try:
                 answer = client.call("POST", graph_path(client.calendar_id, "events", mailbox=client.mailbox_path), json=action.event)
@@ -424,10 +429,13 @@ def _adopt(client: MailboxGraph, decision: Decision, action: Adopt) -> Applied:
 
 
 def lookup(client: MailboxGraph, value: str) -> list[dict[str, Any]]:
-    """Our events carrying this property value (normally none or one)."""
+    """Our events carrying this property value (normally none or one), with the version each
+    was last written from (``written_version``)."""
     query = f"singleValueExtendedProperties/Any(ep: ep/id eq '{PROPERTY_ID}' and ep/value eq '{value}')"
     answer = client.call(
-        "GET", graph_path(client.calendar_id, "events", mailbox=client.mailbox_path), params={"$filter": query, "$select": LOOKUP_SELECT}
+        "GET",
+        graph_path(client.calendar_id, "events", mailbox=client.mailbox_path),
+        params={"$filter": query, "$select": LOOKUP_SELECT, "$expand": VERSION_EXPAND},
     )
     return list((answer.body or {}).get("value", []))
 

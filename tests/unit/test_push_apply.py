@@ -531,3 +531,41 @@ def test_a_retried_create_that_finds_its_event_never_writes_an_older_version_ove
 
     assert graph.events[created["id"]]["subject"] == "Moved by the CRM"
     assert store["link"].link.version == 2 and sent == ["B"]  # no callback: nothing was the user's
+
+
+@pytest.mark.parametrize(
+    ("tried", "sweeps"),
+    [({}, False), ({"attempt": 1}, True), ({"throttled": 2}, True), ({"redelivered": True}, True)],
+)
+def test_a_message_tried_before_sweeps_the_events_its_link_does_not_name_once_done(monkeypatch, tried, sweeps) -> None:
+    """Found by the wider chaos run (a duplicate): a try created an event, lost the race for the
+    link, and its deletion of that event failed (Graph down); the failure re-queued the message,
+    and only the retry can still remove the stray, so a message tried before sweeps once done."""
+    import json
+
+    from shared.flows import push
+
+    swept: list[str] = []
+    monkeypatch.setattr(push, "_dispatch", lambda services, message, now: push.DONE)
+    monkeypatch.setattr(push, "_subject_of", lambda services, message: ("act-1", 2, None))
+    monkeypatch.setattr(push_apply, "sweep_lost_creates", lambda services, tenant, user, aid: swept.append(aid))
+    raw = json.dumps({"v": activity_queue.MESSAGE_VERSION, "tenant": "t", "user": "u", "kind": "event", **tried})
+
+    assert push.process(SimpleNamespace(storage=None), raw.encode()) == push.DONE
+    assert swept == (["act-1"] if sweeps else [])
+
+
+def test_a_retried_create_that_finds_a_newer_versions_event_leaves_it_alone(monkeypatch) -> None:
+    """Found by the wider chaos run (the event showed v1 while its link said v2, reported as the
+    user's move): A retries v1's create (its mark is on the link) and its lookup finds the event B
+    has just created for v2, whose link B has not stored yet. The event's crmVersion (2) says it
+    is a newer version's: A neither adopts it (a PATCH of v1 over v2) nor deletes it."""
+    from shared.store.links import StoredLink
+
+    graph = FakeGraph()
+    newer = graph.call("POST", "me/events", json=plan_upsert(activity(version=2, subject="v2"), None, USER).action.event).body
+    intent = StoredLink(Link("act-1", -1), "etag-1", {push_apply.CREATING: "v1"})
+    store = _sync_with_one_link(monkeypatch, graph, intent, activity())
+
+    assert graph.events[newer["id"]]["subject"] == "v2" and len(graph.events) == 1
+    assert [m for m, _ in graph.calls] == ["POST", "GET"] and store["saves"] == 0
