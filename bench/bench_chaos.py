@@ -1,8 +1,9 @@
 """Chaos benchmark (``make bench``): the full chaos run of tests/support/chaos.py - 2,000
 activities of mixed creates, updates, cancels and deletions through the dev host while Graph
-answers 10 % 429, 5 % 503, 2 % dropped connections and 1 % lost-answer creates, Azurite is
-restarted once and one of two dev hosts on the same queues is killed (-9) once. Prints one result
-line and writes bench/out/chaos.json. The reduced run is tests/e2e/test_chaos.py."""
+answers 10 % 429, 5 % 503, 2 % dropped connections and 1 % lost-answer creates, Graph is down
+for 5 minutes, storage for 60 s, one of two dev hosts on the same queues is killed (-9) once, and
+users move, edit and delete 5 % of our events in Outlook (issue 21). Prints one result line and
+writes bench/out/chaos.json. The reduced run is tests/e2e/test_chaos.py."""
 
 from __future__ import annotations
 
@@ -27,12 +28,15 @@ def main() -> None:
         senders=16,
         settle_timeout=1800.0,
         max_backlog=int(os.environ.get("CHAOS_MAX_BACKLOG", "300")),
+        graph_outage_seconds=300,
+        storage_outage_seconds=60,
+        user_edit_share=0.05,
     )
     verbose = os.environ.get("CHAOS_VERBOSE") == "1"
     with tempfile.TemporaryDirectory(prefix="chaos-azurite-") as workdir:
         with standalone_stack(Path(workdir)) as (stack, azurite):
             report = run_chaos(
-                stack, config, restart_storage=azurite.restart, log=print if verbose else (lambda _: None)
+                stack, config, storage=azurite, log=print if verbose else (lambda _: None)
             )
             if not report["ok"]:  # every host's log (the killed one's and the peer's too), to find why
                 hosts = [*stack.__dict__.get("previous_hosts", []), stack.host]

@@ -44,7 +44,19 @@ from tests.e2e.push.conftest import (
     property_of,
     utc,
 )
+from tests.support.chaos_users import (
+    CHANGED,
+    DELETE,
+    DELETED,
+    MOVE,
+    Shown,
+    UserEdit,
+    UsersInOutlook,
+    choose_edits,
+)
+from tests.support.chaos_users import reports as user_reports
 from tests.support.crm import SignedClient
+from tests.support.stack import graph_quiet, host_idle
 
 CRM_ZONES = ("America/Bogota", "Europe/Madrid", "America/New_York", "Asia/Tokyo", "Australia/Sydney", "UTC")
 MAILBOX_ZONES = ("Romance Standard Time", "Pacific Standard Time", "Tokyo Standard Time", "UTC")
@@ -78,6 +90,12 @@ class ChaosConfig:
     # The CRM paces its outbox while this many activity-sync messages wait: Azurite's queue
     # operations slow down with the queue's depth (each receive scans it), Azure's do not.
     max_backlog: int | None = None
+    # Issue 21: Graph down (every request 503) a third into the first slice, storage down (Azurite
+    # stopped, then started with its data) a third into the second, instead of a restart; and the
+    # share of eventful activities that their users change in Outlook (tests/support/chaos_users.py).
+    graph_outage_seconds: float = 0.0
+    storage_outage_seconds: float = 0.0
+    user_edit_share: float = 0.0
 
 
 @dataclass
@@ -250,6 +268,7 @@ class Crm:
         self.local = threading.local()
         self.backlog, self.max_backlog = backlog, max_backlog
         self.sent = 0
+        self.answered: set[str] = set()  # envelope ids the CRM has had a final answer for
 
     def pace(self) -> None:
         with self.stats.lock:
@@ -288,11 +307,13 @@ class Crm:
                 if answer.status_code == 202:
                     with self.stats.lock:
                         self.stats.answers[answer.json()["status"]] += 1
+                        self.answered.add(body["id"])
                     return
                 if answer.status_code < 500:
                     with self.stats.lock:
                         self.stats.answers[str(answer.status_code)] += 1
                         self.stats.unexpected.append(f"{answer.status_code}: {answer.text[:300]}")
+                        self.answered.add(body["id"])
                     return
                 why = f"http {answer.status_code}"
             with self.stats.lock:
@@ -300,6 +321,7 @@ class Crm:
             if time.monotonic() > deadline:
                 with self.stats.lock:
                     self.stats.unexpected.append(f"gave up delivering {body['id']}: {why}")
+                    self.answered.add(body["id"])
                 return
             time.sleep(pause)  # the CRM's own retry back-off, not a race with the service
             pause = min(pause * 2, 2.0)
@@ -363,8 +385,9 @@ class Verdict:
         return not (self.missing or self.extra or self.duplicated or self.wrong)
 
 
-def verdict(stack: Any, plan: Plan) -> Verdict:
-    """Compare every mailbox with the state the CRM's inputs call for."""
+def verdict(stack: Any, plan: Plan, edits: dict[tuple[str, str], UserEdit] | None = None) -> Verdict:
+    """Compare every mailbox with the state the CRM's inputs (and the users' ``edits``) call for."""
+    edits = edits or {}
     result = Verdict()
     seen: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for who in plan.users:
@@ -375,7 +398,8 @@ def verdict(stack: Any, plan: Plan) -> Verdict:
             result.events += 1
     for key, expected in plan.expected.items():
         found = seen.pop(key, [])
-        if expected.event is None:
+        shown = edits[key].expected if key in edits else (Shown(*expected.event) if expected.event else None)
+        if shown is None:
             if found:
                 result.extra.append(key[1])
             continue
@@ -384,24 +408,40 @@ def verdict(stack: Any, plan: Plan) -> Verdict:
             continue
         if len(found) > 1:
             result.duplicated.append(f"{key[1]} x{len(found)}")
-        subject, start, end = expected.event
         for event in found:
-            if (event["subject"], *utc(event)) != (subject, start, end):
-                result.wrong.append(f"{key[1]}: {(event['subject'], *utc(event))} != {expected.event}")
+            problem = _differs(event, shown)
+            if problem:
+                result.wrong.append(f"{key[1]}: {problem}")
     result.extra.extend(f"{k[1]} (not planned)" for k in seen)
     result.queue_depth = stack.depth(queues.ACTIVITY_SYNC)
     return result
+
+
+def _differs(event: dict[str, Any], shown: Shown) -> str | None:
+    """What of ``shown`` this event does not show, or None."""
+    if (event["subject"], *utc(event)) != (shown.subject, shown.start, shown.end):
+        return f"{(event['subject'], *utc(event))} != {(shown.subject, shown.start, shown.end)}"
+    location = (event.get("location") or {}).get("displayName")
+    if shown.location is not None and location != shown.location:
+        return f"location {location!r} != {shown.location!r}"
+    body = (event.get("body") or {}).get("content") or ""
+    if shown.note is not None and shown.note not in body:
+        return f"body lacks {shown.note!r}"
+    if shown.not_note is not None and shown.not_note in body:
+        return f"body still holds {shown.not_note!r}"
+    return None
 
 
 def run_chaos(
     stack: Any,
     config: ChaosConfig,
     *,
-    restart_storage: Callable[[], None],
+    storage: Any,
     log: Callable[[str], None] = lambda _: None,
 ) -> dict[str, Any]:
     """Connect the users, run the plan under faults, wait for the service to settle and return the
-    figures (``report["ok"]`` tells whether the final state is exactly the expected one)."""
+    figures (``report["ok"]`` tells whether the final state is exactly the expected one).
+    ``storage`` is the Azurite the stack uses (``restart``, ``stop``, ``start``)."""
     started = time.monotonic()
     rng = random.Random(config.seed)  # noqa: S311
     users = [
@@ -419,8 +459,13 @@ def run_chaos(
         for n in range(config.tenants, config.users)
     ]
     connected_at = time.monotonic()
-    plan = build_plan(users, config)
-    log(f"plan: {len(plan.deliveries)} deliveries for {config.activities} activities, {len(users)} users")
+    today = datetime.now(UTC).date()
+    plan = build_plan(users, config, today)
+    edits = choose_edits(
+        plan.expected, plan.deliveries, users, config.user_edit_share, random.Random(config.seed + 21), _when, today  # noqa: S311
+    )
+    log(f"plan: {len(plan.deliveries)} deliveries for {config.activities} activities, {len(users)} users, "
+        f"{len(edits)} users' edits")
 
     before = poison_items(stack)
     marker = f"chaos-bad-{uuid.uuid4().hex[:8]}"
@@ -441,7 +486,7 @@ def run_chaos(
     )
     try:
         return _run_plan(
-            stack, config, plan, users, tenants, crm, stats, marker, before, started, connected_at, restart_storage, log
+            stack, config, plan, edits, users, tenants, crm, stats, marker, before, started, connected_at, storage, log
         )
     finally:
         for peer in peers:
@@ -453,6 +498,7 @@ def _run_plan(
     stack: Any,
     config: ChaosConfig,
     plan: Plan,
+    edits: list[UserEdit],
     users: list[CrmUser],
     tenants: list[str],
     crm: Crm,
@@ -461,11 +507,30 @@ def _run_plan(
     before: dict[str, list[bytes]],
     started: float,
     connected_at: float,
-    restart_storage: Callable[[], None],
+    storage: Any,
     log: Callable[[str], None],
 ) -> dict[str, Any]:
     thirds = [plan.deliveries[i::3] for i in range(3)]  # three interleaved slices, sent one after another
     chaos_log: list[str] = []
+    people = UsersInOutlook(stack, edits, crm.answered, crm.deliver, connected_at, timeout=config.settle_timeout, log=log)
+    people.start()
+
+    def storage_down() -> None:
+        storage.stop()
+        time.sleep(config.storage_outage_seconds)  # the outage's length: the hosts and the CRM meet it
+        storage.start()
+
+    outage_rules: list[str] = []
+
+    def graph_down() -> None:
+        outage_rules.append(stack.control.outage(config.graph_outage_seconds)["id"])
+
+    if config.storage_outage_seconds:
+        storage_event, storage_name = storage_down, f"storage down {config.storage_outage_seconds:.0f} s"
+    elif config.restart_azurite:
+        storage_event, storage_name = storage.restart, "Azurite restarted"
+    else:
+        storage_event, storage_name = None, ""
     with ThreadPoolExecutor(config.senders, thread_name_prefix="crm") as pool:
 
         def send_all(bodies: list[dict[str, Any]], action: Callable[[], None] | None, name: str) -> None:
@@ -480,8 +545,12 @@ def _run_plan(
             for done in futures:
                 done.result()
 
-        send_all(thirds[0], None, "")
-        send_all(thirds[1], restart_storage if config.restart_azurite else None, "Azurite restarted")
+        send_all(
+            thirds[0],
+            graph_down if config.graph_outage_seconds else None,
+            f"Graph down {config.graph_outage_seconds:.0f} s (from)",
+        )
+        send_all(thirds[1], storage_event, storage_name)
         send_all(
             thirds[2],
             (lambda: restart_host(stack, **HOST_ENV)) if config.kill_host else None,
@@ -489,11 +558,17 @@ def _run_plan(
         )
     sent_at = time.monotonic()
     log(f"sent in {sent_at - connected_at:.1f} s: {dict(stats.answers)}, retries {dict(stats.retries)}")
+    people_done = people.join(config.settle_timeout)
+    for who in users:  # the CRM asks every mailbox for a reconcile once it has sent everything
+        ask_reconcile(stack, who)
+    asked_at = time.monotonic()
+    log(f"users' edits done ({people_done}) and reconciles asked at {asked_at - connected_at:.1f} s")
+    by_key = {(e.owner.tenant, e.activity_id): e for e in edits}
 
     state = {"last": Verdict(), "poison": {}}
 
     def settled() -> bool:
-        state["last"] = verdict(stack, plan)
+        state["last"] = verdict(stack, plan, by_key)
         poison = poison_items(stack)
         state["poison"] = {
             name: [item for item in items if item not in before.get(name, [])]
@@ -508,13 +583,22 @@ def _run_plan(
     while not settled() and time.monotonic() < deadline:
         time.sleep(1.0)  # polling the observable state; nothing here races the service
     settled_at = time.monotonic()
+    # "Exactly once" and "nothing else" are read only once every host is idle and Graph has no
+    # notification left to send; then the calendars are compared once more.
+    idle = all_idle(crm.base_urls, stack.emulator, timeout=min(300.0, config.settle_timeout))
+    settled()
     final: Verdict = state["last"]
+    wrong_reports = _wrong_reports(stack, edits, set(tenants))
     poison: dict[str, list[bytes]] = state["poison"]
     unexpected_poison = {
         name: [_show(i) for i in items if marker.encode() not in i] for name, items in poison.items()
     }
     faults = Counter()
+    outage_503 = 0
     for rule in stack.control.faults():
+        if rule["id"] in outage_rules:
+            outage_503 += rule["hits"]
+            continue
         faults[rule["kind"]] += rule["hits"]
     stack.control.clear_faults()
     stack.control.update_settings(transaction_id_mode="dedupe")
@@ -529,6 +613,9 @@ def _run_plan(
     eligible = sum(1 for e in plan.expected.values() if e.event)
     report = {
         "ok": final.converged
+        and idle
+        and not wrong_reports
+        and not any(e.problem for e in edits)
         and final.queue_depth == 0
         and not any(unexpected_poison.values())
         and not stats.unexpected
@@ -564,14 +651,105 @@ def _run_plan(
         "poison_deliberate": len(poison.get(f"{queues.ACTIVITY_SYNC}-poison", [])),
         "poison_unexpected": unexpected_poison,
         "sync_failed_callbacks": len(failed_callbacks),
+        "idle_after_settling": idle,
+        "user_edits": [
+            {"activity": e.activity_id, "kind": e.kind, "crm_reacted": e.reaction is not None,
+             "at": e.done_at, "crm_at": e.reacted_at, "problem": e.problem}
+            for e in edits
+        ],
+        "outlook_reports": {
+            "moves": sum(1 for e in edits if e.kind == MOVE), "deletions": sum(1 for e in edits if e.kind == DELETE),
+            "wrong": wrong_reports[:50],
+        },
+        "graph_outage_503": outage_503,
         "seconds": {
             "connect": round(connected_at - started, 1),
             "send": round(sent_at - connected_at, 1),
-            "settle": round(settled_at - sent_at, 1),
+            "users_and_reconcile": round(asked_at - sent_at, 1),
+            "settle": round(settled_at - asked_at, 1),
             "total": round(settled_at - started, 1),
         },
     }
+    if not report["ok"]:
+        report["diagnosis"] = _diagnose(stack, plan, users, final, wrong_reports)
     return report
+
+
+def _diagnose(
+    stack: Any, plan: Plan, users: list[CrmUser], final: Verdict, wrong_reports: list[str]
+) -> dict[str, Any]:
+    """For each activity the verdict names (at most 12): its link row and our events for it, to
+    follow with the emulator's trace (``GRAPH_EMULATOR_TRACE``) and the hosts' logs."""
+    from shared.store import links
+
+    named = [w.split(":")[0].split(" ")[0] for w in [*final.missing, *final.extra, *final.duplicated, *final.wrong, *wrong_reports]]
+    owners = {(u.tenant, u.user): u for u in users}
+    out: dict[str, Any] = {}
+    for key, expected in plan.expected.items():
+        if key[1] not in named or len(out) >= 12:
+            continue
+        who = owners[(expected.tenant, expected.user)]
+        stored = links.get(stack.storage, expected.tenant, expected.user, key[1])
+        events = [e for e in ours(stack, who) if (parse_property_value(property_of(e)) or ("", ""))[1] == key[1]]
+        out[key[1]] = {
+            "link": None if stored is None else {**asdict(stored.link), "extra": stored.extra},
+            "events": [
+                {k: e.get(k) for k in ("id", "subject", "changeKey", "createdDateTime", "lastModifiedDateTime")}
+                for e in events
+            ],
+        }
+    return out
+
+
+def ask_reconcile(stack: Any, who: CrmUser, tries: int = 20) -> None:
+    """The CRM's signed ``POST …/reconcile`` for one mailbox, retried on a 5xx like any delivery."""
+    from tests.e2e.push.conftest import user_path
+
+    pause = 0.2
+    for _ in range(tries):
+        try:
+            answer = stack.crm.post(user_path(who.tenant, who.user, "reconcile"), {})
+        except requests.RequestException:
+            answer = None
+        if answer is not None and answer.status_code < 500:
+            assert answer.status_code == 202, answer.text
+            return
+        time.sleep(pause)  # the CRM's back-off
+        pause = min(pause * 2, 2.0)
+    raise AssertionError(f"the reconcile of {who.user} was never accepted")
+
+
+def all_idle(host_urls: list[str], emulator: Any, timeout: float) -> bool:
+    """``wait_until_idle`` for several hosts on the same queues: every host idle, Graph quiet, and
+    no host began work between two readings."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            first = [host_idle(url) for url in host_urls]
+            if all(f["idle"] for f in first) and graph_quiet(emulator):
+                second = [host_idle(url) for url in host_urls]
+                if all(s["idle"] for s in second) and [s["started"] for s in second] == [f["started"] for f in first]:
+                    return True
+        except requests.RequestException:
+            pass  # a host busy restarting its poller: ask again
+        time.sleep(0.05)
+    return False
+
+
+def _wrong_reports(stack: Any, edits: list[UserEdit], tenants: set[str]) -> list[str]:
+    """Every activity whose Outlook-side reports are not exactly the users' own: one
+    ``activity.changed_in_outlook`` per move, one ``activity.deleted_in_outlook`` per deletion."""
+    counted = user_reports(stack, tenants)
+    wanted: dict[str, dict[tuple[str, str], int]] = {CHANGED: {}, DELETED: {}}
+    for e in edits:
+        if e.done_at is not None and e.kind in (MOVE, DELETE):
+            wanted[CHANGED if e.kind == MOVE else DELETED][(e.owner.tenant, e.activity_id)] = 1
+    wrong = []
+    for kind, counter in counted.items():
+        for key in sorted(set(counter) | set(wanted[kind])):
+            if counter.get(key, 0) != wanted[kind].get(key, 0):
+                wrong.append(f"{key[1]}: {counter.get(key, 0)} {kind}, expected {wanted[kind].get(key, 0)}")
+    return wrong
 
 
 def _show(item: bytes) -> str:
@@ -587,7 +765,9 @@ def summary(report: dict[str, Any]) -> str:
         f"CRM retries {sum(report['crm_retries'].values())}; expected {report['expected_events']} events, "
         f"observed {report['observed_events']} (missing {len(report['missing'])}, extra {len(report['extra'])}, "
         f"duplicated {len(report['duplicated'])}, wrong {len(report['wrong'])}); "
-        f"settled {s['settle']} s after the last delivery ({s['total']} s in all)"
+        f"users' edits {len(report['user_edits'])}, reports not the users' own {len(report['outlook_reports']['wrong'])}, "
+        f"idle {report['idle_after_settling']}; "
+        f"settled {s['settle']} s after the reconciles were asked ({s['total']} s in all)"
     )
 
 
