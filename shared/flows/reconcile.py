@@ -328,15 +328,21 @@ def delta_pass(
         s.link.outlook_event_id: tracked_of(s) for s in all_links if s.link.outlook_event_id and not s.link.tombstone
     }
     others: dict[str, dict[str, Any]] | None = {} if scope is not None else None
+    untracked: set[str] = set()
     try:
-        seen, delta_link = read_delta(client, state.delta_link if incremental else None, window, tracked, others)
+        seen, delta_link = read_delta(
+            client, state.delta_link if incremental else None, window, tracked, others, untracked
+        )
     except ResyncNeeded:
         log.info("Delta state expired; starting a full round")
         incremental = False
         others = {} if scope is not None else None
-        seen, delta_link = read_delta(client, None, window, tracked, others)
+        untracked.clear()
+        seen, delta_link = read_delta(client, None, window, tracked, others, untracked)
 
     decisions: list[Decision] = [decide(tracked[event_id], item, directions) for event_id, item in seen.items()]
+    late = _linked_meanwhile(services, client, connection, untracked, directions)
+    decisions.extend(late)
     if not incremental:
         decisions.extend(missing_from_full_round(list(tracked.values()), set(seen), window))
     resolved = [
@@ -364,6 +370,7 @@ def delta_pass(
     captured = 0
     if scope is not None and others:
         ours = {s.link.outlook_event_id for s in all_links if s.link.outlook_event_id}
+        ours.update(d.tracked.event_id for d in late)
         captured = capture_meetings(services, client, connection, scope, others, ours, now)
     return PassResult(
         delta_link, window_key, not incremental, moved, deleted, gone if hold else 0, capture_key, captured
@@ -379,9 +386,11 @@ def read_delta(
     window: tuple[datetime, datetime],
     tracked: dict[str, Tracked],
     others: dict[str, dict[str, Any]] | None = None,
+    untracked: set[str] | None = None,
 ) -> tuple[dict[str, Seen], str]:
     """Every item about our events in one delta round (the last one per id wins), and the new link.
-    With ``others`` (meeting capture on), every other item is collected there too (last one wins)."""
+    With ``others`` (meeting capture on), every other item is collected there too (last one wins);
+    with ``untracked``, the ids of the other items still in the calendar."""
     if delta_link:
         url, params = delta_link, None
     else:
@@ -403,7 +412,9 @@ def read_delta(
             if event_id not in tracked:
                 if others is not None and isinstance(event_id, str) and event_id:
                     others[event_id] = item  # a capture candidate (shared.rules.capture_plan)
-                continue  # not ours: nothing about it is kept
+                if untracked is not None and isinstance(event_id, str) and event_id and "@removed" not in item:
+                    untracked.add(event_id)
+                continue  # not ours as far as this pass knew: only its id is kept
             if "@removed" in item:
                 seen[event_id] = Seen(event_id, None, None)
                 continue
@@ -418,6 +429,32 @@ def read_delta(
             return seen, body["@odata.deltaLink"]
         raise TransientError("delta answered a page with neither a nextLink nor a deltaLink")
     raise TransientError("delta kept answering more pages")
+
+
+def _linked_meanwhile(
+    services: Services, client: MailboxGraph, connection: Connection, untracked: set[str], directions: FieldDirections
+) -> list[Decision]:
+    """Items delta listed for events this pass did not know as ours, whose link the push stored
+    after the pass read its links (an event created meanwhile, and maybe already moved by its
+    user). This round lists them once: each is read by id and judged against its link now."""
+    if not untracked:
+        return []
+    late = [
+        s
+        for s in links.for_user(services.storage, connection.tenant, connection.user)
+        if s.link.outlook_event_id in untracked and not s.link.tombstone
+    ]
+    decisions: list[Decision] = []
+    for stored in late:
+        tracked = tracked_of(stored)
+        event = read_event(client, tracked.event_id)
+        if event is None:
+            continue  # gone since: the next round lists the removal
+        try:
+            decisions.append(decide(tracked, seen_of(event), directions))
+        except (KeyError, TypeError, ValueError):
+            log.warning("An event of ours came back without readable times; skipped this pass")
+    return decisions
 
 
 def _written_by_us_meanwhile(client: MailboxGraph, decision: Decision) -> bool:

@@ -585,7 +585,7 @@ def _run_plan(
     settled_at = time.monotonic()
     # "Exactly once" and "nothing else" are read only once every host is idle and Graph has no
     # notification left to send; then the calendars are compared once more.
-    idle = all_idle(crm.base_urls, stack.emulator, timeout=min(300.0, config.settle_timeout))
+    idle = all_idle(crm.base_urls, stack.emulator, timeout=config.settle_timeout)
     settled()
     final: Verdict = state["last"]
     wrong_reports = _wrong_reports(stack, edits, set(tenants))

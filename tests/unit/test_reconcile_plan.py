@@ -430,3 +430,54 @@ def test_the_pushs_own_deletions_in_flight_neither_trip_the_mass_deletion_guard_
 
     assert (result.held_deletions, result.reported_deletions) == (0, 1)
     assert sent == [(callbacks.DELETED_IN_OUTLOOK, {"activity_id": f"act-{count - 1}"})]
+
+
+@pytest.mark.parametrize("moved", [True, False])
+def test_an_event_whose_link_was_stored_mid_pass_and_that_its_user_moved_is_reported(monkeypatch, moved) -> None:
+    """Found by the full wider chaos run (a move never reported): the pass read its links while
+    the push was creating the event; the user moved the new event at once; this delta round lists
+    it, as an event the pass did not know, and no later round lists it again. The pass looks its
+    untracked ids up in the links once more and judges the event against the link it finds."""
+    from shared.flows import callbacks, reconcile
+    from shared.store import links, tenant_settings
+    from shared.store.links import StoredLink
+    from shared.store.tenant_settings import TenantSettings
+
+    pushed = Link("act-1", 1, outlook_event_id="ev-1", content_hash="h", change_key="ck-push")
+    stored = StoredLink(pushed, "etag-2", {"start_utc": "2027-01-15T15:00:00Z", "end_utc": "2027-01-15T16:00:00Z"})
+    reads = [[StoredLink(Link("act-1", -1), "etag-1", {"creating": "v1"})], [stored]]  # before, after
+    shown = (
+        graph_event("2027-01-16T08:30:00.0000000", "2027-01-16T09:30:00.0000000", "ck-user")
+        if moved
+        else graph_event("2027-01-15T15:00:00.0000000", "2027-01-15T16:00:00.0000000", "ck-push")
+    )
+    sent: list[tuple[str, dict[str, Any]]] = []
+    monkeypatch.setattr(links, "for_user", lambda *a: reads.pop(0) if len(reads) > 1 else reads[0])
+    monkeypatch.setattr(links, "get", lambda *a: stored)
+    monkeypatch.setattr(links, "save", lambda storage, tenant, user, s: s)
+    monkeypatch.setattr(tenant_settings, "get", lambda *a: TenantSettings())
+    monkeypatch.setattr(callbacks, "enqueue", lambda storage, kind, tenant, user, data: sent.append((kind, data)))
+
+    class Mailbox:
+        mailbox_path, calendar_id = "me", None
+
+        def call(self, method: str, path: str, **kwargs: Any) -> GraphResponse:
+            if "delta" in path:
+                return GraphResponse(200, {}, {"value": [shown], "@odata.deltaLink": "next"})
+            return GraphResponse(200, {}, shown)  # by id: what the event shows now
+
+    now = datetime(2027, 1, 10, tzinfo=UTC)
+    state = SimpleNamespace(delta_link="me/calendarView/delta?token=then", window="", account_oid="oid", capture="off")
+    connection = SimpleNamespace(
+        tenant="t", user="u", capture=False, account_username=None, account_mail=None, mailbox_time_zone=None,
+        account_oid="oid",
+    )
+    services = SimpleNamespace(storage=None, settings=SimpleNamespace(sync_window_past_days=30, sync_window_future_days=365))
+
+    result = reconcile.delta_pass(services, Mailbox(), connection, state, now)
+
+    if moved:
+        assert result.reported_moves == 1
+        assert [(kind, data["start"]) for kind, data in sent] == [(callbacks.CHANGED_IN_OUTLOOK, "2027-01-16T08:30:00Z")]
+    else:
+        assert result.reported_moves == 0 and sent == []  # the push's own create: an echo
