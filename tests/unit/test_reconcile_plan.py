@@ -379,11 +379,10 @@ def test_the_pushs_own_deletions_in_flight_neither_trip_the_mass_deletion_guard_
     """A CRM bulk cancel: the push has marked most links "deleting" and sent the DELETEs, and the
     reconcile reads them gone before the links are stored. They are ours: not counted by the
     guard (which would hold the user's one real deletion with them), not reported."""
-    from shared.flows import callbacks, reconcile
+    from shared.flows import callbacks
     from shared.rules.sync_plan import MASS_DELETE_MIN
-    from shared.store import links, tenant_settings
+    from shared.store import links
     from shared.store.links import StoredLink
-    from shared.store.tenant_settings import TenantSettings
 
     count = MASS_DELETE_MIN + 5
     stored = {
@@ -394,12 +393,7 @@ def test_the_pushs_own_deletions_in_flight_neither_trip_the_mass_deletion_guard_
         )
         for n in range(count)
     }
-    sent: list[tuple[str, dict[str, Any]]] = []
-    monkeypatch.setattr(links, "for_user", lambda *a: list(stored.values()))
-    monkeypatch.setattr(links, "get", lambda storage, tenant, user, activity_id: stored[activity_id])
-    monkeypatch.setattr(links, "save", lambda storage, tenant, user, s: s)
-    monkeypatch.setattr(tenant_settings, "get", lambda *a: TenantSettings())
-    monkeypatch.setattr(callbacks, "enqueue", lambda storage, kind, tenant, user, data: sent.append((kind, data)))
+    sent = _reconcile_world(monkeypatch, lambda: list(stored.values()), lambda activity_id: stored[activity_id])
 
     class Deleted:
         """Delta lists every event removed; a GET of any of them is a 404."""
@@ -414,19 +408,7 @@ def test_the_pushs_own_deletions_in_flight_neither_trip_the_mass_deletion_guard_
                 return GraphResponse(200, {}, {"value": removed, "@odata.deltaLink": "next"})
             raise NotFoundError("gone", code="ErrorItemNotFound", status=404)
 
-    now = datetime(2027, 1, 10, tzinfo=UTC)
-    window = sync_window(now, 30, 365)
-    state = SimpleNamespace(
-        delta_link="me/calendarView/delta?token=then", window=f"{window[0].isoformat().replace('+00:00', 'Z')}/{window[1].isoformat().replace('+00:00', 'Z')}",
-        account_oid="oid", capture="off",
-    )
-    connection = SimpleNamespace(
-        tenant="t", user="u", capture=False, account_username=None, account_mail=None, mailbox_time_zone=None,
-        account_oid="oid",
-    )
-    services = SimpleNamespace(storage=None, settings=SimpleNamespace(sync_window_past_days=30, sync_window_future_days=365))
-
-    result = reconcile.delta_pass(services, Deleted(), connection, state, now)
+    result = _delta_pass(Deleted())
 
     assert (result.held_deletions, result.reported_deletions) == (0, 1)
     assert sent == [(callbacks.DELETED_IN_OUTLOOK, {"activity_id": f"act-{count - 1}"})]
@@ -438,10 +420,8 @@ def test_an_event_whose_link_was_stored_mid_pass_and_that_its_user_moved_is_repo
     the push was creating the event; the user moved the new event at once; this delta round lists
     it, as an event the pass did not know, and no later round lists it again. The pass looks its
     untracked ids up in the links once more and judges the event against the link it finds."""
-    from shared.flows import callbacks, reconcile
-    from shared.store import links, tenant_settings
+    from shared.flows import callbacks
     from shared.store.links import StoredLink
-    from shared.store.tenant_settings import TenantSettings
 
     pushed = Link("act-1", 1, outlook_event_id="ev-1", content_hash="h", change_key="ck-push")
     stored = StoredLink(pushed, "etag-2", {"start_utc": "2027-01-15T15:00:00Z", "end_utc": "2027-01-15T16:00:00Z"})
@@ -451,12 +431,7 @@ def test_an_event_whose_link_was_stored_mid_pass_and_that_its_user_moved_is_repo
         if moved
         else graph_event("2027-01-15T15:00:00.0000000", "2027-01-15T16:00:00.0000000", "ck-push")
     )
-    sent: list[tuple[str, dict[str, Any]]] = []
-    monkeypatch.setattr(links, "for_user", lambda *a: reads.pop(0) if len(reads) > 1 else reads[0])
-    monkeypatch.setattr(links, "get", lambda *a: stored)
-    monkeypatch.setattr(links, "save", lambda storage, tenant, user, s: s)
-    monkeypatch.setattr(tenant_settings, "get", lambda *a: TenantSettings())
-    monkeypatch.setattr(callbacks, "enqueue", lambda storage, kind, tenant, user, data: sent.append((kind, data)))
+    sent = _reconcile_world(monkeypatch, lambda: reads.pop(0) if len(reads) > 1 else reads[0], lambda activity_id: stored)
 
     class Mailbox:
         mailbox_path, calendar_id = "me", None
@@ -466,18 +441,40 @@ def test_an_event_whose_link_was_stored_mid_pass_and_that_its_user_moved_is_repo
                 return GraphResponse(200, {}, {"value": [shown], "@odata.deltaLink": "next"})
             return GraphResponse(200, {}, shown)  # by id: what the event shows now
 
-    now = datetime(2027, 1, 10, tzinfo=UTC)
-    state = SimpleNamespace(delta_link="me/calendarView/delta?token=then", window="", account_oid="oid", capture="off")
-    connection = SimpleNamespace(
-        tenant="t", user="u", capture=False, account_username=None, account_mail=None, mailbox_time_zone=None,
-        account_oid="oid",
-    )
-    services = SimpleNamespace(storage=None, settings=SimpleNamespace(sync_window_past_days=30, sync_window_future_days=365))
-
-    result = reconcile.delta_pass(services, Mailbox(), connection, state, now)
+    result = _delta_pass(Mailbox())
 
     if moved:
         assert result.reported_moves == 1
         assert [(kind, data["start"]) for kind, data in sent] == [(callbacks.CHANGED_IN_OUTLOOK, "2027-01-16T08:30:00Z")]
     else:
         assert result.reported_moves == 0 and sent == []  # the push's own create: an echo
+
+
+def _reconcile_world(monkeypatch, links_now: Any, link_of: Any) -> list[tuple[str, dict[str, Any]]]:
+    """Links from ``links_now()`` (the user's) and ``link_of(activity_id)``, saves kept nowhere,
+    default tenant settings; returns the list the callbacks are queued to."""
+    from shared.flows import callbacks
+    from shared.store import links, tenant_settings
+    from shared.store.tenant_settings import TenantSettings
+
+    sent: list[tuple[str, dict[str, Any]]] = []
+    monkeypatch.setattr(links, "for_user", lambda *a: links_now())
+    monkeypatch.setattr(links, "get", lambda storage, tenant, user, activity_id: link_of(activity_id))
+    monkeypatch.setattr(links, "save", lambda storage, tenant, user, s: s)
+    monkeypatch.setattr(tenant_settings, "get", lambda *a: TenantSettings())
+    monkeypatch.setattr(callbacks, "enqueue", lambda storage, kind, tenant, user, data: sent.append((kind, data)))
+    return sent
+
+
+def _delta_pass(client: Any) -> Any:
+    """One pass of a connected user against ``client`` on 2027-01-10 (a full round: the stored
+    window is not that day's)."""
+    from shared.flows import reconcile
+
+    state = SimpleNamespace(delta_link="me/calendarView/delta?token=then", window="", account_oid="oid", capture="off")
+    connection = SimpleNamespace(
+        tenant="t", user="u", capture=False, account_username=None, account_mail=None, mailbox_time_zone=None,
+        account_oid="oid",
+    )
+    services = SimpleNamespace(storage=None, settings=SimpleNamespace(sync_window_past_days=30, sync_window_future_days=365))
+    return reconcile.delta_pass(services, client, connection, state, datetime(2027, 1, 10, tzinfo=UTC))
