@@ -179,7 +179,8 @@ def synced(
             (
                 c
                 for c in stack.callbacks.of_type("activity.synced")
-                if c["user_id"] == who.user
+                if c["tenant_id"] == who.tenant  # two tenants may share a user id (test_security)
+                and c["user_id"] == who.user
                 and c["data"]["activity_id"] == activity_id
                 and c["data"]["version"] == version
             ),
