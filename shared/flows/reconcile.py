@@ -340,13 +340,14 @@ def delta_pass(
         untracked.clear()
         seen, delta_link = read_delta(client, None, window, tracked, others, untracked)
 
+    read = EventReads(client)
     decisions: list[Decision] = [decide(tracked[event_id], item, directions) for event_id, item in seen.items()]
-    late = _linked_meanwhile(services, client, connection, untracked, directions)
+    late = _linked_meanwhile(services, read, connection, untracked, directions)
     decisions.extend(late)
     if not incremental:
         decisions.extend(missing_from_full_round(list(tracked.values()), set(seen), window))
     resolved = [
-        after_read(d.tracked, read_event(client, d.tracked.event_id), directions) if isinstance(d, Verify) else d
+        after_read(d.tracked, read(d.tracked.event_id), directions) if isinstance(d, Verify) else d
         for d in decisions
     ]
     deleting = {s.link.outlook_event_id for s in all_links if s.extra.get(links.DELETING)}
@@ -354,7 +355,7 @@ def delta_pass(
         d
         for d in resolved
         if not (isinstance(d, Gone) and d.tracked.event_id in deleting)  # the push's own DELETE in flight
-        and not _written_by_us_meanwhile(client, d)
+        and not _written_by_us_meanwhile(read, d)
     ]
     gone = sum(isinstance(d, Gone) for d in resolved)
     hold = held(gone, len(tracked), confirmed=confirm)
@@ -431,8 +432,23 @@ def read_delta(
     raise TransientError("delta kept answering more pages")
 
 
+class EventReads:
+    """The events one pass reads by id, each read once (with ``crmVersion``): the item of a link
+    stored mid-pass, a Verify, and the check that a change is not the push's own write share it.
+    The check asks about the very read the decision was made from."""
+
+    def __init__(self, client: MailboxGraph) -> None:
+        self.client = client
+        self._events: dict[str, dict[str, Any] | None] = {}
+
+    def __call__(self, event_id: str) -> dict[str, Any] | None:
+        if event_id not in self._events:
+            self._events[event_id] = read_event(self.client, event_id)
+        return self._events[event_id]
+
+
 def _linked_meanwhile(
-    services: Services, client: MailboxGraph, connection: Connection, untracked: set[str], directions: FieldDirections
+    services: Services, read: EventReads, connection: Connection, untracked: set[str], directions: FieldDirections
 ) -> list[Decision]:
     """Items delta listed for events this pass did not know as ours, whose link the push stored
     after the pass read its links (an event created meanwhile, and maybe already moved by its
@@ -447,7 +463,7 @@ def _linked_meanwhile(
     decisions: list[Decision] = []
     for stored in late:
         tracked = tracked_of(stored)
-        event = read_event(client, tracked.event_id)
+        event = read(tracked.event_id)
         if event is None:
             continue  # gone since: the next round lists the removal
         try:
@@ -457,18 +473,14 @@ def _linked_meanwhile(
     return decisions
 
 
-def _written_by_us_meanwhile(client: MailboxGraph, decision: Decision) -> bool:
+def _written_by_us_meanwhile(read: EventReads, decision: Decision) -> bool:
     """A change whose event carries a newer ``crmVersion`` than its link: the push wrote it and
     has not stored its link yet (or lost Graph's answer and will try again). Not the user's edit;
-    the push's link will hold what the event shows. One read, only for changes."""
-    from shared.outlook.graph import NotFoundError
-
+    the push's link will hold what the event shows. Asked only about changes."""
     if not isinstance(decision, Changed):
         return False
-    path = event_path(decision.tracked.event_id, mailbox=client.mailbox_path)
-    try:
-        event = client.call("GET", path, params={"$select": "id", "$expand": VERSION_EXPAND}).body or {}
-    except NotFoundError:
+    event = read(decision.tracked.event_id)
+    if event is None:
         return False  # gone since: the next pass reports the deletion
     written = written_version(event)
     if written is None or written <= decision.tracked.link.version:
@@ -481,7 +493,8 @@ def read_event(client: MailboxGraph, event_id: str) -> dict[str, Any] | None:
     from shared.outlook.graph import NotFoundError
 
     try:
-        return client.call("GET", event_path(event_id, mailbox=client.mailbox_path), params={"$select": EVENT_SELECT}).body or {}
+        path = event_path(event_id, mailbox=client.mailbox_path)
+        return client.call("GET", path, params={"$select": EVENT_SELECT, "$expand": VERSION_EXPAND}).body or {}
     except NotFoundError:
         return None
 
@@ -581,12 +594,8 @@ def _seen_after_push(client: MailboxGraph, fresh: Tracked) -> Seen | None:
     """What the event shows now, when the push stored its link after this pass read the links;
     None when that is the push's own write (the link's changeKey, or a newer ``crmVersion`` whose
     link is not stored yet) or the event is gone (the next delta lists the removal)."""
-    from shared.outlook.graph import NotFoundError
-
-    path = event_path(fresh.event_id, mailbox=client.mailbox_path)
-    try:
-        event = client.call("GET", path, params={"$select": EVENT_SELECT, "$expand": VERSION_EXPAND}).body or {}
-    except NotFoundError:
+    event = read_event(client, fresh.event_id)  # fresh: the link changed since the pass's reads
+    if event is None:
         return None
     if event.get("changeKey") == fresh.link.change_key:
         return None

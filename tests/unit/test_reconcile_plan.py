@@ -435,14 +435,18 @@ def test_an_event_whose_link_was_stored_mid_pass_and_that_its_user_moved_is_repo
 
     class Mailbox:
         mailbox_path, calendar_id = "me", None
+        reads_by_id = 0
 
         def call(self, method: str, path: str, **kwargs: Any) -> GraphResponse:
             if "delta" in path:
                 return GraphResponse(200, {}, {"value": [shown], "@odata.deltaLink": "next"})
+            self.reads_by_id += 1
             return GraphResponse(200, {}, shown)  # by id: what the event shows now
 
-    result = _delta_pass(Mailbox())
+    mailbox = Mailbox()
+    result = _delta_pass(mailbox)
 
+    assert mailbox.reads_by_id == 1  # one GET decides, and tells whether the change is the push's own
     if moved:
         assert result.reported_moves == 1
         assert [(kind, data["start"]) for kind, data in sent] == [(callbacks.CHANGED_IN_OUTLOOK, "2027-01-16T08:30:00Z")]
