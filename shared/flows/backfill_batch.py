@@ -44,7 +44,7 @@ from shared.rules.errors import (
     ThrottledError,
     TransientError,
 )
-from shared.rules.event_render import PROPERTY_ID
+from shared.rules.event_render import VERSION_EXPAND, lookup_params
 from shared.rules.event_time import graph_to_utc
 from shared.rules.sync_plan import Create, Decision, Delete, Link, Nothing, Update, after, join_url_of
 from shared.store import backfill_jobs, connections, links, tables
@@ -53,7 +53,6 @@ from shared.store.connections import Connection, iso
 log = logging.getLogger(__name__)
 
 PREFER = 'IdType="ImmutableId"'
-LOOKUP_SELECT = "id,changeKey,webLink,end"
 MAX_FILTER_IDS = 14  # Table Storage allows 15 comparisons per filter; one is the PartitionKey
 _LINK_FIELDS = tuple(f.name for f in fields(Link))
 _NOT_CARRIED = ("last_error", "failed_version", CREATING, links.DELETING)
@@ -142,8 +141,7 @@ def failed_extra(previous: dict[str, Any] | None, error: SyncError, version: int
 
 
 def lookup_url(value: str, calendar_id: str | None, mailbox: str = ME) -> str:
-    query = f"singleValueExtendedProperties/Any(ep: ep/id eq '{PROPERTY_ID}' and ep/value eq '{value}')"
-    params = urlencode({"$filter": query, "$select": LOOKUP_SELECT}, quote_via=quote)
+    params = urlencode(lookup_params(value), quote_via=quote)
     return f"{graph_path(calendar_id, 'events', absolute=True, mailbox=mailbox)}?{params}"
 
 
@@ -160,6 +158,7 @@ class Pending:
     etag: str | None  # of the row as last read or written by this run
     counted: str  # what it counts as once done (COUNTED of the planned category)
     adopted_event: dict[str, Any] | None = None
+    looked_up: bool = False  # an Update of the event a lookup found (a create whose answer was lost)
 
 
 @dataclass
@@ -254,12 +253,16 @@ class ChunkWrites:
         for pending in writes:
             action = pending.decision.action
             if isinstance(action, Update):
+                headers = {"Content-Type": "application/json", "Prefer": PREFER}
+                known = pending.decision.link.change_key if pending.decision.link else None
+                if known:  # as the push does: never write over an edit made since (design §4)
+                    headers["If-Match"] = f'W/"{known}"'  # the event's @odata.etag form
                 requests.append(
                     {
                         "id": str(pending.index),
                         "method": "PATCH",
                         "url": event_path(action.event_id, absolute=True, mailbox=self.mailbox_path),
-                        "headers": {"Content-Type": "application/json", "Prefer": PREFER},
+                        "headers": headers,
                         "body": action.patch,
                     }
                 )
@@ -295,9 +298,11 @@ class ChunkWrites:
                     )
                 creates, writes = [], []
             self.unsent.clear()
+        edited: list[Pending] = []
         for pending in creates + writes:
-            self._outcome(pending, answers.get(str(pending.index)), saves)
+            self._outcome(pending, answers.get(str(pending.index)), saves, edited)
         self._save(saves)
+        self._absorb_edits(edited)
 
     def _write_intents(self, creates: list[Pending]) -> list[Pending]:
         """Record each create before it is sent; returns the creates whose intent was written."""
@@ -365,7 +370,7 @@ class ChunkWrites:
             return TransientError("Graph gave no answer for this request")
         return error_for(answer.status, answer.headers, answer.body)
 
-    def _outcome(self, pending: Pending, answer: GraphResponse | None, saves: list) -> None:
+    def _outcome(self, pending: Pending, answer: GraphResponse | None, saves: list, edited: list[Pending]) -> None:
         action = pending.decision.action
         problem = self._problem(answer)
         previous = pending.stored.extra if pending.stored else None
@@ -387,6 +392,14 @@ class ChunkWrites:
             base = pending.stored.link if pending.stored else pending.decision.link
             link = replace(base, outlook_event_id=None, content_hash=None, change_key=None)
             saves.append((pending, link, synced_extra(previous, link, None), "gone"))
+            return
+        if isinstance(action, Update) and problem.status == 412:
+            if pending.looked_up:  # a newer version written there since the lookup: look again
+                self._retry_after_problem(
+                    pending.index, TransientError(problem.message), create=True, token=None, lookup=True
+                )
+            else:
+                edited.append(pending)  # the user edited the event since the link's changeKey
             return
         is_create = isinstance(action, Create)
         if is_create and problem.code == "ErrorDuplicateTransactionId":  # a create of ours went through
@@ -410,6 +423,32 @@ class ChunkWrites:
         if base is not None:
             saves.append((pending, base, failed_extra(previous, problem, version), "failed"))
         self.fail(pending.index, None, problem)
+
+    def _absorb_edits(self, edited: list[Pending]) -> None:
+        """Updates Outlook refused with 412: the user edited the event after the link's changeKey.
+        As the push does, each event is read, the edit reported, the link made to hold its
+        changeKey, and the item planned again (its next PATCH keeps the user's two-way fields)."""
+        if not edited:
+            return
+        from shared.flows.push_apply import EDIT_SELECT, absorb_outlook_edit
+
+        query = urlencode({"$select": EDIT_SELECT, "$expand": VERSION_EXPAND}, quote_via=quote)
+        requests = []
+        for p in edited:
+            assert isinstance(p.decision.action, Update)
+            url = event_path(p.decision.action.event_id, absolute=True, mailbox=self.mailbox_path)
+            requests.append({"id": str(p.index), "method": "GET", "url": f"{url}?{query}"})
+        try:
+            answers = self.send_batch(requests)
+        except SyncError as error:
+            log.info("Events edited in Outlook could not be read yet: %s", error.message)
+            answers = {}
+        for p in edited:
+            answer = answers.get(str(p.index))
+            if answer is not None and answer.status == 200 and answer.body and p.decision.link:
+                activity_id = p.decision.link.activity_id
+                absorb_outlook_edit(self.services, self._connection(), activity_id, answer.body, p.decision, self.now)
+            self.retries.append(Retry(0, [p.index], "wait", [], {}))  # a 404: the next PATCH finds it gone
 
     def _retry_after_problem(
         self, index: int, problem: SyncError, *, create: bool, token: str | None, lookup: bool

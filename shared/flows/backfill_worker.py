@@ -73,7 +73,7 @@ from shared.rules.errors import (
     TransientError,
 )
 from shared.rules.model import Activity, ActivityType
-from shared.rules.sync_plan import Create, UserContext, adopt
+from shared.rules.sync_plan import Create, UserContext, after_lookup
 from shared.store import backfill_jobs, connections, kept_activities, tables
 from shared.store.connections import CONNECTED, Connection
 
@@ -229,13 +229,15 @@ class ChunkRun(ChunkWrites):
                 owned = (self.msg.get("owned") or {}).get(str(i))
                 self._retry_after_problem(i, problem, create=True, token=owned, lookup=True)
                 continue
-            found = list((answer.body or {}).get("value", []))
-            if not found:
+            adopted, duplicates = after_lookup(pending.decision, list((answer.body or {}).get("value", [])))
+            if adopted is None:  # a newer version's event (a push's, its link not stored yet)
+                del plans[i]
+                self.results[i] = COUNTED["unchanged"]
+                continue
+            if isinstance(adopted.action, Create):
                 continue  # never created: create now
-            create = pending.decision.action
-            assert isinstance(create, Create)
-            self._duplicates.extend(e["id"] for e in found[1:])
-            pending.decision = adopt(pending.decision, found[0]["id"])  # PATCHed to this version
+            self._duplicates.extend(duplicates)
+            pending.decision, pending.looked_up = adopted, True  # PATCHed to this version
 
     def fail(self, index: int, activity_id: str | None, error: SyncError) -> None:
         self.results[index] = "failed"

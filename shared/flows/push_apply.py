@@ -41,7 +41,7 @@ from shared.outlook.mailbox_client import MailboxClient
 from shared.ports import MailboxGraph, Services
 from shared.rules.calendars import event_path, graph_path
 from shared.rules.errors import ConflictError, PermanentError, SyncError
-from shared.rules.event_render import ONLINE_UNAVAILABLE, PROPERTY_ID, VERSION_EXPAND, written_version
+from shared.rules.event_render import ONLINE_UNAVAILABLE, VERSION_EXPAND, lookup_params, written_version
 from shared.rules.event_time import graph_to_utc, iso
 from shared.rules.sync_plan import (
     ADOPTED,
@@ -56,8 +56,8 @@ from shared.rules.sync_plan import (
     Nothing,
     Unlink,
     Update,
-    adopt,
     after,
+    after_lookup,
     join_url_of,
 )
 from shared.store import connections, links
@@ -66,7 +66,6 @@ from shared.store.connections import Connection
 log = logging.getLogger(__name__)
 
 LAST_SYNC_EVERY = timedelta(seconds=60)  # last_sync_at is written at most this often per user
-LOOKUP_SELECT = "id,changeKey,webLink,start,end,onlineMeeting"
 CREATING = "creating"  # link extra: a create was (maybe) sent and its answer not yet stored
 
 _activity_locks: dict[tuple[str, str, str], threading.Lock] = {}
@@ -143,7 +142,7 @@ def sync(
             try:
                 applied = apply(client, decision, lookup_first=lookup_first)
             except OutlookChanged as changed:
-                _absorb_outlook_edit(services, connection, activity_id, changed.event, decision, now)
+                absorb_outlook_edit(services, connection, activity_id, changed.event, decision, now)
                 continue  # plan again from the link that now holds the user's changeKey
             except EventGone:
                 gone = replace(
@@ -247,7 +246,7 @@ EDIT_SELECT = (
 )
 
 
-def _absorb_outlook_edit(
+def absorb_outlook_edit(
     services: Services,
     connection: Connection,
     activity_id: str,
@@ -334,20 +333,16 @@ def apply(client: MailboxGraph, decision: Decision, *, lookup_first: bool = True
     if isinstance(action, Adopt):
         return _adopt(client, decision, action)
     if isinstance(action, Create):
-        found = lookup(client, action.lookup_value) if lookup_first else []
-        mine = decision.link.version if decision.link else -1
-        if any((written_version(e) or -1) > mine for e in found):
-            # A newer version's event, its link not stored yet (that worker's answer is on its
-            # way): this older version must neither write over it nor delete it.
-            return Applied(None, None, action)
-        if not found:
+        planned, duplicates = after_lookup(decision, lookup(client, action.lookup_value) if lookup_first else [])
+        if planned is not None and isinstance(planned.action, Create):
             try:
                 answer = client.call("POST", graph_path(client.calendar_id, "events", mailbox=client.mailbox_path), json=action.event)
             except PermanentError as error:
                 if error.code != "ErrorDuplicateTransactionId":
                     raise
-                found = lookup(client, action.lookup_value)  # a create of ours went through after all
-                if not found:
+                # A create of ours went through after all: look again.
+                planned, duplicates = after_lookup(decision, lookup(client, action.lookup_value))
+                if planned is not None and isinstance(planned.action, Create):
                     raise
             else:
                 body = answer.body or {}
@@ -356,14 +351,11 @@ def apply(client: MailboxGraph, decision: Decision, *, lookup_first: bool = True
                     body,
                     action,
                 )
-        for duplicate in found[1:]:  # ours too (same property): a create that was retried elsewhere
-            _delete_quietly(client, duplicate["id"])
-        decision = adopt(decision, found[0]["id"], join_url=join_url_of(found[0]))
-        # If-Match what the lookup saw: a newer version written there since by another worker must
-        # not be overwritten with this one (the 412 path then plans again from that worker's link).
-        assert decision.link is not None
-        decision = replace(decision, link=replace(decision.link, change_key=found[0].get("changeKey")))
-        action = decision.action
+        if planned is None:
+            return Applied(None, None, action)  # a newer version's event, its worker's answer on its way
+        for duplicate in duplicates:  # ours too (same property): a create that was retried elsewhere
+            _delete_quietly(client, duplicate)
+        decision, action = planned, planned.action
     if isinstance(action, Update):
         known = decision.link.change_key if decision.link else None
         try:
@@ -431,13 +423,8 @@ def _adopt(client: MailboxGraph, decision: Decision, action: Adopt) -> Applied:
 def lookup(client: MailboxGraph, value: str) -> list[dict[str, Any]]:
     """Our events carrying this property value (normally none or one), with the version each
     was last written from (``written_version``)."""
-    query = f"singleValueExtendedProperties/Any(ep: ep/id eq '{PROPERTY_ID}' and ep/value eq '{value}')"
-    answer = client.call(
-        "GET",
-        graph_path(client.calendar_id, "events", mailbox=client.mailbox_path),
-        params={"$filter": query, "$select": LOOKUP_SELECT, "$expand": VERSION_EXPAND},
-    )
-    return list((answer.body or {}).get("value", []))
+    path = graph_path(client.calendar_id, "events", mailbox=client.mailbox_path)
+    return list((client.call("GET", path, params=lookup_params(value)).body or {}).get("value", []))
 
 
 def _extra(stored: links.StoredLink | None, applied: Applied) -> dict[str, Any]:

@@ -36,6 +36,9 @@ PROPERTY_ID = f"String {{{PROPERTY_GUID}}} Name crmActivity"
 VERSION_PROPERTY_ID = f"String {{{PROPERTY_GUID}}} Name crmVersion"
 # ``$expand`` that returns the version property with an event read (GET by id; delta takes none).
 VERSION_EXPAND = f"singleValueExtendedProperties($filter=id eq '{VERSION_PROPERTY_ID}')"
+# A lookup of one activity's events by our property (a create whose answer was lost): what a link
+# needs to adopt one, and the version each was last written from.
+LOOKUP_SELECT = "id,changeKey,webLink,start,end,onlineMeeting"
 # Namespace of our transactionIds; fixed forever, or retries after a deploy would duplicate events.
 TRANSACTION_NAMESPACE = uuid.UUID("684205ab-e7a1-43c3-9ed5-fe78f76117bd")
 CREATE_ONLY_FIELDS = ("transactionId", "singleValueExtendedProperties")
@@ -72,6 +75,12 @@ def _encode(part: str) -> str:
 
 def property_value(tenant_id: str, activity_id: str) -> str:
     return f"{_encode(tenant_id)}|{_encode(activity_id)}"
+
+
+def lookup_params(value: str) -> dict[str, str]:
+    """Query parameters of ``GET .../events`` that find our events carrying property ``value``."""
+    query = f"singleValueExtendedProperties/Any(ep: ep/id eq '{PROPERTY_ID}' and ep/value eq '{value}')"
+    return {"$filter": query, "$select": LOOKUP_SELECT, "$expand": VERSION_EXPAND}
 
 
 def parse_property_value(value: str) -> tuple[str, str] | None:

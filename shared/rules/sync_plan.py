@@ -44,6 +44,7 @@ from shared.rules.event_render import (
     property_value,
     render_event,
     with_join_block,
+    written_version,
 )
 from shared.rules.event_time import TimeNote
 from shared.rules.field_diff import shown_of
@@ -353,6 +354,28 @@ def adopt(decision: Decision, event_id: str, *, join_url: str | None = None, loc
     patch = with_join_block(patch_body(create.event), keep, locale)
     return Decision(Update(event_id, patch, create.content_hash),
                     replace(decision.link, outlook_event_id=event_id), decision.notes, decision.online_meeting)
+
+
+def after_lookup(decision: Decision, found: list[dict[str, Any]]) -> tuple[Decision | None, list[str]]:
+    """What a ``Create`` becomes once the lookup by our property answered ``found`` (our events
+    for this activity, read with ``lookup_params``), and the ids of duplicates to delete:
+
+    - an event written from a newer version is there (that worker has not stored its link yet):
+      None, and nothing to delete; this older version must neither write over it nor delete it;
+    - nothing found: the create itself;
+    - else an Update of the first event, ``If-Match`` the changeKey the lookup saw (so a newer
+      version written there meanwhile answers 412 instead of being overwritten); the others go."""
+    mine = decision.link.version if decision.link else -1
+    for event in found:
+        written = written_version(event)
+        if written is not None and written > mine:
+            return None, []
+    if not found:
+        return decision, []
+    adopted = adopt(decision, found[0]["id"], join_url=join_url_of(found[0]))
+    assert adopted.link is not None
+    adopted = replace(adopted, link=replace(adopted.link, change_key=found[0].get("changeKey")))
+    return adopted, [event["id"] for event in found[1:]]
 
 
 BackfillCategory = Literal["create", "update", "unchanged", "ineligible"]

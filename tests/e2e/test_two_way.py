@@ -15,7 +15,7 @@ import pytest
 
 from shared.store import links
 from tests.conftest import Stack, wait_until
-from tests.e2e.push.conftest import CrmUser, connect_user, ours, synced, upsert, writes
+from tests.e2e.push.conftest import CrmUser, activity, connect_user, ours, synced, upsert, user_path, writes
 from tests.e2e.push.openapi_contract import check, check_callback
 from tests.support import clock
 
@@ -228,3 +228,34 @@ def test_a_conflict_the_crms_later_change_wins_in_outlook_and_the_users_text_is_
     assert data["changes"] == {
         "subject": {"from": "Revisar la renovación con Ana", "to": "Lo que escribió Ana en Outlook"}}
     assert event_of(stack, ana)["subject"] == "Lo que cambió el CRM"  # the CRM's later change wins in Outlook
+
+
+def test_a_sync_meeting_the_users_edit_reports_it_and_the_crms_later_change_wins(stack: Stack, ana: CrmUser) -> None:
+    """The same conflict met by "Sync" (a backfill) instead of a push: its $batch PATCH carries
+    If-Match too, so the user's edit is read and reported before the CRM's later change is written."""
+    put_directions(stack, ana.tenant, subject="two_way")
+    event = pushed(stack, ana)
+    before = len(received(stack, ana))
+
+    stack.control.set_notifications(paused=True)
+    stack.control.user_update_event(ana.oid, event["id"], {"subject": "Lo que escribió Ana en Outlook"})
+    page = {"activities": [activity(ana, version=2, subject="Lo que cambió el CRM", **TIMES)], "last_page": True}
+    answer = stack.crm.post(user_path(ana.tenant, ana.user, "backfill"), page)
+    assert answer.status_code == 202, answer.text
+    job_id = answer.json()["job_id"]
+    done = wait_until(
+        lambda: [c for c in stack.callbacks.of_type("backfill.completed") if c["data"]["job_id"] == job_id],
+        what="the Sync to complete",
+    )[0]["data"]
+    stack.control.set_notifications(paused=False)
+    stack.wait_until_idle()
+
+    assert (done["updated"], done["failed"]) == (1, 0)
+    new = received(stack, ana)[before:]
+    assert sorted(c["type"] for c in new) == sorted([CHANGED, "backfill.completed"])
+    data = next(c["data"] for c in new if c["type"] == CHANGED)
+    assert data["conflict"] is True and data["version"] == 1
+    assert data["changes"] == {
+        "subject": {"from": "Revisar la renovación con Ana", "to": "Lo que escribió Ana en Outlook"}}
+    assert event_of(stack, ana)["subject"] == "Lo que cambió el CRM"
+    assert links.get(stack.storage, ana.tenant, ana.user, "act-1").link.version == 2

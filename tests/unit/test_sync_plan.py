@@ -31,6 +31,7 @@ from shared.rules.sync_plan import (
     UserContext,
     adopt,
     after,
+    after_lookup,
     backfill_category,
     check_mass_deletion,
     pending_deletions,
@@ -167,6 +168,37 @@ def test_a_create_found_by_its_property_is_adopted_not_duplicated() -> None:
     assert adopted.link.generation == 1 and adopted.link.content_hash == adopted.action.content_hash
     with pytest.raises(ValueError):
         adopt(plan_upsert(activity(version=1, status="cancelled"), None, USER), "evt-found")
+
+
+def _found(event_id: str, change_key: str, written: int | None) -> dict[str, object]:
+    """An event of ours as a lookup answers it: the version our last write put on it, if any."""
+    props = [] if written is None else [{"id": VERSION_PROPERTY_ID, "value": str(written)}]
+    return {"id": event_id, "changeKey": change_key, "singleValueExtendedProperties": props}
+
+
+@pytest.mark.parametrize(
+    ("found", "outcome"),
+    [
+        ([], "create"),
+        ([_found("evt-a", "ck-a", 2)], "adopt evt-a if-match ck-a, delete []"),
+        ([_found("evt-a", "ck-a", 1), _found("evt-b", "ck-b", None)], "adopt evt-a if-match ck-a, delete ['evt-b']"),
+        ([_found("evt-a", "ck-a", 3)], "leave alone"),  # a newer version's event, its link not stored yet
+        ([_found("evt-a", "ck-a", 2), _found("evt-b", "ck-b", 3)], "leave alone"),  # nor its twin deleted
+    ],
+)
+def test_what_a_lost_create_does_with_what_its_lookup_found(found, outcome) -> None:
+    """Shared by the push and the Sync: version 2's create whose answer may have been lost."""
+    created = plan_upsert(activity(version=2), None, USER)
+    decision, duplicates = after_lookup(created, found)
+    if decision is None:
+        said = "leave alone"
+    elif isinstance(decision.action, Create):
+        said = "create"
+    else:
+        assert isinstance(decision.action, Update) and decision.link is not None
+        assert decision.link.outlook_event_id == decision.action.event_id
+        said = f"adopt {decision.action.event_id} if-match {decision.link.change_key}, delete {duplicates}"
+    assert said == outcome
 
 
 def test_cancelled_before_planned_arrives_late_never_creates() -> None:
