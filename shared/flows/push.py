@@ -63,6 +63,7 @@ log = logging.getLogger(__name__)
 # Outcomes (returned by ``process`` for logs and tests).
 DONE = "done"
 REQUEUED = "requeued"
+MAYBE_WRITTEN = "maybe_written"  # a failed try may have reached Outlook: sweep once done
 
 
 def process(services: Services, raw: bytes, now: datetime | None = None, *, redelivered: bool = False) -> str:
@@ -72,8 +73,9 @@ def process(services: Services, raw: bytes, now: datetime | None = None, *, rede
     crashed) before finishing. Its create may have reached Outlook after a newer version was
     already applied by another worker; once the message is done, ``push_apply.sweep_lost_creates``
     removes such an event (the write-ahead mark covers every other way a create's answer is lost).
-    A message re-queued after a failure sweeps too: its earlier try may have created an event that
-    lost the race for the link and whose deletion then failed (Graph down, throttled).
+    A message re-queued after a failure that may have reached Outlook sweeps too (not after a 429
+    or a closed mailbox gate, which never did): its earlier try may have created an event that lost
+    the race for the link and whose deletion then failed (Graph down, throttled).
 
     Raises only for a message that cannot be read (so the host moves it to the poison queue) or
     for an error this code does not know (a bug: retried by the host, then poisoned)."""
@@ -85,7 +87,7 @@ def process(services: Services, raw: bytes, now: datetime | None = None, *, rede
         message["redelivered"] = True  # kept when re-queued, so a retry still sweeps
     try:
         outcome = _dispatch(services, message, now or datetime.now(UTC))
-        tried_before = message.get("redelivered") or message.get("attempt", 0) or message.get("throttled", 0)
+        tried_before = message.get("redelivered") or message.get("attempt", 0) or message.get(MAYBE_WRITTEN)
         if outcome == DONE and tried_before and user is not None:
             subject = _subject_of(services, message)
             if subject is not None:
@@ -94,6 +96,8 @@ def process(services: Services, raw: bytes, now: datetime | None = None, *, rede
     except MailboxGated as gated:
         return _retry_later(services, message, "throttled", gated.retry_after)
     except ThrottledError as throttled:
+        if throttled.status != 429:  # a 503 may have been carried out; a 429 never is
+            message[MAYBE_WRITTEN] = True
         return _retry_later(services, message, "throttled", throttled.retry_after)
     except (TransientError, ConflictError) as error:
         step = next_step("transient", message.get("attempt", 0), message.get("throttled", 0))

@@ -535,7 +535,13 @@ def test_a_retried_create_that_finds_its_event_never_writes_an_older_version_ove
 
 @pytest.mark.parametrize(
     ("tried", "sweeps"),
-    [({}, False), ({"attempt": 1}, True), ({"throttled": 2}, True), ({"redelivered": True}, True)],
+    [
+        ({}, False),
+        ({"attempt": 1}, True),
+        ({"throttled": 2}, False),  # 429s and a closed gate: nothing reached Outlook
+        ({"throttled": 1, "maybe_written": True}, True),  # a 503 with Retry-After may have
+        ({"redelivered": True}, True),
+    ],
 )
 def test_a_message_tried_before_sweeps_the_events_its_link_does_not_name_once_done(monkeypatch, tried, sweeps) -> None:
     """Found by the wider chaos run (a duplicate): a try created an event, lost the race for the
@@ -553,6 +559,25 @@ def test_a_message_tried_before_sweeps_the_events_its_link_does_not_name_once_do
 
     assert push.process(SimpleNamespace(storage=None), raw.encode()) == push.DONE
     assert swept == (["act-1"] if sweeps else [])
+
+
+@pytest.mark.parametrize(("status", "marked"), [(503, True), (429, False)])
+def test_a_throttle_that_may_have_been_carried_out_marks_the_retry_to_sweep(monkeypatch, status, marked) -> None:
+    import json
+
+    from shared.flows import push
+    from shared.rules.errors import ThrottledError
+
+    def throttled(services: Any, message: Any, now: Any) -> str:
+        raise ThrottledError("slow down", retry_after=5, status=status)
+
+    requeued: list[dict[str, Any]] = []
+    monkeypatch.setattr(push, "_dispatch", throttled)
+    monkeypatch.setattr(push, "_requeue", lambda services, message, *a: requeued.append(message) or push.REQUEUED)
+    raw = json.dumps({"v": activity_queue.MESSAGE_VERSION, "tenant": "t", "user": "u", "kind": "event"})
+
+    assert push.process(SimpleNamespace(storage=None), raw.encode()) == push.REQUEUED
+    assert bool(requeued[0].get(push.MAYBE_WRITTEN)) is marked
 
 
 def test_a_retried_create_that_finds_a_newer_versions_event_leaves_it_alone(monkeypatch) -> None:
