@@ -50,7 +50,7 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from shared.flows import callbacks
@@ -58,6 +58,7 @@ from shared.flows.capture import capture_meetings
 from shared.outlook.throttle import MailboxBusy, next_step
 from shared.ports import MailboxGraph, Services, Storage
 from shared.rules import capture_plan, queues
+from shared.rules.backfill_plan import CREATING
 from shared.rules.calendars import event_path, graph_path
 from shared.rules.errors import (
     AuthError,
@@ -106,6 +107,9 @@ EVENT_SELECT = (
 _RESYNC_CODES = {"syncstatenotfound", "fullsyncrequired", "resyncrequired", "syncstateinvalid"}
 # What the reconcile keeps on a link row (``extra``): the times it last saw, at which changeKey.
 OBSERVED = ("ol_start", "ol_end", "ol_all_day", "ol_key")
+# An event created this long before the pass read its links may still be one the push created
+# after the read (Graph's clock and ours differ by far less).
+CLOCK_MARGIN = timedelta(minutes=10)
 
 
 class ResyncNeeded(Exception):
@@ -328,7 +332,7 @@ def delta_pass(
         s.link.outlook_event_id: tracked_of(s) for s in all_links if s.link.outlook_event_id and not s.link.tombstone
     }
     others: dict[str, dict[str, Any]] | None = {} if scope is not None else None
-    untracked: set[str] = set()
+    untracked: dict[str, str | None] = {}
     try:
         seen, delta_link = read_delta(
             client, state.delta_link if incremental else None, window, tracked, others, untracked
@@ -342,7 +346,7 @@ def delta_pass(
 
     read = EventReads(client)
     decisions: list[Decision] = [decide(tracked[event_id], item, directions) for event_id, item in seen.items()]
-    late = _linked_meanwhile(services, read, connection, untracked, directions)
+    late = _linked_meanwhile(services, read, connection, _maybe_linked_since(untracked, all_links, now), directions)
     decisions.extend(late)
     if not incremental:
         decisions.extend(missing_from_full_round(list(tracked.values()), set(seen), window))
@@ -387,11 +391,11 @@ def read_delta(
     window: tuple[datetime, datetime],
     tracked: dict[str, Tracked],
     others: dict[str, dict[str, Any]] | None = None,
-    untracked: set[str] | None = None,
+    untracked: dict[str, str | None] | None = None,
 ) -> tuple[dict[str, Seen], str]:
     """Every item about our events in one delta round (the last one per id wins), and the new link.
     With ``others`` (meeting capture on), every other item is collected there too (last one wins);
-    with ``untracked``, the ids of the other items still in the calendar."""
+    with ``untracked``, the ids of the other items still in the calendar and when each was created."""
     if delta_link:
         url, params = delta_link, None
     else:
@@ -414,7 +418,8 @@ def read_delta(
                 if others is not None and isinstance(event_id, str) and event_id:
                     others[event_id] = item  # a capture candidate (shared.rules.capture_plan)
                 if untracked is not None and isinstance(event_id, str) and event_id and "@removed" not in item:
-                    untracked.add(event_id)
+                    created = item.get("createdDateTime")
+                    untracked[event_id] = created if isinstance(created, str) else None
                 continue  # not ours as far as this pass knew: only its id is kept
             if "@removed" in item:
                 seen[event_id] = Seen(event_id, None, None)
@@ -445,6 +450,30 @@ class EventReads:
         if event_id not in self._events:
             self._events[event_id] = read_event(self.client, event_id)
         return self._events[event_id]
+
+
+def _maybe_linked_since(
+    untracked: dict[str, str | None], all_links: list[links.StoredLink], read_at: datetime
+) -> set[str]:
+    """The untracked ids that may be events of ours whose link was stored after the pass read the
+    links (at ``read_at``): any while a create was in flight then (a ``creating`` mark: its event
+    may predate the read), else only events created since the read. Most rounds list the user's
+    own older events only, and then the links are not read again."""
+    if any(s.extra.get(CREATING) for s in all_links):
+        return set(untracked)
+    since = read_at - CLOCK_MARGIN
+    return {
+        event_id
+        for event_id, created in untracked.items()
+        if created is None or _created_since(created, since)
+    }
+
+
+def _created_since(created: str, since: datetime) -> bool:
+    try:
+        return _instant(created) >= since
+    except ValueError:
+        return True  # unreadable: look
 
 
 def _linked_meanwhile(

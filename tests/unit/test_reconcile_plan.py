@@ -454,6 +454,44 @@ def test_an_event_whose_link_was_stored_mid_pass_and_that_its_user_moved_is_repo
         assert result.reported_moves == 0 and sent == []  # the push's own create: an echo
 
 
+@pytest.mark.parametrize(
+    ("created", "in_flight", "looked"),
+    [
+        ("2027-01-03T09:00:00Z", False, False),  # the user's own event from last week
+        ("2027-01-09T23:55:00.1234567Z", False, True),  # within the clock margin of the read
+        ("2027-01-10T00:00:05Z", False, True),  # created after the read
+        (None, False, True),  # Graph did not say
+        ("2027-01-03T09:00:00Z", True, True),  # a create was in flight at the read: its event may be older
+    ],
+)
+def test_the_links_are_read_again_only_for_events_that_may_have_been_created_meanwhile(
+    monkeypatch, created, in_flight, looked
+) -> None:
+    """Fix 15's cost: a round that lists the user's own events reads the links a second time
+    only if one of them may be an event of ours linked after the first read."""
+    from shared.store.links import StoredLink
+
+    snapshot = [StoredLink(Link("act-1", -1), "etag-1", {"creating": "v1"})] if in_flight else []
+    reads = []
+    _reconcile_world(monkeypatch, lambda: reads.append(1) or snapshot, lambda activity_id: None)
+    own = graph_event("2027-01-15T15:00:00.0000000", "2027-01-15T16:00:00.0000000", "ck-own", id="ev-own")
+    if created:
+        own["createdDateTime"] = created
+
+    class Mailbox:
+        mailbox_path, calendar_id = "me", None
+
+        def call(self, method: str, path: str, **kwargs: Any) -> GraphResponse:
+            if "delta" in path:
+                return GraphResponse(200, {}, {"value": [own], "@odata.deltaLink": "next"})
+            return GraphResponse(200, {}, own)
+
+    result = _delta_pass(Mailbox())
+
+    assert len(reads) == (2 if looked else 1)
+    assert (result.reported_moves, result.reported_deletions) == (0, 0)
+
+
 def _reconcile_world(monkeypatch, links_now: Any, link_of: Any) -> list[tuple[str, dict[str, Any]]]:
     """Links from ``links_now()`` (the user's) and ``link_of(activity_id)``, saves kept nowhere,
     default tenant settings; returns the list the callbacks are queued to."""
