@@ -134,7 +134,7 @@ def _trace(path: str, req: Request, resp: Response) -> None:
     answer = str(resp.status) if not resp.drop else (f"lost-{resp.status}" if resp.body else "drop")
     line = (
         f"{time.time():.3f} {req.method} {req.path[len('/v1.0'):]} {answer}"
-        f" if-match={req.headers.get('If-Match') or req.headers.get('if-match') or ''}"
+        f" if-match={req.headers.get('If-Match') or ''}"  # headers: case-insensitive
         f" subject={field(req.body, 'subject')!r} ck={field(resp.body, 'changeKey')}\n"
     )
     with _trace_lock, open(path, "a", encoding="utf-8") as out:

@@ -350,6 +350,7 @@ class FaultRule:
         import random
 
         self._rng = random.Random(self.seed)  # noqa: S311 - test fault injection
+        self._ends: datetime | None = None  # ends_at, parsed once
 
     def public(self) -> dict:
         return {k: v for k, v in self.__dict__.items() if not k.startswith("_")}
@@ -361,8 +362,7 @@ class FaultRule:
             self.ends_at = self._ends.isoformat().replace("+00:00", "Z")
 
     def over(self, now: datetime) -> bool:
-        ends = getattr(self, "_ends", None)
-        return ends is not None and now >= ends
+        return self._ends is not None and now >= self._ends
 
 
 class Store:
