@@ -5,7 +5,8 @@ attempt) but with ``CRM_CALLBACK_SECRET``, never the CRM's request secret: the k
 callbacks cannot sign a request to us.
 
 Producers enqueue an envelope on ``crm-callbacks`` (so a slow or down CRM never blocks sync work);
-the callback worker delivers it. Each envelope has a unique ``id`` the CRM can deduplicate on.
+the callback worker delivers it. Each envelope has an ``id`` the CRM can deduplicate on (reports
+of the same Outlook-side change share it: ``callback_messages.report_id``).
 A 5xx, 429 or network failure is retried by the queue; a 4xx means the CRM refuses this callback
 for good, so it is logged and dropped rather than retried forever.
 """
@@ -38,9 +39,16 @@ from shared.store import work_queues
 log = logging.getLogger(__name__)
 
 def enqueue(
-    storage: Storage, kind: str, tenant: str, user: str | None, data: dict[str, Any], *, delay_seconds: int = 0
+    storage: Storage,
+    kind: str,
+    tenant: str,
+    user: str | None,
+    data: dict[str, Any],
+    *,
+    delay_seconds: int = 0,
+    callback_id: str | None = None,
 ) -> dict[str, Any]:
-    message = envelope(kind, tenant, user, data)
+    message = envelope(kind, tenant, user, data, callback_id=callback_id)
     work_queues.send(storage, queues.CRM_CALLBACKS, tenant, json.dumps(message), delay_seconds=delay_seconds)
     return message
 

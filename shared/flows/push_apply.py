@@ -258,7 +258,7 @@ def absorb_outlook_edit(
     event's changeKey and view, so the next plan writes over it with the right If-Match."""
     from shared.flows.reconcile import tracked_of
     from shared.rules.field_diff import parse_shown
-    from shared.rules.reconcile_plan import callback_data, edit_before_write, seen_of
+    from shared.rules.reconcile_plan import callback_data, edit_before_write, report_of, seen_of
     from shared.store import tenant_settings
 
     tenant, user = connection.tenant, connection.user
@@ -274,8 +274,9 @@ def absorb_outlook_edit(
         directions = tenant_settings.get(services.storage, tenant).field_directions
         crm_next = parse_shown(decision.link.shown) if decision.link else None
         edit = edit_before_write(tracked_of(stored), seen, crm_next, directions)
-    if edit is not None:
-        callbacks.enqueue(services.storage, callbacks.CHANGED_IN_OUTLOOK, tenant, user, callback_data(edit, now))
+    if edit is not None:  # the reconcile may report this edit too: the same id (report_of) makes it one
+        kind, report = report_of(tenant, user, edit)
+        callbacks.enqueue(services.storage, kind, tenant, user, callback_data(edit, now), callback_id=report)
     assert seen.view is not None
     link = replace(stored.link, change_key=seen.change_key, shown=seen.view.to_json())
     try:

@@ -85,6 +85,7 @@ from shared.rules.reconcile_plan import (
     decide,
     held,
     missing_from_full_round,
+    report_of,
     seen_of,
     sync_window,
 )
@@ -601,10 +602,8 @@ def apply(
                     return reported
             current = decide(fresh, seen, directions)
         if isinstance(current, Changed | Gone) and not reported:
-            kind = (
-                callbacks.CHANGED_IN_OUTLOOK if isinstance(current, Changed) else callbacks.DELETED_IN_OUTLOOK
-            )
-            callbacks.enqueue(services.storage, kind, tenant, user, callback_data(current, now))
+            kind, report = report_of(tenant, user, current)
+            callbacks.enqueue(services.storage, kind, tenant, user, callback_data(current, now), callback_id=report)
             reported = True
         updated = _stored_after(stored, current, now)
         if updated.link == stored.link and updated.extra == stored.extra:

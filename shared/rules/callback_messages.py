@@ -1,6 +1,7 @@
 """The callbacks the service sends the CRM (design §3): their kinds and their envelope.
 
-Every envelope has a unique ``id`` the CRM can deduplicate on; delivery is shared/flows/callbacks.py."""
+Every envelope has an ``id`` the CRM can deduplicate on: unique, except that reports of the same
+Outlook-side change share one (``report_id``); delivery is shared/flows/callbacks.py."""
 
 from __future__ import annotations
 
@@ -25,11 +26,28 @@ ORGANIZATION_CONNECTED = "organization.connected"  # issue 19: about the CRM ten
 ORGANIZATION_CONNECT_FAILED = "organization.connect_failed"
 
 
+# Namespace of the ids of reports of Outlook-side changes; fixed forever (see ``report_id``).
+REPORT_NAMESPACE = uuid.UUID("3f0b6c52-2f0e-4f7c-9a51-6c1d8e0a4b27")
+
+
+def report_id(kind: str, tenant: str, user: str, event_id: str, change_key: str | None) -> str:
+    """The id of a report of one Outlook-side change: the same for every report of the same event
+    state (its changeKey; a deletion has none), so when the reconcile and a push's 412 both
+    report one edit, the CRM's deduplication on ``id`` keeps one."""
+    return str(uuid.uuid5(REPORT_NAMESPACE, "|".join((kind, tenant, user, event_id, change_key or ""))))
+
+
 def envelope(
-    kind: str, tenant: str, user: str | None, data: dict[str, Any], now: datetime | None = None
+    kind: str,
+    tenant: str,
+    user: str | None,
+    data: dict[str, Any],
+    now: datetime | None = None,
+    *,
+    callback_id: str | None = None,
 ) -> dict[str, Any]:
     return {
-        "id": str(uuid.uuid4()),
+        "id": callback_id or str(uuid.uuid4()),
         "type": kind,
         "tenant_id": tenant,
         "user_id": user,

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, time, timedelta
 from typing import Any
 
+from shared.rules.callback_messages import CHANGED_IN_OUTLOOK, DELETED_IN_OUTLOOK, report_id
 from shared.rules.field_diff import (
     Shown,
     Times,
@@ -251,6 +252,15 @@ def _parse(text: str) -> datetime:
 def held(gone: int, linked: int, *, confirmed: bool = False) -> bool:
     """The mass-deletion guard: True when this many deletions must not be reported."""
     return not confirmed and gone > MASS_DELETE_MIN and gone > MASS_DELETE_SHARE * linked
+
+
+def report_of(tenant: str, user: str, decision: Changed | Gone) -> tuple[str, str]:
+    """The callback kind of a report and its id: one id per event state, so the same Outlook edit
+    reported by two readers (the reconcile, and a push whose ``If-Match`` met it) is one report."""
+    if isinstance(decision, Gone):
+        return DELETED_IN_OUTLOOK, report_id(DELETED_IN_OUTLOOK, tenant, user, decision.tracked.event_id, None)
+    key = decision.seen.change_key
+    return CHANGED_IN_OUTLOOK, report_id(CHANGED_IN_OUTLOOK, tenant, user, decision.tracked.event_id, key)
 
 
 def callback_data(decision: Changed | Gone, now: datetime | None = None) -> dict[str, Any]:

@@ -425,7 +425,7 @@ def test_a_412_caused_by_our_own_newer_write_is_not_reported_as_the_users_edit(m
         {"id": VERSION_PROPERTY_ID, "value": str(written)}]
     sent: list[str] = []
     monkeypatch.setattr(tenant_settings, "get", lambda *a: TenantSettings())
-    monkeypatch.setattr(callbacks, "enqueue", lambda storage, kind, *a: sent.append(kind))
+    monkeypatch.setattr(callbacks, "enqueue", lambda storage, kind, *a, **_: sent.append(kind))
 
     store = _sync_with_one_link(monkeypatch, graph, StoredLink(v2, "etag-1", {}), v3)
 
@@ -525,7 +525,7 @@ def test_a_retried_create_that_finds_its_event_never_writes_an_older_version_ove
 
     graph.call = call  # type: ignore[method-assign]
     monkeypatch.setattr(tenant_settings, "get", lambda *a: TenantSettings())
-    monkeypatch.setattr(callbacks, "enqueue", lambda storage, kind, *a: sent.append(kind))
+    monkeypatch.setattr(callbacks, "enqueue", lambda storage, kind, *a, **_: sent.append(kind))
     intent = StoredLink(Link("act-1", -1), "etag-1", {push_apply.CREATING: "v1"})
     _sync_with_one_link(monkeypatch, graph, intent, activity(), store)
 

@@ -359,7 +359,7 @@ def test_a_move_made_after_a_push_whose_link_landed_mid_pass_is_reported_once(mo
     saved: list[StoredLink] = []
     monkeypatch.setattr(links, "get", lambda *a: saved[-1] if saved else stored)
     monkeypatch.setattr(links, "save", lambda storage, tenant, user, s: saved.append(s) or s)
-    monkeypatch.setattr(callbacks, "enqueue", lambda storage, kind, tenant, user, data: sent.append(data))
+    monkeypatch.setattr(callbacks, "enqueue", lambda storage, kind, tenant, user, data, **_: sent.append(data))
     client = _OneEvent(now_in_outlook)
 
     decision = decide(tracked(), seen(moved))  # against the link the pass read: v3 at ck-ours
@@ -504,7 +504,7 @@ def _reconcile_world(monkeypatch, links_now: Any, link_of: Any) -> list[tuple[st
     monkeypatch.setattr(links, "get", lambda storage, tenant, user, activity_id: link_of(activity_id))
     monkeypatch.setattr(links, "save", lambda storage, tenant, user, s: s)
     monkeypatch.setattr(tenant_settings, "get", lambda *a: TenantSettings())
-    monkeypatch.setattr(callbacks, "enqueue", lambda storage, kind, tenant, user, data: sent.append((kind, data)))
+    monkeypatch.setattr(callbacks, "enqueue", lambda storage, kind, tenant, user, data, **_: sent.append((kind, data)))
     return sent
 
 

@@ -17,11 +17,13 @@ from shared.rules.field_diff import diff, reportable, shown_of
 from shared.rules.reconcile_plan import (
     Changed,
     Echo,
+    Gone,
     Touched,
     Tracked,
     callback_data,
     decide,
     edit_before_write,
+    report_of,
     seen_of,
 )
 from shared.rules.sync_plan import ALREADY_SHOWN, Link, Nothing, Update, UserContext, after, plan_upsert
@@ -191,6 +193,27 @@ def test_a_conflict_is_flagged_only_when_the_crm_changed_the_same_field() -> Non
     plain = edit_before_write(mine, users, crm_other_field, SUBJECT_AND_LOCATION)
     assert plain is not None and not plain.conflict and "conflict" not in callback_data(plain)
     assert edit_before_write(mine, users, crm_same_field, FieldDirections()) is None  # subject not two-way
+
+
+def test_one_outlook_edit_reported_by_the_reconcile_and_by_a_push_is_one_report() -> None:
+    """Found by the full wider chaos run (`chaos-480`, two `activity.changed_in_outlook` for one
+    move): the reconcile and a push whose If-Match met the same edit each reported it. Reports of
+    the same event state share an id, and the CRM de-duplicates on it."""
+    event = rendered()
+    mine = tracked_for(event)
+    users = seen_of(as_outlook(event, "ck-user", subject="Lo que escribió el usuario"))
+    by_reconcile = decide(mine, users, SUBJECT_AND_LOCATION)
+    by_push = edit_before_write(mine, users, shown_of(rendered(subject="Lo que cambió el CRM")), SUBJECT_AND_LOCATION)
+    assert isinstance(by_reconcile, Changed) and by_push is not None and by_push.conflict
+    assert report_of("t", "u", by_reconcile) == report_of("t", "u", by_push)
+
+    again = seen_of(as_outlook(event, "ck-user-2", subject="Otra vez"))  # a later edit: a new report
+    later = decide(mine, again, SUBJECT_AND_LOCATION)
+    assert isinstance(later, Changed)
+    gone = Gone(mine)
+    ids = {report_of("t", "u", by_reconcile)[1], report_of("t", "u", later)[1], report_of("t", "u", gone)[1],
+           report_of("t", "other-user", by_reconcile)[1]}
+    assert len(ids) == 4
 
 
 # --- tenant settings -----------------------------------------------------------------------------------
