@@ -448,7 +448,10 @@ class ChunkWrites:
             if answer is not None and answer.status == 200 and answer.body and p.decision.link:
                 activity_id = p.decision.link.activity_id
                 absorb_outlook_edit(self.services, self._connection(), activity_id, answer.body, p.decision, self.now)
-            self.retries.append(Retry(0, [p.index], "wait", [], {}))  # a 404: the next PATCH finds it gone
+            # Planned again with backoff, and a bounded number of times (a "wait" retry is not): a
+            # user editing again before each run must not keep the item cycling. A 404 here: the
+            # next PATCH finds the event gone.
+            self.retries.append(Retry(0, [p.index], "transient", [], {}))
 
     def _retry_after_problem(
         self, index: int, problem: SyncError, *, create: bool, token: str | None, lookup: bool
