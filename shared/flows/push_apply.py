@@ -39,6 +39,7 @@ from typing import Any
 from shared.flows import callbacks
 from shared.outlook.mailbox_client import MailboxClient
 from shared.ports import MailboxGraph, Services
+from shared.rules.backfill_plan import CREATING
 from shared.rules.calendars import event_path, graph_path
 from shared.rules.errors import ConflictError, PermanentError, SyncError
 from shared.rules.event_render import ONLINE_UNAVAILABLE, VERSION_EXPAND, lookup_params, written_version
@@ -66,7 +67,6 @@ from shared.store.connections import Connection
 log = logging.getLogger(__name__)
 
 LAST_SYNC_EVERY = timedelta(seconds=60)  # last_sync_at is written at most this often per user
-CREATING = "creating"  # link extra: a create was (maybe) sent and its answer not yet stored
 
 _activity_locks: dict[tuple[str, str, str], threading.Lock] = {}
 _activity_locks_guard = threading.Lock()

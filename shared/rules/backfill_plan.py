@@ -58,7 +58,7 @@ from shared.rules.sync_plan import (
 MAX_PAGE = 500
 CHUNK_SIZE = 20  # one Graph $batch per chunk (graph-facts §2)
 OUT_OF_WINDOW = "out_of_window"
-CREATING = "creating"  # link extra key (shared with shared.flows.push): set while a create may be in flight
+CREATING = "creating"  # link extra key, the push's and the Sync's (and the reconcile reads it): set while a create may be in flight
 
 CATEGORIES: tuple[BackfillCategory, ...] = ("create", "update", "unchanged", "ineligible")
 # What the job counts per category (past tense, as backfill.completed reports them).
