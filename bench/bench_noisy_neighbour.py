@@ -23,7 +23,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from bench.stack import running_stack
+from bench.stack import platform_dispatch, running_stack
 from shared.rules import queues
 from shared.rules.settings import work_queue_shards
 from tests.e2e.push.conftest import CrmUser, activity, connect_user, envelope
@@ -35,6 +35,9 @@ B_PUSHES = int(os.environ.get("BENCH_NOISY_B_PUSHES", "20"))
 A_USERS = 20
 B_EVERY = 2.0
 CRM_THREADS = 16
+# The dev host dispatches queue messages as the platform does (bench/stack.platform_dispatch);
+# BENCH_NOISY_THREADS sets the worker's thread pool instead of the platform's default.
+WORKER_THREADS = int(os.environ.get("BENCH_NOISY_THREADS") or 0) or None
 
 
 def _tenants(shards: int) -> tuple[str, str]:
@@ -99,7 +102,7 @@ def _burst(stack: Any, users: list[CrmUser], label: str, count: int) -> float:
 
 
 def run(shards: int) -> dict[str, Any]:
-    with running_stack(WORK_QUEUE_SHARDS=str(shards)) as stack:
+    with running_stack(WORK_QUEUE_SHARDS=str(shards), **platform_dispatch(WORKER_THREADS)) as stack:
         tenant_a, tenant_b = _tenants(shards)
         a_users = [connect_user(stack, tenant_a) for _ in range(A_USERS)]
         b = connect_user(stack, tenant_b)

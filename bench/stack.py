@@ -16,6 +16,18 @@ from local.dev_settings import new_secrets
 from tests.support.stack import Stack, launch_stack
 
 
+def platform_dispatch(threads: int | None = None) -> dict[str, str]:
+    """Dev host settings that dispatch queue messages as Flex Consumption does: the Python worker's
+    one thread pool (``PYTHON_THREADPOOL_THREAD_COUNT``; unset on the platform, Python's default
+    ``min(32, cores + 4)``) shared by every trigger, the triggers taking turns in it as they would on
+    instances of their own, and the next batch received once ``newBatchThreshold`` (the platform's
+    default, ``batchSize / 2`` = 8) or fewer messages are still running."""
+    return {
+        "PYTHON_THREADPOOL_THREAD_COUNT": str(threads or min(32, (os.cpu_count() or 1) + 4)),
+        "AzureFunctionsJobHost__extensions__queues__newBatchThreshold": "8",
+    }
+
+
 @contextmanager
 def running_stack(**env: str) -> Iterator[Stack]:
     from local.emulator import start_emulator

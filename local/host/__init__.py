@@ -28,7 +28,7 @@ from werkzeug.serving import make_server
 
 from local.host.functions import BUSY, FunctionSpec, index, invoke
 from local.host.http import WsgiApp, build_routes
-from local.host.queues import QueueOptions, QueuePoller, send_outputs
+from local.host.queues import QueueOptions, QueuePoller, send_outputs, taking_turns
 from local.host.timers import TimerRunner
 
 log = logging.getLogger("host")
@@ -52,6 +52,9 @@ def read_host_json(path: Path, environ: Any = None) -> tuple[str, QueueOptions]:
         max_dequeue_count=int(queues.get("maxDequeueCount", defaults.max_dequeue_count)),
         visibility_timeout=_timespan(queues.get("visibilityTimeout"), defaults.visibility_timeout),
         max_polling_interval=_timespan(queues.get("maxPollingInterval"), defaults.max_polling_interval),
+        new_batch_threshold=(
+            None if queues.get("newBatchThreshold") is None else int(queues["newBatchThreshold"])
+        ),
     )
     return prefix, options
 
@@ -95,8 +98,9 @@ class DevHost:
         enabled = [spec for spec in self.specs if spec.name not in self.disabled]
         self.stopping = threading.Event()
         self.timers = [TimerRunner(s, self.stopping) for s in self.specs if s.trigger_type == "timerTrigger"]
+        turns = taking_turns(os.environ)
         self.pollers = [
-            QueuePoller(s, self.queue_options, self.stopping)
+            QueuePoller(s, self.queue_options, self.stopping, turns)
             for s in enabled
             if s.trigger_type == "queueTrigger"
         ]

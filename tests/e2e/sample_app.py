@@ -52,3 +52,23 @@ def yearly(timer: func.TimerRequest) -> None:
     services.get().storage.table("SampleTimer").upsert_entity(
         {"PartitionKey": "timer", "RowKey": "yearly", "past_due": timer.past_due}
     )
+
+
+@app.queue_trigger(arg_name="msg", queue_name="sample-gated", connection="AzureWebJobsStorage")
+def gated(msg: func.QueueMessage) -> None:
+    """A message named ``hold-*`` runs until the row ``gate``/its name exists; any other finishes at once."""
+    import time
+
+    from azure.core.exceptions import ResourceNotFoundError
+
+    table = services.get().storage.table("SampleGated")
+    name = msg.get_body().decode()
+    table.upsert_entity({"PartitionKey": "started", "RowKey": name})
+    deadline = time.monotonic() + 30
+    while name.startswith("hold-") and time.monotonic() < deadline:
+        try:
+            table.get_entity("gate", name)
+            break
+        except ResourceNotFoundError:
+            time.sleep(0.1)
+    table.upsert_entity({"PartitionKey": "done", "RowKey": name})

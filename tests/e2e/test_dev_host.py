@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import uuid
 
 import pytest
 import requests
@@ -143,3 +144,50 @@ def test_a_missing_setting_stops_the_host_at_start_with_its_name(azurite, test_s
 def test_the_test_stack_keeps_every_timer_of_the_app_for_tests_to_run(stack) -> None:
     timers = [line for line in stack.host.output if "timerTrigger '" in line]
     assert timers and all("(disabled: AzureWebJobs." in line for line in timers), timers
+
+
+def _rows(storage: Storage, partition: str) -> set[str]:
+    try:
+        return {e["RowKey"] for e in storage.table("SampleGated").query_entities(f"PartitionKey eq '{partition}'")}
+    except ResourceNotFoundError:
+        return set()
+
+
+@pytest.mark.parametrize(
+    ("settings", "quick_runs_while_held"),
+    [
+        ({}, False),  # the dev host's default: the next batch after the whole batch
+        ({"AzureFunctionsJobHost__extensions__queues__newBatchThreshold": "2"}, True),  # as the platform
+        (  # the worker's one thread is held: the message waits for it
+            {
+                "AzureFunctionsJobHost__extensions__queues__newBatchThreshold": "2",
+                "PYTHON_THREADPOOL_THREAD_COUNT": "1",
+            },
+            False,
+        ),
+    ],
+    ids=["whole-batch", "new-batch-threshold", "one-worker-thread"],
+)
+def test_a_message_arriving_while_another_runs_starts_as_the_dispatch_settings_say(
+    start_host, storage, settings: dict[str, str], quick_runs_while_held: bool
+) -> None:
+    host = start_host(app=SAMPLE, host_json=SAMPLE_HOST_JSON, **settings)
+    run = uuid.uuid4().hex[:8]  # the sample's table outlives each case
+    hold, quick = f"hold-{run}", f"quick-{run}"
+    storage.send("sample-gated", hold)
+    wait_until(lambda: hold in _rows(storage, "started"), what="the held message running")
+    storage.send("sample-gated", quick)
+    if quick_runs_while_held:
+        wait_until(lambda: quick in _rows(storage, "done"), what="the second message done meanwhile")
+        assert hold not in _rows(storage, "done")
+    elif "PYTHON_THREADPOOL_THREAD_COUNT" in settings:
+        # Received (no longer visible), but the one thread is the held message's.
+        wait_until(lambda: not storage.queue("sample-gated").peek_messages(), what="the second message received")
+        assert quick not in _rows(storage, "started")
+    else:
+        # The poller waits for its batch; another trigger's poller goes on meanwhile.
+        requests.post(f"{host.ready['url']}/api/orders/witness-{run}", json={}, timeout=10)
+        wait_until(lambda: entity(storage, "SampleOrders", "orders", f"witness-{run}"), what="another trigger's work")
+        assert quick not in _rows(storage, "started")
+    storage.table("SampleGated").upsert_entity({"PartitionKey": "gate", "RowKey": hold})
+    wait_until(lambda: {hold, quick} <= _rows(storage, "done"), what="both messages done")

@@ -63,6 +63,9 @@ def test_app_settings_override_host_json_as_in_azure(tmp_path) -> None:  # noqa:
     assert (options.batch_size, options.max_dequeue_count) == (4, 5)
     _, untouched = read_host_json(path, {})
     assert untouched.batch_size == 16
+    assert untouched.new_batch_threshold is None  # the whole batch first, unless asked
+    _, platform = read_host_json(path, {"AzureFunctionsJobHost__extensions__queues__newBatchThreshold": "8"})
+    assert platform.new_batch_threshold == 8
 
 
 def test_every_shard_of_every_work_queue_gets_its_own_trigger() -> None:
@@ -85,3 +88,47 @@ def test_every_shard_of_every_work_queue_gets_its_own_trigger() -> None:
     ]
     specs[-1].user_function(msg=func.QueueMessage(body=b"x"))
     assert seen == [b"x"]
+
+
+def test_triggers_take_turns_in_the_shared_pool_and_it_runs_no_more_than_its_size() -> None:
+    """With PYTHON_THREADPOOL_THREAD_COUNT, a trigger's single message runs after one invocation of
+    another trigger's backlog, not after all of it, and never more than the pool's size at once."""
+    import threading
+
+    from local.host.queues import TakingTurns, taking_turns
+
+    release = threading.Event()
+    first_running = threading.Event()
+    order: list[str] = []
+    running = 0
+    most = 0
+    lock = threading.Lock()
+
+    def invocation(name: str) -> None:
+        nonlocal running, most
+        with lock:
+            running += 1
+            most = max(most, running)
+        first_running.set()
+        release.wait(5)
+        with lock:
+            order.append(name)
+            running -= 1
+
+    turns = TakingTurns(1)
+    busy = turns.submit("reconcile_mailbox", lambda: invocation("busy"))
+    assert first_running.wait(5)  # the one thread is taken: what follows waits in line
+    backlog = [turns.submit("sync_activity_3", lambda n=n: invocation(f"a{n}")) for n in range(5)]
+    single = turns.submit("sync_activity", lambda: invocation("b"))
+    release.set()
+    for done in [busy, *backlog, single]:
+        done.result(timeout=5)
+    assert order == ["busy", "a0", "b", "a1", "a2", "a3", "a4"]  # b after one of the backlog, not all
+    assert most == 1
+
+    failing = TakingTurns(2).submit("t", lambda: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        failing.result(timeout=5)
+    assert taking_turns({}) is None
+    with pytest.raises(ValueError, match="PYTHON_THREADPOOL_THREAD_COUNT"):
+        taking_turns({"PYTHON_THREADPOOL_THREAD_COUNT": "0"})
