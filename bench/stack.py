@@ -21,10 +21,12 @@ def platform_dispatch(threads: int | None = None) -> dict[str, str]:
     one thread pool (``PYTHON_THREADPOOL_THREAD_COUNT``; unset on the platform, Python's default
     ``min(32, cores + 4)``) shared by every trigger, the triggers taking turns in it as they would on
     instances of their own, and the next batch received once ``newBatchThreshold`` (the platform's
-    default, ``batchSize / 2`` = 8) or fewer messages are still running."""
+    default, ``batchSize / 2``: 8 for host.json's 16, or half of a ``batchSize`` app setting in this
+    environment) or fewer messages are still running."""
+    batch_size = int(os.environ.get("AzureFunctionsJobHost__extensions__queues__batchSize") or 16)
     return {
         "PYTHON_THREADPOOL_THREAD_COUNT": str(threads or min(32, (os.cpu_count() or 1) + 4)),
-        "AzureFunctionsJobHost__extensions__queues__newBatchThreshold": "8",
+        "AzureFunctionsJobHost__extensions__queues__newBatchThreshold": str(batch_size // 2),
     }
 
 
