@@ -132,7 +132,8 @@ class QueuePoller(threading.Thread):
         self.queue_name = spec.trigger["queueName"]
         self.storage = storage_for(spec.trigger.get("connection", ""))
         self.turns = turns
-        self.workers = ThreadPoolExecutor(
+        # Without the shared pool, the trigger's own threads: as many as it may hold at once.
+        self.workers = None if turns else ThreadPoolExecutor(
             options.batch_size + (options.new_batch_threshold or 0), thread_name_prefix=spec.name
         )
         self.running = 0  # messages received and not yet settled
@@ -152,7 +153,8 @@ class QueuePoller(threading.Thread):
                 self.stopping.wait(pause)
         with self.settled:
             self.settled.wait_for(lambda: self.running == 0, timeout=30)
-        self.workers.shutdown(wait=True)
+        if self.workers is not None:
+            self.workers.shutdown(wait=True)
 
     def _wait_for_room(self) -> None:
         """With ``newBatchThreshold``: receive again once no more than that many are running."""
@@ -181,8 +183,9 @@ class QueuePoller(threading.Thread):
         BUSY.begin()
         with self.settled:
             self.running += 1
-        if self.turns is None:
+        if self.workers is not None:
             return self.workers.submit(self._settle, message)
+        assert self.turns is not None
         return self.turns.submit(self.spec.name, lambda: self._settle(message))
 
     def _settle(self, message: Any) -> None:
