@@ -52,7 +52,10 @@ from tests.support.seed import Seeded, seed_users
 
 OUT = Path(__file__).resolve().parent / "out"
 PER_TENANT = 100
-TIMERS = ("renew_subscriptions", "token_health", "reconcile_sweep", "clean_up")
+ALL_TIMERS = ("renew_subscriptions", "token_health", "reconcile_sweep", "clean_up")
+TIMERS = tuple(os.environ.get("BENCH_SCALE_TIMERS", ",".join(ALL_TIMERS)).split(","))  # a subset, in order
+if unknown := set(TIMERS) - set(ALL_TIMERS):
+    raise SystemExit(f"BENCH_SCALE_TIMERS: unknown {sorted(unknown)}; known {', '.join(ALL_TIMERS)}")
 DRAIN_TIMEOUT = float(os.environ.get("BENCH_SCALE_DRAIN_TIMEOUT", "3600"))
 # Above this many users only the timers run (no drains): on a 2-core machine, draining 20,000 users'
 # renewals (about 240 ms of CPU each) takes hours and measures the machine, not the fan-out.
@@ -121,19 +124,57 @@ def _label(name: str) -> str:
     }[name]
 
 
-def _drain(stack: Any, hosts: int, peaks: list[int]) -> float:
-    """Start ``hosts`` hosts with the workers on; seconds until every maintenance shard is empty."""
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of one process so far (``/proc/<pid>/stat`` fields 14 and 15)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except FileNotFoundError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _azurite_pids() -> list[int]:
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if b"azurite" in cmdline.read_bytes():
+                found.append(int(cmdline.parent.name))
+        except OSError:
+            continue
+    return found
+
+
+def _machine_busy_seconds() -> float:
+    """CPU seconds every core of the machine spent busy (``/proc/stat``: all but idle and iowait)."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(values) - values[3] - values[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def _drain(stack: Any, hosts: int, peaks: list[int]) -> dict[str, Any]:
+    """Start ``hosts`` hosts with the workers on; seconds until every maintenance shard is empty,
+    and the cores each part of the stack kept busy meanwhile (CPU seconds / wall seconds): on this
+    2-core machine a drain whose machine is near 2 cores busy measures the machine, not the hosts."""
     restart_host(stack, kill=False, **_switch(stack.shards, on=True))
     peers = [start_peer_host(stack) for _ in range(hosts - 1)]
+    hosts_pids = [h.process.pid for h in (stack.host, *peers)]
+    parts = {"hosts": hosts_pids, "azurite": _azurite_pids(), "bench_and_emulator": [os.getpid()]}
     if GRAPH_LATENCY_MS:
         stack.control.add_fault("latency", latency_ms=GRAPH_LATENCY_MS, area="any")
+    cpu_before = {part: sum(map(_cpu_seconds, pids)) for part, pids in parts.items()}
+    machine_before = _machine_busy_seconds()
     started = time.monotonic()
     try:
         while stack.depth(queues.MAILBOX_MAINTENANCE) > 0:
             if time.monotonic() - started > DRAIN_TIMEOUT:
                 raise RuntimeError(f"the due work was not done in {DRAIN_TIMEOUT:.0f} s")
             time.sleep(0.2)
-        return round(time.monotonic() - started, 1)
+        wall = time.monotonic() - started
+        cores = {
+            part: round((sum(map(_cpu_seconds, pids)) - cpu_before[part]) / wall, 2)
+            for part, pids in parts.items()
+        }
+        cores["machine"] = round((_machine_busy_seconds() - machine_before) / wall, 2)
+        return {"seconds": round(wall, 1), "cores_busy": cores}
     finally:
         stack.control.clear_faults()
         for host in (stack.host, *peers):
@@ -208,7 +249,11 @@ def one_size(users: int) -> dict[str, Any]:
                 two = _drain(stack, 2, peaks)
                 _restore(stack, name, seeded)
                 entry.update(
-                    done_one_host_s=one, done_two_hosts_s=two, speedup=round(one / two, 2) if two else None
+                    done_one_host_s=one["seconds"],
+                    done_two_hosts_s=two["seconds"],
+                    speedup=round(one["seconds"] / two["seconds"], 2) if two["seconds"] else None,
+                    cores_busy_one_host=one["cores_busy"],
+                    cores_busy_two_hosts=two["cores_busy"],
                 )
             result[name] = entry
         result["host_peak_memory_mb"] = round(max(peaks, default=0) / 1024, 1)
@@ -225,20 +270,25 @@ def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "scale.json").write_text(json.dumps(results, indent=2) + "\n")
     for r in results:
-        renew = r["renew_subscriptions"]
-        timers = ", ".join(f"{name} {r[name]['timer']['seconds']} s" for name in TIMERS)
-        drained = (
-            f"due work done in {renew['done_one_host_s']} s (1 host) / {renew['done_two_hosts_s']} s "
-            f"(2 hosts) = x{renew['speedup']}; token x{r['token_health']['speedup']}, "
-            f"sweep x{r['reconcile_sweep']['speedup']}"
-            if "speedup" in renew
-            else "timers only (above BENCH_SCALE_DRAIN_MAX)"
-        )
+        timers = "; ".join(_summary(name, r[name]) for name in TIMERS)
         print(
-            f"scale: {r['users']} users / {r['tenants']} tenants - {timers}; renewal timer "
-            f"+{renew['timer']['memory_growth_mb']} MB, {renew['timer']['graph_requests']} Graph requests, "
-            f"{renew['timer']['messages_enqueued']} messages; {drained}; host peak {r['host_peak_memory_mb']} MB"
+            f"scale: {r['users']} users / {r['tenants']} tenants - {timers}; host peak {r['host_peak_memory_mb']} MB"
         )
+
+
+def _summary(name: str, entry: dict[str, Any]) -> str:
+    timer = entry["timer"]
+    said = (
+        f"{name} {timer['seconds']} s, +{timer['memory_growth_mb']} MB, {timer['graph_requests']} Graph "
+        f"requests, {timer['messages_enqueued']} messages"
+    )
+    if "speedup" in entry:
+        said += (
+            f", due work done in {entry['done_one_host_s']} s (1 host) / {entry['done_two_hosts_s']} s "
+            f"(2 hosts) = x{entry['speedup']}, machine {entry['cores_busy_one_host']['machine']} / "
+            f"{entry['cores_busy_two_hosts']['machine']} cores busy"
+        )
+    return said
 
 
 if __name__ == "__main__":

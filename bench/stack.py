@@ -13,7 +13,10 @@ from typing import Any
 
 from local.azurite import Azurite
 from local.dev_settings import new_secrets
+from local.host import read_host_json
 from tests.support.stack import Stack, launch_stack
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def platform_dispatch(threads: int | None = None) -> dict[str, str]:
@@ -21,12 +24,12 @@ def platform_dispatch(threads: int | None = None) -> dict[str, str]:
     one thread pool (``PYTHON_THREADPOOL_THREAD_COUNT``; unset on the platform, Python's default
     ``min(32, cores + 4)``) shared by every trigger, the triggers taking turns in it as they would on
     instances of their own, and the next batch received once ``newBatchThreshold`` (the platform's
-    default, ``batchSize / 2``: 8 for host.json's 16, or half of a ``batchSize`` app setting in this
+    default on one vCPU, ``batchSize / 2``, host.json's or a ``batchSize`` app setting's in this
     environment) or fewer messages are still running."""
-    batch_size = int(os.environ.get("AzureFunctionsJobHost__extensions__queues__batchSize") or 16)
+    _, options = read_host_json(ROOT / "host.json")
     return {
         "PYTHON_THREADPOOL_THREAD_COUNT": str(threads or min(32, (os.cpu_count() or 1) + 4)),
-        "AzureFunctionsJobHost__extensions__queues__newBatchThreshold": str(batch_size // 2),
+        "AzureFunctionsJobHost__extensions__queues__newBatchThreshold": str(max(1, options.batch_size // 2)),
     }
 
 
