@@ -77,7 +77,7 @@ param syncWindowFutureDays int = 365
 @allowed(['keep', 'remove'])
 param completedActivities string = 'keep'
 @description('Scale knobs (README "Scale"): shards per work queue, users per fan-out message, fan-out spread (s), host.json functionTimeout and queue batchSize.')
-param scale object = { workQueueShards: 8, fanoutBatchSize: 20, fanoutSpreadSeconds: 300, functionTimeout: '00:10:00', queueBatchSize: 16 }
+param scale object = { workQueueShards: 8, fanoutBatchSize: 10, fanoutSpreadSeconds: 300, functionTimeout: '00:10:00', queueBatchSize: 4 }
 @description('Flex Consumption scale-out limit per function: 40 to 1000.')
 @minValue(40)
 @maxValue(1000)

@@ -52,7 +52,7 @@ KEY_ID = re.compile(r"[A-Za-z0-9_-]{1,32}")  # a key id is one field of the v1.<
 # Scale knobs (README "Scale"): how many shards each work queue has (one trigger each), how many
 # users one timer fan-out message carries, and over how many seconds a timer spreads its messages.
 DEFAULT_WORK_QUEUE_SHARDS = 8
-DEFAULT_FANOUT_BATCH_SIZE = 20
+DEFAULT_FANOUT_BATCH_SIZE = 10
 DEFAULT_FANOUT_SPREAD_SECONDS = 300
 STORAGE_IDENTITY_SUFFIXES = ("accountName", "queueServiceUri", "tableServiceUri", "credential", "clientId")
 # What App Service leaves in a setting when it cannot resolve a Key Vault reference (identity or role

@@ -290,7 +290,7 @@ def test_the_help_centre_flow_in_a_browser(page: Page, console_stack: ConsoleSta
     shot(page, "04-call-at-16h-in-outlook")
 
     # A type without the calendar flag never reaches Outlook: checked once the host is idle (an
-    # activity queued after it is no barrier: the host runs up to 16 messages at once).
+    # activity queued after it is no barrier: the host runs up to batchSize (4) messages at once).
     add_activity(
         page, "Correo de seguimiento", "email", DAY.isoformat(), "11:00", "11:15", company="Contoso S.A."
     )

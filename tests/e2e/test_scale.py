@@ -17,6 +17,7 @@ import pytest
 import requests
 
 from shared.rules import queues
+from shared.rules.settings import DEFAULT_FANOUT_BATCH_SIZE
 from shared.store import connections, paging, tables
 from tests.conftest import Stack, wait_until
 from tests.support.chaos import restart_host
@@ -71,7 +72,7 @@ def test_the_renewal_timer_fans_out_and_the_workers_renew_every_due_subscription
             stack.storage.table(tables.TOKENS), "refreshed_at ge @t", {"t": started}, ["PartitionKey"]
         )
         assert [r for page in refreshed for r in page.rows] == []  # no token refreshed by the timer
-        per_tenant = -(-PER_TENANT // 20)  # batches of FANOUT_BATCH_SIZE (20) users of one tenant
+        per_tenant = -(-PER_TENANT // DEFAULT_FANOUT_BATCH_SIZE)  # batches of users of one tenant
         assert stack.depth(queues.MAILBOX_MAINTENANCE) == TENANTS * per_tenant
         used = {stack.queue_name(queues.MAILBOX_MAINTENANCE, s.tenant) for s in seeded}
         assert len(used) > 1  # the tenants' work sits in their own shards
